@@ -8,6 +8,7 @@
 //! exits nobody takes (orphans) are dropped after [`UNCLAIMED_TTL`].
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -161,24 +162,13 @@ fn child_exists(pid: i32) -> bool {
 }
 
 fn wait_direct(pid: i32, timeout: Option<Duration>) -> Option<Exit> {
-    let Some(timeout) = timeout else {
-        loop {
-            match waitpid(Pid::from_raw(pid), None) {
-                Ok(ws) => {
-                    if let Some(e) = Exit::from_wait_status(ws) {
-                        return Some(e);
-                    }
-                }
-                Err(Errno::EINTR) => continue,
-                Err(_) => return None,
-            }
+    if let Some(timeout) = timeout {
+        if !exited_within(pid, timeout) {
+            return None;
         }
-    };
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(200);
+    }
     loop {
-        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => {}
+        match waitpid(Pid::from_raw(pid), None) {
             Ok(ws) => {
                 if let Some(e) = Exit::from_wait_status(ws) {
                     return Some(e);
@@ -187,11 +177,35 @@ fn wait_direct(pid: i32, timeout: Option<Duration>) -> Option<Exit> {
             Err(Errno::EINTR) => continue,
             Err(_) => return None,
         }
-        if Instant::now() >= deadline {
-            return None;
+    }
+}
+
+/// Waits on a pidfd until `pid` exits or `timeout` passes; true when it exited (or is gone).
+fn exited_within(pid: i32, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if raw < 0 {
+        return true;
+    }
+    // SAFETY: `raw` is a fresh fd owned by nobody else.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match rc {
+            1.. => return true,
+            0 => return false,
+            _ if Errno::last() == Errno::EINTR => continue,
+            _ => return true,
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 
