@@ -1,13 +1,86 @@
 //! cgroups on v1, v2 and hybrid hosts: create and configure a container's cgroup from
 //! `linux.resources`, add processes, update, freeze/thaw, list pids, stats, OOM notification,
 //! destroy.
+//!
+//! Controller files are written by hand rather than through `cgroups-rs`: on a hybrid host
+//! cgroups-rs manages only the v1 side (runc also joins the container to the cgroup2 mount),
+//! it cannot route a controller that exists only in the v2 half (hugetlb on this kind of host),
+//! it does not order the memory/memsw writes or report clamped cpu shares like runc, and the
+//! handful of writes per container is cheaper without its per-controller objects.
+//!
+//! Layout: `fs` finds the hierarchies and does file I/O, `path` turns `cgroupsPath` into a
+//! path, `resources` validates and routes `linux.resources` to `v1` or `v2` writers, `stats`
+//! reads containerd's metrics, `oom` watches for OOM kills.
+//!
+//! Every v1 hierarchy mounted on the host (named ones such as `name=systemd` included) gets a
+//! directory, as runc does; on a hybrid host the cgroup2 mount gets one too. A resource goes to
+//! the v1 hierarchy holding its controller, or else to the cgroup2 directory when the v2 side
+//! offers that controller.
+//!
+//! Known gaps: on cgroup v2 device rules are not enforced (that needs an eBPF program attached
+//! to the cgroup); rdma limits are ignored; v1 mounts whose root is not `/` (inside another
+//! container) are not supported.
 
-use std::os::fd::BorrowedFd;
+mod fs;
+pub mod oom;
+mod path;
+mod resources;
+pub mod stats;
+mod v1;
+mod v2;
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode as FileMode;
 use oci_spec::runtime::LinuxResources;
+
+pub use oom::OomWatch;
+pub use path::{resolve_path, DEFAULT_PARENT};
+pub use resources::{default_device_rules, device_allow_rules, spec_resources};
+pub use stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    #[error("invalid cgroups path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: String },
+    #[error("invalid {resource}: {reason}")]
+    InvalidResource { resource: String, reason: String },
+    #[error("{resource} not supported: {reason}")]
+    Unsupported { resource: String, reason: String },
+    #[error("write {value:?} to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mkdir {}: {source}", path.display())]
+    Mkdir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("rmdir {}: {source}", path.display())]
+    Rmdir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("open {}: {source}", path.display())]
+    Open { path: PathBuf, source: nix::Error },
+    #[error("cgroup {0} does not exist")]
+    NotFound(String),
+    #[error("{op} {path}: {reason}")]
+    Freezer {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("cgroup: {0}")]
     Other(String),
 }
@@ -23,75 +96,508 @@ pub enum Mode {
     Unified,
 }
 
-/// Detects the host's cgroup mode (cached).
-pub fn mode() -> Mode {
-    todo!()
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Legacy => "cgroup v1",
+            Mode::Hybrid => "hybrid (v1 controllers, cgroup2 without them)",
+            Mode::Unified => "cgroup v2",
+        }
+    }
 }
 
-/// Turns `linux.cgroupsPath` into a path below the hierarchy roots: absolute as is, relative
-/// below the root, `slice:prefix:name` mapped to `slice/prefix-name.scope`-style path when
-/// systemd is absent; empty or absent gives `/pelagos/<id>`... the real default is decided by
-/// the implementation and documented there.
-pub fn resolve_path(cgroups_path: Option<&str>, id: &str) -> Result<String, CgroupError> {
-    let _ = (cgroups_path, id);
-    todo!()
+/// Detects the host's cgroup mode (cached).
+pub fn mode() -> Mode {
+    fs::hierarchies().mode
+}
+
+/// Where a controller's files are for one cgroup.
+pub(crate) enum Route<'a> {
+    V1(&'a Path),
+    V2(&'a Path),
+}
+
+#[derive(Debug)]
+struct V1Dir {
+    controllers: Vec<String>,
+    dir: PathBuf,
 }
 
 /// A container's cgroup in every hierarchy of the host.
 #[derive(Debug)]
 pub struct Cgroup {
     path: String,
+    mode: Mode,
+    v1: Vec<V1Dir>,
+    /// The directory in the cgroup2 mount (unified hosts, and hybrid ones).
+    unified: Option<PathBuf>,
+    /// Controllers available in `unified` (from its cgroup.controllers).
+    v2_controllers: Vec<String>,
+    /// `unified` opened O_DIRECTORY, for CLONE_INTO_CGROUP; unified hosts only.
+    unified_fd: Option<OwnedFd>,
+}
+
+fn check_path(path: &str) -> Result<(), CgroupError> {
+    let bad = |reason: &str| CgroupError::InvalidPath {
+        path: path.to_string(),
+        reason: reason.into(),
+    };
+    if !path.starts_with('/') {
+        return Err(bad("must be absolute (see cgroups::resolve_path)"));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(bad("\"..\" components are not allowed"));
+    }
+    if path.split('/').all(|c| c.is_empty() || c == ".") {
+        return Err(bad("the root cgroup cannot be a container's cgroup"));
+    }
+    Ok(())
 }
 
 impl Cgroup {
+    /// Where `path` lives in each hierarchy, without touching the filesystem.
+    fn layout(path: &str) -> Cgroup {
+        let h = fs::hierarchies();
+        let rel = path.trim_start_matches('/');
+        Cgroup {
+            path: path.to_string(),
+            mode: h.mode,
+            v1: h
+                .v1
+                .iter()
+                .map(|v| V1Dir {
+                    controllers: v.controllers.clone(),
+                    dir: v.mount.join(rel),
+                })
+                .collect(),
+            unified: h.unified.as_ref().map(|u| u.join(rel)),
+            v2_controllers: Vec::new(),
+            unified_fd: None,
+        }
+    }
+
     /// Creates the cgroup at `path` (see [`resolve_path`]) and applies `resources`. On error
     /// nothing is left behind.
+    ///
+    /// On cgroup v1, device rules are always applied: deny all, the spec's rules in order, then
+    /// [`default_device_rules`] (as runc). Pass [`spec_resources`] to also allow the devices of
+    /// `linux.devices`.
     pub fn create(path: &str, resources: Option<&LinuxResources>) -> Result<Cgroup, CgroupError> {
-        let _ = (path, resources);
-        todo!()
+        check_path(path)?;
+        let mode = mode();
+        if let Some(r) = resources {
+            resources::validate(r, mode)?;
+        }
+        let mut cg = Cgroup::layout(path);
+        let mut created = Vec::new();
+        match cg.build(resources, &mut created) {
+            Ok(()) => {
+                log::debug!("created cgroup {path}");
+                Ok(cg)
+            }
+            Err(e) => {
+                fs::remove_created(&created);
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        &mut self,
+        resources: Option<&LinuxResources>,
+        created: &mut Vec<PathBuf>,
+    ) -> Result<(), CgroupError> {
+        let h = fs::hierarchies();
+        for v in &self.v1 {
+            created.extend(fs::mkdir_all(&v.dir)?);
+            if v.controllers.iter().any(|c| c == "cpuset") {
+                let mount = h.v1_mount("cpuset").unwrap_or(Path::new("/"));
+                for d in descendants_of(mount, &v.dir) {
+                    v1::cpuset_inherit(&d)?;
+                }
+            }
+        }
+        if let (Some(dir), Some(mount)) = (&self.unified, &h.unified) {
+            created.extend(fs::mkdir_all(dir)?);
+            // Controllers reach a cgroup only when every ancestor enables them for its
+            // children, top down.
+            let mut parent = mount.clone();
+            for d in descendants_of(mount, dir) {
+                v2::enable_subtree(&parent);
+                parent = d;
+            }
+            self.v2_controllers = fs::read_words(&dir.join("cgroup.controllers"));
+        }
+        let empty = LinuxResources::default();
+        resources::apply(self, resources.unwrap_or(&empty), true)?;
+        self.open_fd()?;
+        Ok(())
+    }
+
+    fn open_fd(&mut self) -> Result<(), CgroupError> {
+        if self.mode != Mode::Unified {
+            return Ok(());
+        }
+        let Some(dir) = &self.unified else {
+            return Ok(());
+        };
+        let fd = open(
+            dir.as_path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            FileMode::empty(),
+        )
+        .map_err(|source| CgroupError::Open {
+            path: dir.clone(),
+            source,
+        })?;
+        self.unified_fd = Some(fd);
+        Ok(())
     }
 
     /// Opens an existing cgroup (no creation).
     pub fn open(path: &str) -> Result<Cgroup, CgroupError> {
-        let _ = path;
-        todo!()
+        check_path(path)?;
+        let mut cg = Cgroup::layout(path);
+        let exists =
+            cg.v1.iter().any(|v| v.dir.is_dir()) || cg.unified.as_ref().is_some_and(|u| u.is_dir());
+        if !exists {
+            return Err(CgroupError::NotFound(path.to_string()));
+        }
+        if let Some(u) = &cg.unified {
+            cg.v2_controllers = fs::read_words(&u.join("cgroup.controllers"));
+        }
+        cg.open_fd()?;
+        Ok(cg)
     }
 
     pub fn path(&self) -> &str {
         &self.path
     }
 
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// A directory fd usable with clone3's CLONE_INTO_CGROUP: only on a Unified host.
     pub fn unified_dir_fd(&self) -> Option<BorrowedFd<'_>> {
-        todo!()
+        self.unified_fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The cgroup's directory in the cgroup2 mount, if the host has one.
+    pub fn unified_dir(&self) -> Option<&Path> {
+        self.unified.as_deref()
+    }
+
+    /// The cgroup's directory in the v1 hierarchy holding `controller` (e.g. "memory").
+    pub fn v1_dir(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|v| v.controllers.iter().any(|c| c == controller))
+            .map(|v| v.dir.as_path())
+    }
+
+    /// Every directory of this cgroup, one per hierarchy.
+    pub fn dirs(&self) -> Vec<&Path> {
+        let mut d: Vec<&Path> = self.v1.iter().map(|v| v.dir.as_path()).collect();
+        d.extend(self.unified.as_deref());
+        d
+    }
+
+    pub(crate) fn route(&self, controller: &str) -> Option<Route<'_>> {
+        if self.mode != Mode::Unified {
+            if let Some(d) = self.v1_dir(controller) {
+                return Some(Route::V1(d));
+            }
+        }
+        let dir = self.unified.as_deref()?;
+        self.v2_controllers
+            .iter()
+            .any(|c| c == controller)
+            .then_some(Route::V2(dir))
     }
 
     /// Moves `pid` into this cgroup in every hierarchy (on hybrid hosts including the v2 mount).
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
-        let _ = pid;
-        todo!()
+        let pid = pid.to_string();
+        for d in self.dirs() {
+            fs::write(d, "cgroup.procs", &pid)?;
+        }
+        Ok(())
     }
 
+    /// Applies new resource values (as `runc update`); device rules are left as created.
     pub fn update(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
-        let _ = resources;
-        todo!()
+        resources::validate(resources, self.mode)?;
+        resources::apply(self, resources, false)
     }
 
+    /// Where freezing happens: the v1 freezer when mounted, else cgroup.freeze of cgroup2
+    /// (a core v2 file that works without any controller, so hybrid hosts have it too).
+    fn freezer(&self) -> Result<Route<'_>, CgroupError> {
+        if self.mode != Mode::Unified {
+            if let Some(d) = self.v1_dir("freezer") {
+                return Ok(Route::V1(d));
+            }
+        }
+        match self.unified.as_deref() {
+            Some(d) if d.join("cgroup.freeze").exists() => Ok(Route::V2(d)),
+            _ => Err(CgroupError::Unsupported {
+                resource: "freeze".into(),
+                reason: "no freezer on this host".into(),
+            }),
+        }
+    }
+
+    /// Freezes every process and returns once the kernel reports the cgroup frozen.
     pub fn freeze(&self) -> Result<(), CgroupError> {
-        todo!()
+        let fail = |reason: String| CgroupError::Freezer {
+            op: "freeze",
+            path: self.path.clone(),
+            reason,
+        };
+        match self.freezer()? {
+            Route::V1(d) => {
+                // FREEZING can linger while a task sits in an uninterruptible sleep; rewriting
+                // FROZEN retries the freeze of the stragglers (as runc).
+                let deadline = Instant::now() + FREEZE_TIMEOUT;
+                let mut pause = Duration::from_micros(100);
+                loop {
+                    fs::write(d, "freezer.state", "FROZEN")?;
+                    if fs::read(d, "freezer.state")?.trim() == "FROZEN" {
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = fs::write(d, "freezer.state", "THAWED");
+                        return Err(fail(format!(
+                            "still FREEZING after {}s; thawed again",
+                            FREEZE_TIMEOUT.as_secs()
+                        )));
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+            }
+            Route::V2(d) => {
+                fs::write(d, "cgroup.freeze", "1")?;
+                if wait_frozen(d, FREEZE_TIMEOUT)? {
+                    Ok(())
+                } else {
+                    let _ = fs::write(d, "cgroup.freeze", "0");
+                    Err(fail(format!(
+                        "cgroup.events not frozen after {}s; thawed again",
+                        FREEZE_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        }
     }
 
     pub fn thaw(&self) -> Result<(), CgroupError> {
-        todo!()
+        match self.freezer()? {
+            Route::V1(d) => fs::write(d, "freezer.state", "THAWED"),
+            Route::V2(d) => fs::write(d, "cgroup.freeze", "0"),
+        }
     }
 
-    /// Every pid in the cgroup.
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
+        match self.freezer()? {
+            Route::V1(d) => Ok(fs::read(d, "freezer.state")?.trim() == "FROZEN"),
+            Route::V2(d) => v2::events_frozen(d),
+        }
+    }
+
+    /// The directory whose cgroup.procs lists the container's processes.
+    fn procs_dir(&self) -> Option<&Path> {
+        if self.mode == Mode::Unified {
+            return self.unified.as_deref();
+        }
+        ["pids", "freezer", "memory", "cpu"]
+            .iter()
+            .find_map(|c| self.v1_dir(c))
+            .or_else(|| self.v1.first().map(|v| v.dir.as_path()))
+            .or(self.unified.as_deref())
+    }
+
+    /// Every pid in the cgroup and its descendants.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
-        todo!()
+        let Some(dir) = self.procs_dir() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        collect_pids(dir, &mut out)?;
+        Ok(out)
     }
 
-    /// Removes the cgroup from every hierarchy (it must be empty).
+    /// Sends `signal` to every process in the cgroup. Processes may exit or fork meanwhile:
+    /// callers that need everything gone freeze first or repeat until [`Cgroup::pids`] is
+    /// empty. A frozen v1 cgroup is thawed after SIGKILL so the kill takes effect.
+    pub fn kill_all(&self, signal: nix::sys::signal::Signal) -> Result<(), CgroupError> {
+        for pid in self.pids()? {
+            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => log::warn!("kill {pid} ({signal}) in cgroup {}: {e}", self.path),
+            }
+        }
+        if signal == nix::sys::signal::Signal::SIGKILL && self.is_frozen().unwrap_or(false) {
+            self.thaw()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup from every hierarchy (it must be empty), sub-cgroups first. Tasks
+    /// that were just killed can hold a cgroup busy for a moment, so EBUSY is retried for up
+    /// to [`DESTROY_TIMEOUT`]. Removing a cgroup that is already gone succeeds.
     pub fn destroy(&self) -> Result<(), CgroupError> {
-        todo!()
+        let deadline = Instant::now() + DESTROY_TIMEOUT;
+        let mut first_err = None;
+        for d in self.dirs() {
+            if let Err(e) = remove_tree(d, deadline) {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => {
+                log::debug!("destroyed cgroup {}", self.path);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads containerd's metrics for this cgroup (v1 metrics on legacy and hybrid hosts).
+    pub fn stats(&self) -> Stats {
+        stats::read(self)
+    }
+
+    /// Starts watching for OOM kills in this cgroup.
+    pub fn oom_watch(&self) -> Result<OomWatch, CgroupError> {
+        OomWatch::new(self)
+    }
+}
+
+/// How long [`Cgroup::freeze`] waits for the kernel to report the cgroup frozen.
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long [`Cgroup::destroy`] retries rmdir while tasks drain.
+pub const DESTROY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The directories from just below `root` down to `leaf`, outermost first.
+fn descendants_of(root: &Path, leaf: &Path) -> Vec<PathBuf> {
+    let Ok(rel) = leaf.strip_prefix(root) else {
+        return vec![leaf.to_path_buf()];
+    };
+    let mut cur = root.to_path_buf();
+    rel.components()
+        .map(|c| {
+            cur.push(c);
+            cur.clone()
+        })
+        .collect()
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<i32>) -> Result<(), CgroupError> {
+    let procs = match std::fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(CgroupError::Read {
+                path: dir.join("cgroup.procs"),
+                source,
+            })
+        }
+    };
+    out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path(), deadline)?;
+            }
+        }
+    }
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(CgroupError::Rmdir {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Waits until cgroup.events says `frozen 1`, sleeping in poll(2): kernfs signals
+/// POLLPRI on every change of the file.
+fn wait_frozen(dir: &Path, timeout: Duration) -> Result<bool, CgroupError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let path = dir.join("cgroup.events");
+    let file = std::fs::File::open(&path).map_err(|source| CgroupError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut buf = [0u8; 256];
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut buf, 0).map_err(|source| {
+            CgroupError::Read {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if text.lines().any(|l| l.trim() == "frozen 1") {
+            return Ok(true);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLPRI)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                return Err(CgroupError::Read {
+                    path,
+                    source: e.into(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_checked() {
+        assert!(check_path("/a/b").is_ok());
+        assert!(check_path("a/b").is_err());
+        assert!(check_path("/a/../b").is_err());
+        assert!(check_path("/").is_err());
+    }
+
+    #[test]
+    fn descendants() {
+        let d = descendants_of(Path::new("/m"), Path::new("/m/a/b"));
+        assert_eq!(d, vec![PathBuf::from("/m/a"), PathBuf::from("/m/a/b")]);
     }
 }

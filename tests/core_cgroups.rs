@@ -1,0 +1,240 @@
+//! cgroups against the host's real hierarchies (root). Each test works below its own parent
+//! `/pelagos-test-<pid>-<name>` and removes it, and every process it starts, at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+};
+use pelagos::cgroups::{self, Cgroup, Mode};
+
+/// Removes the test's parent cgroup in every hierarchy and kills its children on drop.
+struct Scope {
+    parent: String,
+    children: Vec<Child>,
+}
+
+impl Scope {
+    fn new(name: &str) -> Scope {
+        Scope {
+            parent: format!("/pelagos-test-{}-{name}", std::process::id()),
+            children: Vec::new(),
+        }
+    }
+
+    fn path(&self, leaf: &str) -> String {
+        format!("{}/{leaf}", self.parent)
+    }
+
+    fn spawn(&mut self, args: &[&str]) -> i32 {
+        let child = Command::new("/bin/busybox")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn busybox");
+        let pid = child.id() as i32;
+        self.children.push(child);
+        pid
+    }
+
+    fn wait(&mut self, pid: i32) -> std::process::ExitStatus {
+        let i = self
+            .children
+            .iter()
+            .position(|c| c.id() as i32 == pid)
+            .unwrap();
+        let mut c = self.children.remove(i);
+        c.wait().unwrap()
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(cg) = Cgroup::open(&self.parent) {
+            let _ = cg.thaw();
+            let _ = cg.destroy();
+        }
+        for d in all_dirs(&self.parent) {
+            assert!(!d.exists(), "{} left behind", d.display());
+        }
+    }
+}
+
+/// The directory `path` would have in every hierarchy of the host.
+fn all_dirs(path: &str) -> Vec<PathBuf> {
+    let rel = path.trim_start_matches('/');
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            (fstype == "cgroup" || fstype == "cgroup2")
+                .then(|| Path::new(pre.split(' ').nth(4).unwrap()).join(rel))
+        })
+        .collect()
+}
+
+fn controller_dir(cg: &Cgroup, controller: &str) -> PathBuf {
+    match cgroups::mode() {
+        Mode::Unified => cg.unified_dir().unwrap().to_path_buf(),
+        _ => cg
+            .v1_dir(controller)
+            .unwrap_or_else(|| cg.unified_dir().unwrap())
+            .to_path_buf(),
+    }
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()))
+        .trim()
+        .to_string()
+}
+
+fn limits(memory: i64, pids: i64, shares: u64, quota: i64) -> LinuxResources {
+    LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(memory).build().unwrap())
+        .pids(LinuxPidsBuilder::default().limit(pids).build().unwrap())
+        .cpu(
+            LinuxCpuBuilder::default()
+                .shares(shares)
+                .quota(quota)
+                .period(100_000u64)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn create_applies_limits_in_every_hierarchy() {
+    let scope = Scope::new("limits");
+    let cg = Cgroup::create(&scope.path("c1"), Some(&limits(64 << 20, 42, 512, 50_000))).unwrap();
+    for d in cg.dirs() {
+        assert!(d.is_dir(), "{} missing", d.display());
+    }
+    match cgroups::mode() {
+        Mode::Unified => {
+            let d = cg.unified_dir().unwrap();
+            assert_eq!(read(d, "memory.max"), (64u64 << 20).to_string());
+            assert_eq!(read(d, "pids.max"), "42");
+            assert_eq!(read(d, "cpu.max"), "50000 100000");
+            assert_eq!(read(d, "cpu.weight"), "20");
+            assert!(cg.unified_dir_fd().is_some());
+        }
+        _ => {
+            let mem = cg.v1_dir("memory").unwrap();
+            assert_eq!(
+                read(mem, "memory.limit_in_bytes"),
+                (64u64 << 20).to_string()
+            );
+            assert_eq!(read(cg.v1_dir("pids").unwrap(), "pids.max"), "42");
+            let cpu = cg.v1_dir("cpu").unwrap();
+            assert_eq!(read(cpu, "cpu.shares"), "512");
+            assert_eq!(read(cpu, "cpu.cfs_quota_us"), "50000");
+            assert!(cg.unified_dir_fd().is_none());
+            if cgroups::mode() == Mode::Hybrid {
+                assert!(cg.unified_dir().unwrap().is_dir());
+            }
+        }
+    }
+    cg.destroy().unwrap();
+    for d in cg.dirs() {
+        assert!(!d.exists(), "{} not removed", d.display());
+    }
+    cg.destroy().expect("destroy is idempotent");
+}
+
+#[test]
+fn process_joins_freezes_and_thaws() {
+    let mut scope = Scope::new("freeze");
+    let cg = Cgroup::create(&scope.path("c1"), None).unwrap();
+    let pid = scope.spawn(&["sleep", "100"]);
+    cg.add_pid(pid).unwrap();
+    assert_eq!(cg.pids().unwrap(), vec![pid]);
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(own.contains(cg.path()), "{own}");
+    if cgroups::mode() == Mode::Hybrid {
+        assert!(own.contains(&format!("0::{}", cg.path())), "{own}");
+    }
+
+    cg.freeze().unwrap();
+    assert!(cg.is_frozen().unwrap());
+    cg.thaw().unwrap();
+    assert!(!cg.is_frozen().unwrap());
+
+    cg.kill_all(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let status = scope.wait(pid);
+    assert!(!status.success());
+    cg.destroy().unwrap();
+    for d in cg.dirs() {
+        assert!(!d.exists());
+    }
+}
+
+#[test]
+fn bad_values_are_named_and_leave_nothing() {
+    let scope = Scope::new("bad");
+    let path = scope.path("c1");
+    let e = Cgroup::create(&path, Some(&limits(-5, 10, 512, 50_000))).unwrap_err();
+    assert!(e.to_string().contains("memory.limit"), "{e}");
+    let e = Cgroup::create(&path, Some(&limits(64 << 20, 10, 1, 50_000))).unwrap_err();
+    assert!(e.to_string().contains("cpu.shares"), "{e}");
+    // Passes validation, refused by the kernel after the directories exist.
+    let cpus = LinuxResourcesBuilder::default()
+        .cpu(
+            LinuxCpuBuilder::default()
+                .cpus("1000-1001")
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let e = Cgroup::create(&path, Some(&cpus)).unwrap_err();
+    assert!(e.to_string().contains("cpuset.cpus"), "{e}");
+    for d in all_dirs(&path).into_iter().chain(all_dirs(&scope.parent)) {
+        assert!(
+            !d.exists(),
+            "{} left behind after a failed create",
+            d.display()
+        );
+    }
+    let e = Cgroup::create("/a/../b", None).unwrap_err();
+    assert!(e.to_string().contains("/a/../b"), "{e}");
+}
+
+#[test]
+fn update_changes_limits() {
+    let scope = Scope::new("update");
+    let cg = Cgroup::create(&scope.path("c1"), Some(&limits(64 << 20, 42, 512, 50_000))).unwrap();
+    cg.update(&limits(128 << 20, 100, 1024, 20_000)).unwrap();
+    let mem = controller_dir(&cg, "memory");
+    let pids = controller_dir(&cg, "pids");
+    match cgroups::mode() {
+        Mode::Unified => {
+            assert_eq!(read(&mem, "memory.max"), (128u64 << 20).to_string());
+            assert_eq!(read(&mem, "cpu.max"), "20000 100000");
+        }
+        _ => {
+            assert_eq!(
+                read(&mem, "memory.limit_in_bytes"),
+                (128u64 << 20).to_string()
+            );
+            assert_eq!(
+                read(&controller_dir(&cg, "cpu"), "cpu.cfs_quota_us"),
+                "20000"
+            );
+        }
+    }
+    assert_eq!(read(&pids, "pids.max"), "100");
+    cg.destroy().unwrap();
+}
