@@ -238,3 +238,92 @@ fn update_changes_limits() {
     assert_eq!(read(&pids, "pids.max"), "100");
     cg.destroy().unwrap();
 }
+
+/// Starts `sh -c script` held on stdin, moves it into `cg`, then lets it run: all its work
+/// happens inside the cgroup. Returns its pid.
+fn run_in(scope: &mut Scope, cg: &Cgroup, script: &str) -> i32 {
+    use std::io::Write;
+    let mut child = Command::new("/bin/busybox")
+        .args(["sh", "-c", &format!("read go; {script}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn busybox sh");
+    let pid = child.id() as i32;
+    cg.add_pid(pid).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    scope.children.push(child);
+    pid
+}
+
+#[test]
+fn stats_count_the_work_done_inside() {
+    let mut scope = Scope::new("stats");
+    let cg = Cgroup::create(&scope.path("c1"), Some(&limits(256 << 20, 64, 1024, -1))).unwrap();
+    let pid = run_in(
+        &mut scope,
+        &cg,
+        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; x=$(head -c 4000000 /dev/zero | tr '\\0' a)",
+    );
+    assert!(scope.wait(pid).success());
+    match cg.stats() {
+        cgroups::stats::Stats::V1(m) => {
+            assert!(m.cpu.usage.total > 0, "{:?}", m.cpu);
+            assert!(m.cpu.usage.user + m.cpu.usage.kernel > 0, "{:?}", m.cpu);
+            assert!(!m.cpu.usage.per_cpu.is_empty());
+            assert!(m.memory.usage.max > 0, "{:?}", m.memory.usage);
+            assert_eq!(m.memory.usage.limit, 256 << 20);
+            assert!(m.memory.total_pg_fault > 0);
+            if cg.v1_dir("pids").is_some() {
+                assert_eq!(m.pids.limit, 64);
+                assert_eq!(m.pids.current, 0, "the worker has exited");
+            }
+        }
+        cgroups::stats::Stats::V2(m) => {
+            assert!(m.cpu.usage_usec > 0, "{:?}", m.cpu);
+            assert_eq!(m.memory.usage_limit, 256 << 20);
+            assert!(m.memory.pgfault > 0);
+            assert_eq!(m.pids.limit, 64);
+        }
+    }
+    cg.destroy().unwrap();
+}
+
+#[test]
+fn oom_watch_fires_on_oom_kill() {
+    let mut scope = Scope::new("oom");
+    let mem = LinuxMemoryBuilder::default()
+        .limit(16i64 << 20)
+        .swap(16i64 << 20)
+        .build()
+        .unwrap();
+    let r = LinuxResourcesBuilder::default()
+        .memory(mem)
+        .build()
+        .unwrap();
+    let cg = Cgroup::create(&scope.path("c1"), Some(&r)).unwrap();
+    let mut watch = cg.oom_watch().unwrap();
+    assert!(!watch.check().unwrap(), "no oom yet");
+
+    // tail keeps the whole newline-free input in memory.
+    let pid = run_in(&mut scope, &cg, "head -c 256000000 /dev/zero | tail");
+    let status = scope.wait(pid);
+    assert!(!status.success(), "the allocation should have been killed");
+
+    let mut fds = [nix::poll::PollFd::new(
+        watch.fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16)).unwrap();
+    assert!(watch.check().unwrap(), "oom kill not reported");
+    assert!(!watch.check().unwrap(), "one oom reported once");
+    match cg.stats() {
+        cgroups::stats::Stats::V1(m) => assert!(m.memory_oom_control.oom_kill > 0),
+        cgroups::stats::Stats::V2(m) => assert!(m.memory_events.oom_kill > 0),
+    }
+    cg.destroy().unwrap();
+    drop(watch);
+}

@@ -1,13 +1,153 @@
 //! OOM-kill notification for one cgroup, as an fd for the caller's epoll.
+//!
+//! - v1 memory controller (legacy and hybrid hosts): an eventfd registered through
+//!   `cgroup.event_control` on `memory.oom_control`. The kernel signals it on every OOM in the
+//!   cgroup, and also when the cgroup is removed, so a signal only counts while the cgroup
+//!   still exists (as containerd's v1 watcher does).
+//! - v2: inotify IN_MODIFY on `memory.events`; a change counts when `oom_kill` grew.
 
-use super::{Cgroup, CgroupError};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::stat::Mode as FileMode;
+
+use super::{fs, Cgroup, CgroupError, Route};
 
 #[derive(Debug)]
-pub struct OomWatch {}
+enum Kind {
+    V1 {
+        efd: EventFd,
+    },
+    V2 {
+        inotify: Inotify,
+        last_oom_kill: u64,
+    },
+}
+
+/// Watches one cgroup for OOM kills. Put [`OomWatch::fd`] in an epoll set (readable = maybe an
+/// OOM) and call [`OomWatch::check`] when it fires.
+#[derive(Debug)]
+pub struct OomWatch {
+    kind: Kind,
+    /// The memory controller's directory of the cgroup.
+    dir: PathBuf,
+}
 
 impl OomWatch {
     pub(crate) fn new(cg: &Cgroup) -> Result<OomWatch, CgroupError> {
-        let _ = cg;
-        todo!()
+        match cg.route("memory") {
+            Some(Route::V1(dir)) => Self::new_v1(dir.to_path_buf()),
+            Some(Route::V2(dir)) => Self::new_v2(dir.to_path_buf()),
+            None => Err(CgroupError::Unsupported {
+                resource: "oom watch".into(),
+                reason: format!("no memory controller for cgroup {}", cg.path()),
+            }),
+        }
     }
+
+    fn new_v1(dir: PathBuf) -> Result<OomWatch, CgroupError> {
+        let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| CgroupError::Other(format!("eventfd for oom watch: {e}")))?;
+        let control = dir.join("memory.oom_control");
+        let cfd: OwnedFd = open(
+            control.as_path(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            FileMode::empty(),
+        )
+        .map_err(|source| CgroupError::Open {
+            path: control.clone(),
+            source,
+        })?;
+        // The kernel keeps its own references once registered; `cfd` can close afterwards.
+        fs::write(
+            &dir,
+            "cgroup.event_control",
+            &format!("{} {}", efd.as_fd().as_raw_fd(), cfd.as_raw_fd()),
+        )?;
+        Ok(OomWatch {
+            kind: Kind::V1 { efd },
+            dir,
+        })
+    }
+
+    fn new_v2(dir: PathBuf) -> Result<OomWatch, CgroupError> {
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(|e| CgroupError::Other(format!("inotify for oom watch: {e}")))?;
+        let events = dir.join("memory.events");
+        inotify
+            .add_watch(events.as_path(), AddWatchFlags::IN_MODIFY)
+            .map_err(|source| CgroupError::Open {
+                path: events.clone(),
+                source,
+            })?;
+        let last_oom_kill = oom_kills_v2(&dir);
+        Ok(OomWatch {
+            kind: Kind::V2 {
+                inotify,
+                last_oom_kill,
+            },
+            dir,
+        })
+    }
+
+    /// The fd to poll for readability.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match &self.kind {
+            Kind::V1 { efd } => efd.as_fd(),
+            Kind::V2 { inotify, .. } => inotify.as_fd(),
+        }
+    }
+
+    /// Consumes the fd's readiness; true when an OOM kill happened since the last check.
+    pub fn check(&mut self) -> Result<bool, CgroupError> {
+        match &mut self.kind {
+            Kind::V1 { efd } => match efd.read() {
+                Ok(n) => Ok(n > 0 && self.dir.is_dir()),
+                Err(Errno::EAGAIN) => Ok(false),
+                Err(e) => Err(CgroupError::Other(format!(
+                    "read oom eventfd of {}: {e}",
+                    self.dir.display()
+                ))),
+            },
+            Kind::V2 {
+                inotify,
+                last_oom_kill,
+            } => {
+                loop {
+                    match inotify.read_events() {
+                        Ok(ev) if !ev.is_empty() => continue,
+                        Ok(_) | Err(Errno::EAGAIN) => break,
+                        Err(e) => {
+                            return Err(CgroupError::Other(format!(
+                                "read oom inotify of {}: {e}",
+                                self.dir.display()
+                            )))
+                        }
+                    }
+                }
+                let now = oom_kills_v2(&self.dir);
+                let fired = now > *last_oom_kill;
+                *last_oom_kill = now.max(*last_oom_kill);
+                Ok(fired)
+            }
+        }
+    }
+
+    /// Whether the watched cgroup still exists (a removed cgroup never reports again).
+    pub fn alive(&self) -> bool {
+        self.dir.is_dir()
+    }
+}
+
+fn oom_kills_v2(dir: &std::path::Path) -> u64 {
+    fs::read_opt(&dir.join("memory.events"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
