@@ -14,8 +14,8 @@ use super::{Cgroup, Mode, Route};
 /// The metrics the Task Stats RPC returns: v1 on legacy and hybrid hosts, v2 on unified ones.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stats {
-    V1(V1Metrics),
-    V2(V2Metrics),
+    V1(Box<V1Metrics>),
+    V2(Box<V2Metrics>),
 }
 
 /// io.containerd.cgroups.v1.Metrics
@@ -244,9 +244,9 @@ pub struct HugeTlbStat {
 
 pub(crate) fn read(cg: &Cgroup) -> Stats {
     if cg.mode() == Mode::Unified {
-        Stats::V2(cg.unified_dir().map(read_v2).unwrap_or_default())
+        Stats::V2(Box::new(cg.unified_dir().map(read_v2).unwrap_or_default()))
     } else {
-        Stats::V1(read_v1(cg))
+        Stats::V1(Box::new(read_v1(cg)))
     }
 }
 
@@ -299,9 +299,9 @@ fn hugepage_sizes() -> Vec<String> {
 }
 
 fn page_size_name(kb: u64) -> String {
-    if kb % (1 << 20) == 0 {
+    if kb.is_multiple_of(1 << 20) {
         format!("{}GB", kb >> 20)
-    } else if kb % 1024 == 0 {
+    } else if kb.is_multiple_of(1024) {
         format!("{}MB", kb >> 10)
     } else {
         format!("{kb}KB")
