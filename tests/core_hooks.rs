@@ -1,0 +1,170 @@
+//! OCI hooks run for real: stdin, argv, env, exit status, timeout.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Hook, HookBuilder};
+use pelagos::hooks::{run_all, HookError};
+
+/// A scratch directory removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("pelagos-hooks-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sh(script: &str, env: &[&str], timeout: Option<i64>) -> Hook {
+    let mut b = HookBuilder::default()
+        .path("/bin/busybox")
+        .args(vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            script.to_string(),
+            "zero".to_string(),
+            "one".to_string(),
+        ])
+        .env(env.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().unwrap()
+}
+
+/// Pids of our children whose command line is exactly `argv`.
+fn children_running(argv: &[&str]) -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let ppid_ok = status
+                .lines()
+                .any(|l| l.strip_prefix("PPid:").map(str::trim) == Some(me.as_str()));
+            ppid_ok && std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default() == want
+        })
+        .collect()
+}
+
+#[test]
+fn hook_gets_state_args_and_exactly_its_env() {
+    let dir = Dir::new("state");
+    let out = dir.join("out");
+    let script = "cat > \"$OUT\"; echo \"$0 $1\" > \"$OUT.args\"; env > \"$OUT.env\"";
+    let hook = sh(
+        script,
+        &[&format!("OUT={}", out.display()), "FOO=bar baz"],
+        None,
+    );
+    let state = br#"{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b"}"#;
+    run_all(&[hook], state).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), state);
+    let args = std::fs::read_to_string(dir.join("out.args")).unwrap();
+    assert_eq!(args.trim(), "zero one");
+    let env = std::fs::read_to_string(dir.join("out.env")).unwrap();
+    assert!(env.lines().any(|l| l == "FOO=bar baz"), "{env}");
+    // cargo gives the test process CARGO_* variables; the hook must not inherit them.
+    assert!(!env.lines().any(|l| l.starts_with("CARGO")), "{env}");
+}
+
+#[test]
+fn argv0_is_the_path_when_args_are_empty() {
+    let dir = Dir::new("argv0");
+    // busybox picks its applet from argv[0]'s basename.
+    for name in ["true", "false"] {
+        std::os::unix::fs::symlink("/bin/busybox", dir.join(name)).unwrap();
+    }
+    let hook = |name: &str| HookBuilder::default().path(dir.join(name)).build().unwrap();
+    run_all(&[hook("true")], b"{}").unwrap();
+    let e = run_all(&[hook("false")], b"{}").unwrap_err();
+    assert!(matches!(e, HookError::Failed { status: 1, .. }), "{e}");
+}
+
+#[test]
+fn failure_reports_status_and_stderr_and_stops_the_rest() {
+    let dir = Dir::new("fail");
+    let marker = dir.join("second-ran");
+    let first = sh("echo 'no network for you' >&2; exit 3", &[], None);
+    let second = sh(&format!("touch {}", marker.display()), &[], None);
+    let e = run_all(&[first, second], b"{}").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("/bin/busybox"), "{msg}");
+    assert!(msg.contains("status 3"), "{msg}");
+    assert!(msg.contains("no network for you"), "{msg}");
+    assert!(
+        !Path::new(&marker).exists(),
+        "a hook after a failed one ran"
+    );
+}
+
+#[test]
+fn timeout_kills_the_hook() {
+    let hook = HookBuilder::default()
+        .path("/bin/busybox")
+        .args(vec!["sleep".to_string(), "100".to_string()])
+        .timeout(1)
+        .build()
+        .unwrap();
+    let e = run_all(&[hook], b"{}").unwrap_err();
+    assert_eq!(e.to_string(), "hook /bin/busybox timed out after 1s");
+    assert!(
+        children_running(&["sleep", "100"]).is_empty(),
+        "the timed-out hook is still around"
+    );
+}
+
+#[test]
+fn big_state_and_output_do_not_deadlock() {
+    // The first hook ignores stdin; the second echoes far more than a pipe buffer.
+    let state = vec![b'x'; 1 << 20];
+    let ignore = sh("exit 0", &[], Some(30));
+    let chatty = sh(
+        "cat; cat /dev/zero | head -c 300000 >&2; exit 0",
+        &[],
+        Some(30),
+    );
+    run_all(&[ignore, chatty], &state).unwrap();
+}
+
+#[test]
+fn bad_hooks_rejected() {
+    let rel = HookBuilder::default().path("bin/true").build().unwrap();
+    assert!(matches!(
+        run_all(&[rel], b"{}"),
+        Err(HookError::RelativePath { .. })
+    ));
+    let zero = HookBuilder::default()
+        .path("/bin/true")
+        .timeout(0)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        run_all(&[zero], b"{}"),
+        Err(HookError::BadTimeout { .. })
+    ));
+    let missing = HookBuilder::default()
+        .path("/nonexistent/hook")
+        .build()
+        .unwrap();
+    let e = run_all(&[missing], b"{}").unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/hook"), "{e}");
+}
