@@ -1,0 +1,448 @@
+//! The copy loop: one epoll thread per shim that moves the bytes of every process's stdio.
+//!
+//! A job copies one source fd into one destination fd until EOF. Both fds are registered
+//! edge-triggered (source for input, destination for output), so a job is pumped only when one
+//! of its ends changed state and it pumps until `EAGAIN`: no interest lists to flip, no thread
+//! per stream. Bytes move with splice(2) when the kernel can (pipe to pipe, pipe to tty, tty to
+//! pipe); a pair splice refuses (an `O_APPEND` file, two non-pipes) falls back to read/write
+//! through a buffer. A job that still has data after its turn budget is requeued, so one busy
+//! stream cannot starve the others.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::IoError;
+
+/// Bytes asked of one splice(2) call; a pipe moves at most its capacity anyway.
+const CHUNK: usize = 1 << 20;
+/// Bytes one job may move per turn before the others get theirs.
+const TURN_BUDGET: usize = 4 << 20;
+/// Buffer for the read/write fallback.
+const FALLBACK_BUF: usize = 64 << 10;
+const WAKE_TOKEN: u64 = u64::MAX;
+
+/// Counts the output copies of one process that have not reached EOF yet.
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    pending: Mutex<usize>,
+    done: Condvar,
+}
+
+impl Drain {
+    /// A token counted as pending until dropped.
+    pub(crate) fn token(self: &Arc<Self>) -> DrainToken {
+        *lock(&self.pending) += 1;
+        DrainToken(Arc::clone(self))
+    }
+
+    /// Waits until every token is dropped, at most `timeout`.
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut pending = lock(&self.pending);
+        while *pending > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            pending = self
+                .done
+                .wait_timeout(pending, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct DrainToken(Arc<Drain>);
+
+impl Drop for DrainToken {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.0.pending);
+        *pending -= 1;
+        if *pending == 0 {
+            self.0.done.notify_all();
+        }
+    }
+}
+
+/// The pty master of a process, shared between the loop (which closes it on a stdin hangup)
+/// and `ProcessIo::resize`.
+pub(crate) type Console = Arc<Mutex<Option<OwnedFd>>>;
+
+/// What happens when a job's source reaches EOF, besides closing both of its fds.
+#[derive(Debug)]
+pub(crate) enum OnEof {
+    Close,
+    /// stdin of a terminal ended: close the console like runc's shim does, which hangs up the
+    /// slave. The owner's console output is drained as far as it is readable first.
+    HangUp(Console),
+}
+
+/// A copy to run: `src` into `dst` until EOF. Both fds must be nonblocking (or never block:
+/// regular files) and belong to the job alone (dup a shared fd: epoll registers per fd).
+#[derive(Debug)]
+pub(crate) struct JobSpec {
+    pub name: &'static str,
+    pub src: OwnedFd,
+    pub dst: OwnedFd,
+    pub on_eof: OnEof,
+    /// Counts this job as output that `wait_drained` waits for.
+    pub drain: Option<DrainToken>,
+    /// The job reads the console (a stdin hangup drains and ends it).
+    pub reads_console: bool,
+}
+
+struct Job {
+    spec: JobSpec,
+    owner: u64,
+    /// `None` while splice works for this pair; the fallback buffer and its pending range.
+    fallback: Option<(Box<[u8]>, usize, usize)>,
+}
+
+enum Step {
+    /// Both ends would block: wait for an edge.
+    Wait,
+    /// Turn budget used up with data still flowing.
+    Yield,
+    /// EOF or an error: the job is over.
+    Done,
+}
+
+enum Moved {
+    Bytes(usize),
+    Eof,
+}
+
+impl Job {
+    fn pump(&mut self) -> Step {
+        let mut moved = 0usize;
+        while moved < TURN_BUDGET {
+            let result = match self.fallback {
+                None => self.splice_once(),
+                Some(_) => self.copy_once(),
+            };
+            match result {
+                Ok(Moved::Bytes(n)) => moved += n,
+                Ok(Moved::Eof) => return Step::Done,
+                Err(Errno::EAGAIN) => return Step::Wait,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EINVAL) if self.fallback.is_none() => {
+                    log::debug!(
+                        "io {}: splice refused, copying through a buffer",
+                        self.spec.name
+                    );
+                    self.fallback = Some((vec![0u8; FALLBACK_BUF].into_boxed_slice(), 0, 0));
+                }
+                // EIO: a pty whose other side is gone; EPIPE: the reader of the container's
+                // stdin exited. Both end the stream.
+                Err(e @ (Errno::EIO | Errno::EPIPE)) => {
+                    log::debug!("io {}: stream ended: {e}", self.spec.name);
+                    return Step::Done;
+                }
+                Err(e) => {
+                    log::warn!("io {}: copy failed: {e}", self.spec.name);
+                    return Step::Done;
+                }
+            }
+        }
+        Step::Yield
+    }
+
+    fn splice_once(&mut self) -> Result<Moved, Errno> {
+        // SAFETY: splice only reads and writes the two fds, which this job owns and keeps open
+        // for the call; null offsets mean "use the file position" (pipes and ttys have none).
+        let n = unsafe {
+            libc::splice(
+                self.spec.src.as_raw_fd(),
+                std::ptr::null_mut(),
+                self.spec.dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                CHUNK,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        match Errno::result(n)? {
+            0 => Ok(Moved::Eof),
+            n => Ok(Moved::Bytes(n as usize)),
+        }
+    }
+
+    fn copy_once(&mut self) -> Result<Moved, Errno> {
+        let (buf, start, end) = self.fallback.as_mut().expect("fallback buffer");
+        if *start == *end {
+            let n = nix::unistd::read(&self.spec.src, buf)?;
+            if n == 0 {
+                return Ok(Moved::Eof);
+            }
+            (*start, *end) = (0, n);
+        }
+        let n = nix::unistd::write(&self.spec.dst, &buf[*start..*end])?;
+        if n == 0 {
+            return Err(Errno::EAGAIN);
+        }
+        *start += n;
+        Ok(Moved::Bytes(n))
+    }
+}
+
+struct State {
+    jobs: HashMap<u64, Job>,
+    /// Jobs that stopped on their budget rather than on EAGAIN: no edge will come for them.
+    ready: VecDeque<u64>,
+}
+
+struct Shared {
+    epoll: Epoll,
+    wake: EventFd,
+    stop: AtomicBool,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+}
+
+/// The process-wide copy thread. Dropping the last handle stops the thread and closes every
+/// fd it still holds.
+pub struct IoLoop {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for IoLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoLoop").finish_non_exhaustive()
+    }
+}
+
+impl IoLoop {
+    /// Starts the copy thread.
+    pub fn start() -> Result<Arc<IoLoop>, IoError> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(IoError::Epoll)?;
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(IoError::Epoll)?;
+        epoll
+            .add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN))
+            .map_err(IoError::Epoll)?;
+        let shared = Arc::new(Shared {
+            epoll,
+            wake,
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State {
+                jobs: HashMap::new(),
+                ready: VecDeque::new(),
+            }),
+            next_id: AtomicU64::new(1),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("pelagos-io".into())
+            .spawn(move || run(&thread_shared))
+            .map_err(IoError::Thread)?;
+        Ok(Arc::new(IoLoop {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// A fresh owner id grouping the jobs of one process.
+    pub(crate) fn new_owner(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers `specs` under `owner`. On error none of them is left registered and all their
+    /// fds are closed.
+    pub(crate) fn add(&self, owner: u64, specs: Vec<JobSpec>) -> Result<(), IoError> {
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let mut state = lock(&self.shared.state);
+        let mut added = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let job = Job {
+                spec,
+                owner,
+                fallback: None,
+            };
+            if let Err(e) = register(&self.shared.epoll, id, &job) {
+                unregister(&self.shared.epoll, &job);
+                for id in added {
+                    if let Some(job) = state.jobs.remove(&id) {
+                        unregister(&self.shared.epoll, &job);
+                    }
+                }
+                return Err(e);
+            }
+            state.jobs.insert(id, job);
+            state.ready.push_back(id);
+            added.push(id);
+        }
+        drop(state);
+        // A job whose fds cannot be polled (regular files) gets no edge; the first pump
+        // happens through the ready queue.
+        self.wake();
+        Ok(())
+    }
+
+    /// Stops and closes every job of `owner`. Returns once their fds are closed.
+    pub(crate) fn remove_owner(&self, owner: u64) {
+        let mut state = lock(&self.shared.state);
+        let ids: Vec<u64> = state
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.owner == owner)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(job) = state.jobs.remove(&id) {
+                unregister(&self.shared.epoll, &job);
+            }
+        }
+    }
+
+    /// Number of jobs still running (for tests and debugging).
+    #[cfg(test)]
+    pub(crate) fn job_count(&self) -> usize {
+        lock(&self.shared.state).jobs.len()
+    }
+
+    fn wake(&self) {
+        if let Err(e) = self.shared.wake.write(1) {
+            // EAGAIN: the counter is saturated, the loop is awake anyway.
+            if e != Errno::EAGAIN {
+                log::warn!("io loop: cannot wake the copy thread: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for IoLoop {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wake();
+        let thread = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                log::error!("io loop: copy thread panicked");
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn token(id: u64, is_dst: bool) -> u64 {
+    (id << 1) | u64::from(is_dst)
+}
+
+fn register(epoll: &Epoll, id: u64, job: &Job) -> Result<(), IoError> {
+    let ends = [
+        (&job.spec.src, EpollFlags::EPOLLIN, false),
+        (&job.spec.dst, EpollFlags::EPOLLOUT, true),
+    ];
+    for (fd, flags, is_dst) in ends {
+        let event = EpollEvent::new(flags | EpollFlags::EPOLLET, token(id, is_dst));
+        match epoll.add(fd.as_fd(), event) {
+            // Regular files and /dev/null cannot be polled: they never block either.
+            Ok(()) | Err(Errno::EPERM) => {}
+            Err(e) => return Err(IoError::Epoll(e)),
+        }
+    }
+    Ok(())
+}
+
+fn unregister(epoll: &Epoll, job: &Job) {
+    // ENOENT (never registered) and EPERM (not pollable) are expected here.
+    let _ = epoll.delete(job.spec.src.as_fd());
+    let _ = epoll.delete(job.spec.dst.as_fd());
+}
+
+fn run(shared: &Shared) {
+    let mut events = vec![EpollEvent::empty(); 64];
+    loop {
+        let idle = lock(&shared.state).ready.is_empty();
+        let timeout = if idle {
+            EpollTimeout::NONE
+        } else {
+            EpollTimeout::ZERO
+        };
+        let n = match shared.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("io loop: epoll_wait failed: {e}; copy thread stops");
+                break;
+            }
+        };
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let mut state = lock(&shared.state);
+        for event in &events[..n] {
+            match event.data() {
+                WAKE_TOKEN => {
+                    let _ = shared.wake.read();
+                }
+                t => pump(shared, &mut state, t >> 1),
+            }
+        }
+        let queued = std::mem::take(&mut state.ready);
+        for id in queued {
+            pump(shared, &mut state, id);
+        }
+    }
+    let mut state = lock(&shared.state);
+    for (_, job) in state.jobs.drain() {
+        unregister(&shared.epoll, &job);
+    }
+}
+
+fn pump(shared: &Shared, state: &mut State, id: u64) {
+    let Some(job) = state.jobs.get_mut(&id) else {
+        return; // removed since the event was queued
+    };
+    match job.pump() {
+        Step::Wait => {}
+        Step::Yield => state.ready.push_back(id),
+        Step::Done => {
+            let job = state.jobs.remove(&id).expect("job present");
+            unregister(&shared.epoll, &job);
+            log::debug!("io {}: done", job.spec.name);
+            if let OnEof::HangUp(console) = &job.spec.on_eof {
+                hang_up(shared, state, job.owner, console);
+            }
+        }
+    }
+}
+
+/// Ends the console of `owner`: copies out what its output job can read right now, then closes
+/// every master fd so the slave side is hung up.
+fn hang_up(shared: &Shared, state: &mut State, owner: u64, console: &Console) {
+    let ids: Vec<u64> = state
+        .jobs
+        .iter()
+        .filter(|(_, j)| j.owner == owner && j.spec.reads_console)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in ids {
+        if let Some(mut job) = state.jobs.remove(&id) {
+            while let Step::Yield = job.pump() {}
+            unregister(&shared.epoll, &job);
+        }
+    }
+    lock(console).take();
+}
