@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn every_oci_capability_is_known() {
-        let json = serde_json::to_string(&NAMES).unwrap();
+        let json = serde_json::to_string(&NAMES[..]).unwrap();
         let caps: Vec<Capability> = serde_json::from_str(&json).unwrap();
         for (i, c) in caps.iter().enumerate() {
             assert_eq!(number(c).unwrap(), i as u32, "{c}");

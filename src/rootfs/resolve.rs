@@ -53,16 +53,56 @@ pub enum Kind {
 
 /// Opens `rel` under `root` (as [`open_in_root`]), creating it and any missing parent
 /// directories (0755) first. The last component is created as `kind` (files 0644, empty).
-/// Errors carry the errno and the relative path that failed.
+/// A dangling symlink on the way gets its target created inside the root, as runc's
+/// MkdirAllInRoot does. Errors carry the errno and the relative path that failed.
 pub fn ensure_in_root(
     root: BorrowedFd<'_>,
     rel: &Path,
     kind: Kind,
 ) -> Result<OwnedFd, (Errno, PathBuf)> {
+    ensure(root, rel, kind, 0)
+}
+
+/// Linux's own limit on nested symlinks in one lookup.
+const MAX_SYMLINKS: u32 = 40;
+
+fn ensure(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    kind: Kind,
+    depth: u32,
+) -> Result<OwnedFd, (Errno, PathBuf)> {
+    if depth > MAX_SYMLINKS {
+        return Err((Errno::ELOOP, rel.to_path_buf()));
+    }
     match open_in_root(root, rel, OFlag::empty()) {
         Ok(fd) => return Ok(fd),
         Err(Errno::ENOENT) => {}
         Err(e) => return Err((e, rel.to_path_buf())),
+    }
+    let comps: Vec<Component> = rel
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
+        .collect();
+    if let Some(pos) = comps.iter().position(|c| *c == Component::ParentDir) {
+        // ".." means the parent of the real directory, which after a symlink is not the
+        // lexical parent: resolve the prefix, then continue from its real location.
+        let prefix: PathBuf = comps[..pos].iter().collect();
+        let prefix = if prefix.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            prefix
+        };
+        let pfd = ensure(root, &prefix, Kind::Dir, depth)?;
+        let real = real_relative(root, pfd.as_fd()).map_err(|e| (e, prefix.clone()))?;
+        let mut next = real.parent().map(Path::to_path_buf).unwrap_or_default();
+        next.extend(&comps[pos + 1..]);
+        let next = if next.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            next
+        };
+        return ensure(root, &next, kind, depth);
     }
     let name = match rel.file_name() {
         Some(n) => n,
@@ -73,7 +113,7 @@ pub fn ensure_in_root(
         _ => PathBuf::from("."),
     };
     // An O_PATH directory fd is a valid dirfd for mkdirat/openat.
-    let dir = ensure_in_root(root, &parent_rel, Kind::Dir)?;
+    let dir = ensure(root, &parent_rel, Kind::Dir, depth)?;
     let created = match kind {
         Kind::Dir => nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o755)),
         Kind::File => nix::fcntl::openat(
@@ -85,11 +125,34 @@ pub fn ensure_in_root(
         .map(drop),
     };
     match created {
-        // EEXIST: a dangling symlink or a concurrent creation; the lookup below decides.
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err((e, rel.to_path_buf())),
     }
+    match open_in_root(root, rel, OFlag::empty()) {
+        Err(Errno::ENOENT) => {}
+        r => return r.map_err(|e| (e, rel.to_path_buf())),
+    }
+    // Still missing after EEXIST: `name` is a dangling symlink. Create its target, resolved
+    // inside the root, then look the path up again.
+    let target = nix::fcntl::readlinkat(dir.as_fd(), name).map_err(|e| (e, rel.to_path_buf()))?;
+    let target = Path::new(&target);
+    let base = if target.is_absolute() {
+        PathBuf::new()
+    } else {
+        real_relative(root, dir.as_fd()).map_err(|e| (e, parent_rel.clone()))?
+    };
+    ensure(root, &base.join(target), kind, depth + 1)?;
     open_in_root(root, rel, OFlag::empty()).map_err(|e| (e, rel.to_path_buf()))
+}
+
+/// Where `fd` really is, relative to `root` (both must be inside the same tree).
+fn real_relative(root: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<PathBuf, Errno> {
+    let r = nix::fcntl::readlink(&fd_path(root))?;
+    let f = nix::fcntl::readlink(&fd_path(fd))?;
+    let rel = Path::new(&f)
+        .strip_prefix(Path::new(&r))
+        .map_err(|_| Errno::EXDEV)?;
+    Ok(rel.to_path_buf())
 }
 
 /// The /proc path naming an open fd, for syscalls that only take paths (mount(2)). The
@@ -128,6 +191,19 @@ mod tests {
 
         ensure_in_root(rootfd.as_fd(), Path::new("escape/sub"), Kind::Dir).unwrap();
         ensure_in_root(rootfd.as_fd(), Path::new("up/file"), Kind::File).unwrap();
+        std::os::unix::fs::symlink("rel/../target", root.join("dangling")).unwrap();
+        ensure_in_root(rootfd.as_fd(), Path::new("dangling/x"), Kind::File).unwrap();
+        assert!(root.join("rel").is_dir() && root.join("target/x").is_file());
+        std::os::unix::fs::symlink("/../../abs/./y", root.join("dangling_abs")).unwrap();
+        ensure_in_root(rootfd.as_fd(), Path::new("dangling_abs/z"), Kind::Dir).unwrap();
+        assert!(root.join("abs/y/z").is_dir());
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(
+            ensure_in_root(rootfd.as_fd(), Path::new("loop/x"), Kind::Dir)
+                .unwrap_err()
+                .0,
+            Errno::ELOOP
+        );
         // The absolute symlink target was re-rooted: the directory exists inside the root.
         assert!(root
             .join(outside.strip_prefix("/").unwrap())

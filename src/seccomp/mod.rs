@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn moby_like_default_profile_compiles() {
-        let json = include_str!("../tests/data/seccomp_moby_default.json");
+        let json = include_str!("moby_default.json");
         let f = compile_uncached(&profile(json)).unwrap();
         assert!(f.bpf.len() / 8 > 100, "{} instructions", f.bpf.len() / 8);
     }
