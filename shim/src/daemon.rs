@@ -1,0 +1,194 @@
+//! The long-lived shim daemon: serves the Task API on the listener `start` handed over as fd 3
+//! and runs the exit monitor on its main thread.
+//!
+//! Order matters at startup: SIGCHLD is blocked before any thread exists (threads inherit the
+//! mask), so it is only ever consumed through the signalfd; the process becomes a child
+//! subreaper so orphans of its containers are re-parented here and reaped too.
+//!
+//! Threads: this main thread (signalfd + OOM fds + wake-up in one epoll), the events queue,
+//! the stdio loop, and ttrpc's listener plus a few per connection.
+
+use std::os::fd::{AsFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use containerd_shim_protos::shim::shim_ttrpc::{create_task, Task};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use pelagos::reaper;
+
+use crate::args::Flags;
+use crate::delete::state_root;
+use crate::events::Publisher;
+use crate::io::IoLoop;
+use crate::service::{ExitSignal, Shim};
+use crate::start::LISTENER_FD;
+
+const SIGNAL_KEY: u64 = 0;
+const WAKE_KEY: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("daemon: {what}: {errno}")]
+    Sys {
+        what: &'static str,
+        errno: nix::errno::Errno,
+    },
+    #[error("daemon: start a thread: {0}")]
+    Thread(std::io::Error),
+    #[error("daemon: stdio loop: {0}")]
+    Io(#[from] crate::io::IoError),
+    #[error("daemon: ttrpc server: {0}")]
+    Server(#[from] ttrpc::Error),
+}
+
+fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> DaemonError {
+    move |errno| DaemonError::Sys { what, errno }
+}
+
+/// Serves until Shutdown with no containers left.
+pub fn run(flags: &Flags) -> Result<(), DaemonError> {
+    // SAFETY: mallopt only tunes the allocator; one arena keeps the RSS of a mostly idle,
+    // many-threaded process small.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    chld.thread_block().map_err(sys("block SIGCHLD"))?;
+    // SAFETY: setting a signal to SIG_IGN installs no handler code.
+    unsafe {
+        nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)
+            .map_err(sys("ignore SIGPIPE"))?;
+    }
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys("PR_SET_CHILD_SUBREAPER"))?;
+    set_cloexec(LISTENER_FD)?;
+
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    crate::logger::init(&cwd, flags.debug);
+    reaper::enable_loop();
+
+    let sfd = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(sys("signalfd"))?;
+    let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll"))?);
+    epoll
+        .add(
+            sfd.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_KEY),
+        )
+        .map_err(sys("epoll add signalfd"))?;
+    let exit = Arc::new(ExitSignal::new().map_err(sys("eventfd"))?);
+    epoll
+        .add(exit.fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE_KEY))
+        .map_err(sys("epoll add eventfd"))?;
+
+    let publisher = Arc::new(
+        Publisher::start(
+            std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+            flags.namespace.clone(),
+        )
+        .map_err(DaemonError::Thread)?,
+    );
+    let io = IoLoop::start()?;
+    let shim = Arc::new(Shim::new(
+        flags.namespace.clone(),
+        pelagos::Config {
+            root: state_root(&flags.namespace),
+            helper: None,
+        },
+        io,
+        publisher.clone(),
+        epoll.clone(),
+        exit.clone(),
+    ));
+
+    let mut server = ttrpc::Server::new()
+        .add_listener(LISTENER_FD)?
+        .register_service(task_services(shim.clone()))
+        .set_thread_count_min(1)
+        .set_thread_count_default(2)
+        .set_thread_count_max(3);
+    server.start()?;
+    log::info!(
+        "shim serving {} (namespace {}, first container {})",
+        flags.socket,
+        flags.namespace,
+        flags.id
+    );
+
+    let mut events = [EpollEvent::empty(); 16];
+    'serve: loop {
+        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(sys("epoll_wait")(e)),
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                SIGNAL_KEY => {
+                    while let Ok(Some(_)) = sfd.read_signal() {}
+                    let exits = reaper::reap_all();
+                    if !exits.is_empty() {
+                        shim.handle_exits(&exits);
+                    }
+                }
+                WAKE_KEY => {
+                    if exit.requested() {
+                        break 'serve;
+                    }
+                }
+                key => shim.handle_oom(key),
+            }
+        }
+    }
+
+    // containerd closes its connection right after Shutdown answers; the reply is already
+    // on its way. Remove the socket so no new connection finds a dying shim.
+    let path = flags.socket.trim_start_matches("unix://");
+    if !path.is_empty() {
+        let _ = std::fs::remove_file(path);
+    }
+    publisher.flush_and_stop();
+    log::info!("shim exiting");
+    Ok(())
+}
+
+/// The Task service under both names: `containerd.task.v2.Task` (what every containerd uses
+/// with a plain-address answer) and `containerd.task.v3.Task` (byte-identical messages).
+fn task_services(
+    shim: Arc<dyn Task + Send + Sync>,
+) -> std::collections::HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>> {
+    let mut methods = create_task(shim.clone());
+    for (path, handler) in create_task(shim) {
+        let v2 = path.replacen("containerd.task.v3.", "containerd.task.v2.", 1);
+        methods.insert(v2, handler);
+    }
+    methods
+}
+
+fn set_cloexec(fd: RawFd) -> Result<(), DaemonError> {
+    // SAFETY: F_SETFD on an fd number; EBADF is reported, nothing else happens.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if rc < 0 {
+        return Err(sys("listener fd 3")(nix::errno::Errno::last()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl Task for Nop {}
+
+    #[test]
+    fn both_task_api_names_are_served() {
+        let names: Vec<String> = task_services(Arc::new(Nop)).into_keys().collect();
+        assert_eq!(names.len(), 34);
+        assert!(names.contains(&"/containerd.task.v2.Task/Create".to_string()));
+        assert!(names.contains(&"/containerd.task.v2.Task/Shutdown".to_string()));
+        assert!(names.contains(&"/containerd.task.v3.Task/Wait".to_string()));
+    }
+}

@@ -1,0 +1,64 @@
+//! The `delete` action: containerd's cleanup of one container whose shim is gone or done
+//! (run after every shim connection closes, so usually there is nothing left to do).
+//!
+//! It is quick and idempotent, and touches only `-id`: with grouping the shim daemon may still
+//! serve other containers. The processes are not our children, so they are killed, not
+//! reaped; the state and cgroup go with `Container::delete`.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::shim::DeleteResponse;
+
+use crate::args::Flags;
+use crate::events::timestamp;
+use crate::mount;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("delete: encode response: {0}")]
+    Encode(#[from] containerd_shim_protos::protobuf::Error),
+    #[error("delete: no bundle: {0}")]
+    Bundle(std::io::Error),
+}
+
+/// The state root of a namespace's containers (shared by the daemon and `delete`).
+pub fn state_root(namespace: &str) -> PathBuf {
+    Path::new("/run/pelagos").join(namespace)
+}
+
+/// Cleans up `-id` and returns the DeleteResponse bytes to print.
+pub fn run(flags: &Flags) -> Result<Vec<u8>, DeleteError> {
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().map_err(DeleteError::Bundle)?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let config = pelagos::Config {
+        root: state_root(&flags.namespace),
+        helper: None,
+    };
+    let mut pid = 0;
+    if config.root.join(&flags.id).exists() {
+        match pelagos::Container::load(&config, &flags.id) {
+            Ok(c) => {
+                pid = c.pid();
+                if let Err(e) = c.delete(true) {
+                    log::warn!("delete {}: {e}", flags.id);
+                }
+            }
+            Err(e) => log::warn!("delete {}: load: {e}", flags.id),
+        }
+    }
+    if let Err(e) = mount::unmount_recursive(&bundle.join("rootfs")) {
+        log::warn!("delete {}: {e}", flags.id);
+    }
+    let resp = DeleteResponse {
+        pid: pid.max(0) as u32,
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: Some(timestamp(SystemTime::now())).into(),
+        ..Default::default()
+    };
+    Ok(resp.write_to_bytes()?)
+}

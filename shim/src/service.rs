@@ -1,0 +1,1068 @@
+//! The containerd Task service (`containerd.task.v2.Task`, also registered as v3): the 17 RPCs
+//! on top of the pelagos core, with the behaviour and gRPC codes of containerd-shim-runc-v2.
+//!
+//! Locking: one service mutex guards the bookkeeping ([`Lifecycle`]) and the handles (IO,
+//! OOM watches); it is held only for short, non-blocking work, and every event is queued while
+//! holding it, so queue order is protocol order. Slow core calls (create, start, exec, freeze)
+//! run outside it, on a per-container `RwLock`. The monitor (the daemon's main thread) also
+//! takes the service mutex to route exits, and never a container lock: the core waits for its
+//! setup helpers through the reaper, which only that thread drives.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::events::task::TaskIO;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageFull};
+use containerd_shim_protos::shim::oci::ProcessDetails;
+use containerd_shim_protos::shim::shim::*;
+use containerd_shim_protos::shim::shim_ttrpc::Task;
+use containerd_shim_protos::types::task::{ProcessInfo, Status as ApiStatus};
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::eventfd::EventFd;
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
+use pelagos::reaper::{self, Exit};
+use ttrpc::{Code, TtrpcContext};
+
+use crate::events::{timestamp, Event, Publisher};
+use crate::io::{IoLoop, LoggerContext, ProcessIo, StdioConfig};
+use crate::lifecycle::{Action, Lifecycle, LifecycleError, Sink, Status};
+use crate::mount::{self, MountSpec};
+use crate::{metrics, options};
+
+/// How long Delete waits for a process's output to be copied out.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Epoll keys below this are the daemon's own (signalfd, wake-up eventfd).
+pub const FIRST_OOM_KEY: u64 = 16;
+
+type Res<T> = ttrpc::Result<T>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("read spec {path}: {reason}")]
+    Spec { path: PathBuf, reason: String },
+}
+
+fn status(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.to_string()))
+}
+
+impl From<LifecycleError> for ttrpc::Error {
+    fn from(e: LifecycleError) -> Self {
+        let code = match e {
+            LifecycleError::NotFound(_) | LifecycleError::ExecNotFound { .. } => Code::NOT_FOUND,
+            LifecycleError::AlreadyExists(_) | LifecycleError::ExecExists { .. } => {
+                Code::ALREADY_EXISTS
+            }
+            LifecycleError::InitNotRunning(_) => Code::FAILED_PRECONDITION,
+            LifecycleError::BadState { .. } => Code::UNKNOWN,
+        };
+        status(code, e)
+    }
+}
+
+impl Sink for Publisher {
+    fn publish(&self, event: Event) {
+        Publisher::publish(self, event);
+    }
+}
+
+pub fn api_status(s: Status) -> ApiStatus {
+    match s {
+        Status::Created => ApiStatus::CREATED,
+        Status::Running => ApiStatus::RUNNING,
+        Status::Pausing => ApiStatus::PAUSING,
+        Status::Paused => ApiStatus::PAUSED,
+        Status::Stopped => ApiStatus::STOPPED,
+    }
+}
+
+/// Asks the daemon's main loop to finish.
+pub struct ExitSignal {
+    requested: AtomicBool,
+    wake: EventFd,
+}
+
+impl ExitSignal {
+    pub fn new() -> nix::Result<ExitSignal> {
+        Ok(ExitSignal {
+            requested: AtomicBool::new(false),
+            wake: EventFd::from_flags(
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC
+                    | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )?,
+        })
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    pub fn trigger(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+    }
+
+    pub fn requested(&self) -> bool {
+        let _ = self.wake.read();
+        self.requested.load(Ordering::SeqCst)
+    }
+}
+
+type ContainerCell = Arc<RwLock<Option<pelagos::Container>>>;
+
+struct ExecHandles {
+    spec: Process,
+    stdio: StdioConfig,
+    io: Option<ProcessIo>,
+    pidfd: Option<OwnedFd>,
+}
+
+struct Handles {
+    container: ContainerCell,
+    init_io: Option<ProcessIo>,
+    execs: HashMap<String, ExecHandles>,
+    /// Set when Create mounted containerd's rootfs mounts here.
+    rootfs: Option<PathBuf>,
+    oom: Option<(u64, pelagos::cgroups::OomWatch)>,
+}
+
+#[derive(Default)]
+struct Handled {
+    handles: HashMap<String, Handles>,
+    oom_keys: HashMap<u64, String>,
+}
+
+struct State {
+    life: Lifecycle,
+    h: Handled,
+}
+
+pub struct Shim {
+    namespace: String,
+    config: pelagos::Config,
+    io: Arc<IoLoop>,
+    state: Mutex<State>,
+    changed: Condvar,
+    epoll: Arc<Epoll>,
+    next_key: AtomicU64,
+    exit: Arc<ExitSignal>,
+}
+
+impl Shim {
+    pub fn new(
+        namespace: String,
+        config: pelagos::Config,
+        io: Arc<IoLoop>,
+        publisher: Arc<Publisher>,
+        epoll: Arc<Epoll>,
+        exit: Arc<ExitSignal>,
+    ) -> Shim {
+        Shim {
+            namespace,
+            config,
+            io,
+            state: Mutex::new(State {
+                life: Lifecycle::new(publisher),
+                h: Handled::default(),
+            }),
+            changed: Condvar::new(),
+            epoll,
+            next_key: AtomicU64::new(FIRST_OOM_KEY),
+            exit,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes exits the monitor reaped. Exits of pids we do not own stay in the reaper's table
+    /// (a Start in flight claims them, or the core's own waits take them).
+    pub fn handle_exits(&self, exits: &[Exit]) {
+        let mut st = self.lock();
+        let mut any = false;
+        for e in exits {
+            if !st.life.owns_pid(e.pid) {
+                continue;
+            }
+            if let Some(exit) = reaper::try_take(e.pid) {
+                self.route_exit(&mut st, exit);
+                any = true;
+            }
+        }
+        drop(st);
+        if any {
+            self.changed.notify_all();
+        }
+    }
+
+    /// The OOM fd registered under `key` became readable.
+    pub fn handle_oom(&self, key: u64) {
+        let mut st = self.lock();
+        let State { life, h } = &mut *st;
+        let Some(id) = h.oom_keys.get(&key).cloned() else {
+            return;
+        };
+        let Some((_, watch)) = h.handles.get_mut(&id).and_then(|x| x.oom.as_mut()) else {
+            return;
+        };
+        match watch.check() {
+            Ok(true) => {
+                log::info!("container {id}: OOM kill");
+                life.oom(&id);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                log::warn!("container {id}: oom watch: {e}; no longer watching");
+                self.stop_oom_watch(h, &id);
+            }
+        }
+    }
+
+    fn route_exit(&self, st: &mut State, exit: Exit) {
+        let State { life, h } = st;
+        let mut final_check = |id: &str| final_oom(h, id);
+        if let Some(actions) = life.on_exit(exit, &mut final_check) {
+            self.run_actions(h, actions);
+        }
+    }
+
+    fn run_actions(&self, h: &mut Handled, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::StopOomWatch(id) => self.stop_oom_watch(h, &id),
+                Action::KillAll(id) => {
+                    let Some(cell) = h.handles.get(&id).map(|x| x.container.clone()) else {
+                        continue;
+                    };
+                    // Off this thread: the container lock may be held by a slow call.
+                    let _ = std::thread::Builder::new()
+                        .name("kill-all".into())
+                        .spawn(move || {
+                            let guard = cell.read().unwrap_or_else(|e| e.into_inner());
+                            if let Some(cg) = guard.as_ref().and_then(|c| c.cgroup()) {
+                                if let Err(e) = cg.kill_all(nix::sys::signal::Signal::SIGKILL) {
+                                    log::warn!("container {id}: kill the rest of the cgroup: {e}");
+                                }
+                            }
+                        });
+                }
+            }
+        }
+    }
+
+    fn stop_oom_watch(&self, h: &mut Handled, id: &str) {
+        if let Some((key, w)) = h.handles.get_mut(id).and_then(|x| x.oom.take()) {
+            let _ = self.epoll.delete(w.fd());
+            h.oom_keys.remove(&key);
+        }
+    }
+
+    fn container(&self, id: &str) -> Res<ContainerCell> {
+        let st = self.lock();
+        st.life.get(id)?;
+        st.h.handles
+            .get(id)
+            .map(|x| x.container.clone())
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()).into())
+    }
+
+    fn do_create(&self, req: &CreateTaskRequest, since: SystemTime) -> Res<i32> {
+        let id = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
+        let opts =
+            options::decode(req.options.as_ref()).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        let spec = load_spec(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+
+        let rootfs = bundle.join("rootfs");
+        let mounts: Vec<MountSpec> = req
+            .rootfs
+            .iter()
+            .map(|m| MountSpec {
+                fstype: m.type_.clone(),
+                source: m.source.clone(),
+                target: m.target.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        mount::mount_all(&mounts, &rootfs).map_err(|e| status(Code::UNKNOWN, e))?;
+        let undo_mounts = || {
+            if !mounts.is_empty() {
+                if let Err(e) = mount::unmount_recursive(&rootfs) {
+                    log::warn!("container {id}: {e}");
+                }
+            }
+        };
+
+        let stdio_cfg = StdioConfig {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let ctx = LoggerContext {
+            namespace: self.namespace.clone(),
+            id: id.clone(),
+        };
+        let (pio, stdio) = match ProcessIo::open(&self.io, &stdio_cfg, &ctx) {
+            Ok(x) => x,
+            Err(e) => {
+                undo_mounts();
+                return Err(status(Code::UNKNOWN, e));
+            }
+        };
+        if req.terminal {
+            if let Some(cs) = spec.process().as_ref().and_then(|p| p.console_size()) {
+                if let Err(e) = pio.resize(cs.width() as u16, cs.height() as u16) {
+                    log::warn!("container {id}: initial console size: {e}");
+                }
+            }
+        }
+        let created = pelagos::Container::create(
+            &self.config,
+            pelagos::CreateOptions {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                stdio,
+                no_pivot: opts.no_pivot_root,
+                preserve_fds: Vec::new(),
+            },
+        );
+        let container = match created {
+            Ok(c) => c,
+            Err(e) => {
+                pio.shutdown();
+                undo_mounts();
+                return Err(status(
+                    Code::UNKNOWN,
+                    format!("OCI runtime create failed: {e}"),
+                ));
+            }
+        };
+        let pid = container.pid();
+        let oom = match container.cgroup().map(|c| c.oom_watch()) {
+            Some(Ok(w)) => Some(w),
+            Some(Err(e)) => {
+                log::warn!("container {id}: no OOM events: {e}");
+                None
+            }
+            None => None,
+        };
+        let kill_all = !has_private_pid_ns(&spec);
+
+        let mut st = self.lock();
+        let oom = oom.and_then(|w| {
+            let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+            match self
+                .epoll
+                .add(w.fd(), EpollEvent::new(EpollFlags::EPOLLIN, key))
+            {
+                Ok(()) => {
+                    st.h.oom_keys.insert(key, id.clone());
+                    Some((key, w))
+                }
+                Err(e) => {
+                    log::warn!("container {id}: watch OOM fd: {e}");
+                    None
+                }
+            }
+        });
+        st.h.handles.insert(
+            id.clone(),
+            Handles {
+                container: Arc::new(RwLock::new(Some(container))),
+                init_io: Some(pio),
+                execs: HashMap::new(),
+                rootfs: (!mounts.is_empty()).then_some(rootfs),
+                oom,
+            },
+        );
+        st.life.created(
+            &id,
+            bundle,
+            pid,
+            task_io(&stdio_cfg),
+            req.rootfs.clone(),
+            kill_all,
+            since,
+        );
+        // An init killed before it was registered left its exit in the reaper's table.
+        if let Some(exit) = reaper::try_take(pid) {
+            self.route_exit(&mut st, exit);
+        }
+        drop(st);
+        self.changed.notify_all();
+        log::info!("container {id} created, pid {pid}");
+        Ok(pid)
+    }
+
+    fn start_init(&self, id: &str) -> Res<StartResponse> {
+        let (pid, cell) = {
+            let mut st = self.lock();
+            let pid = st.life.begin_start(id)?;
+            (pid, st.h.handles[id].container.clone())
+        };
+        let result = {
+            let mut guard = cell.write().unwrap_or_else(|e| e.into_inner());
+            match guard.as_mut() {
+                Some(c) => c.start().map_err(|e| e.to_string()),
+                None => Err("container is gone".to_owned()),
+            }
+        };
+        let mut st = self.lock();
+        let State { life, h } = &mut *st;
+        let mut final_check = |i: &str| final_oom(h, i);
+        let actions = life.finish_start(id, result.is_ok(), &mut final_check);
+        self.run_actions(h, actions);
+        drop(st);
+        self.changed.notify_all();
+        match result {
+            Ok(()) => Ok(StartResponse {
+                pid: pid as u32,
+                ..Default::default()
+            }),
+            Err(e) => Err(status(
+                Code::UNKNOWN,
+                format!("OCI runtime start failed: {e}"),
+            )),
+        }
+    }
+
+    fn start_exec(&self, id: &str, exec_id: &str) -> Res<StartResponse> {
+        let since = SystemTime::now();
+        let (cell, spec, stdio_cfg) = {
+            let mut st = self.lock();
+            st.life.begin_exec_start(id, exec_id, since)?;
+            let h = &st.h.handles[id];
+            let e = &h.execs[exec_id];
+            (h.container.clone(), e.spec.clone(), e.stdio.clone())
+        };
+        let fail = |e: ttrpc::Error| {
+            self.lock().life.exec_start_failed(id, exec_id);
+            self.changed.notify_all();
+            e
+        };
+        let ctx = LoggerContext {
+            namespace: self.namespace.clone(),
+            id: id.to_owned(),
+        };
+        let (pio, stdio) = ProcessIo::open(&self.io, &stdio_cfg, &ctx)
+            .map_err(|e| fail(status(Code::UNKNOWN, e)))?;
+        if stdio_cfg.terminal {
+            if let Some(cs) = spec.console_size() {
+                let _ = pio.resize(cs.width() as u16, cs.height() as u16);
+            }
+        }
+        let result = {
+            let guard = cell.read().unwrap_or_else(|e| e.into_inner());
+            match guard.as_ref() {
+                Some(c) => c.exec(&spec, stdio).map_err(|e| e.to_string()),
+                None => Err("container is gone".to_owned()),
+            }
+        };
+        let ep = match result {
+            Ok(ep) => ep,
+            Err(e) => {
+                pio.shutdown();
+                return Err(fail(status(
+                    Code::UNKNOWN,
+                    format!("OCI runtime exec failed: {e}"),
+                )));
+            }
+        };
+        let pid = ep.pid;
+        let mut st = self.lock();
+        if let Some(eh) =
+            st.h.handles
+                .get_mut(id)
+                .and_then(|h| h.execs.get_mut(exec_id))
+        {
+            eh.io = Some(pio);
+            eh.pidfd = Some(ep.pidfd);
+        }
+        st.life.exec_started(id, exec_id, pid);
+        if let Some(exit) = reaper::try_take(pid) {
+            self.route_exit(&mut st, exit);
+        }
+        drop(st);
+        self.changed.notify_all();
+        Ok(StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    fn delete_init(&self, id: &str) -> Res<DeleteResponse> {
+        let (started, handles) = {
+            let mut st = self.lock();
+            let started = st.life.begin_delete(id)?;
+            let State { h, .. } = &mut *st;
+            self.stop_oom_watch(h, id);
+            (started, h.handles.remove(id))
+        };
+        if let Some(h) = handles {
+            if let Some(io) = h.init_io {
+                if started && !io.wait_drained(DRAIN_TIMEOUT) {
+                    log::warn!("container {id}: output not drained after {DRAIN_TIMEOUT:?}");
+                }
+                io.shutdown();
+            }
+            for (_, e) in h.execs {
+                if let Some(io) = e.io {
+                    io.shutdown();
+                }
+            }
+            let container = h
+                .container
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(c) = container {
+                // A created init was never ours to report: kill it (the core reaps it).
+                if let Err(e) = c.delete(!started) {
+                    log::error!("container {id}: delete: {e}");
+                }
+            }
+            if let Some(rootfs) = h.rootfs {
+                if let Err(e) = mount::unmount_recursive(&rootfs) {
+                    log::error!("container {id}: {e}");
+                }
+            }
+        }
+        let d = self.lock().life.finish_delete(id);
+        self.changed.notify_all();
+        let d = d.ok_or_else(|| ttrpc::Error::from(LifecycleError::NotFound(id.to_owned())))?;
+        log::info!("container {id} deleted");
+        Ok(DeleteResponse {
+            pid: d.pid as u32,
+            exit_status: d.status,
+            exited_at: Some(timestamp(d.at)).into(),
+            ..Default::default()
+        })
+    }
+
+    fn delete_exec(&self, id: &str, exec_id: &str) -> Res<DeleteResponse> {
+        let (d, io) = {
+            let mut st = self.lock();
+            let d = st.life.delete_exec(id, exec_id)?;
+            let io =
+                st.h.handles
+                    .get_mut(id)
+                    .and_then(|h| h.execs.remove(exec_id))
+                    .and_then(|e| e.io);
+            (d, io)
+        };
+        self.changed.notify_all();
+        if let Some(io) = io {
+            if !io.wait_drained(DRAIN_TIMEOUT) {
+                log::warn!("exec {exec_id} of {id}: output not drained after {DRAIN_TIMEOUT:?}");
+            }
+            io.shutdown();
+        }
+        Ok(DeleteResponse {
+            pid: d.pid.max(0) as u32,
+            exit_status: d.status,
+            exited_at: Some(timestamp(d.at)).into(),
+            ..Default::default()
+        })
+    }
+}
+
+fn final_oom(h: &mut Handled, id: &str) -> bool {
+    h.handles
+        .get_mut(id)
+        .and_then(|x| x.oom.as_mut())
+        .map(|(_, w)| w.check().unwrap_or(false))
+        .unwrap_or(false)
+}
+
+fn task_io(c: &StdioConfig) -> TaskIO {
+    TaskIO {
+        stdin: c.stdin.clone(),
+        stdout: c.stdout.clone(),
+        stderr: c.stderr.clone(),
+        terminal: c.terminal,
+        ..Default::default()
+    }
+}
+
+fn load_spec(bundle: &std::path::Path) -> Result<Spec, ServiceError> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|e| ServiceError::Spec {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// Whether the container gets a pid namespace of its own (runc's ShouldKillAllOnExit is the
+/// opposite): without one, its processes outlive the init unless killed.
+pub fn has_private_pid_ns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .map(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+        })
+        .unwrap_or(false)
+}
+
+fn pack<M: MessageFull>(m: &M) -> Res<Any> {
+    Ok(Any {
+        type_url: M::descriptor().full_name().to_owned(),
+        value: m.write_to_bytes().map_err(|e| status(Code::INTERNAL, e))?,
+        ..Default::default()
+    })
+}
+
+fn kill_error(e: impl std::fmt::Display) -> ttrpc::Error {
+    let msg = e.to_string();
+    let gone = [
+        "no such process",
+        "ESRCH",
+        "not running",
+        "already finished",
+    ];
+    if gone.iter().any(|g| msg.contains(g)) {
+        status(Code::NOT_FOUND, format!("process already finished: {msg}"))
+    } else {
+        status(Code::UNKNOWN, msg)
+    }
+}
+
+fn pidfd_signal(fd: &OwnedFd, sig: i32) -> nix::Result<()> {
+    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo, no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
+impl Task for Shim {
+    fn state(&self, _: &TtrpcContext, req: StateRequest) -> Res<StateResponse> {
+        let st = self.lock();
+        let t = st.life.get(&req.id)?;
+        let p = t.proc(&req.exec_id)?;
+        let (exit_status, exited_at) = match p.exit {
+            Some(e) => (e.status as u32, Some(timestamp(e.at)).into()),
+            None => (0, None.into()),
+        };
+        Ok(StateResponse {
+            id: req.id.clone(),
+            bundle: t.bundle.display().to_string(),
+            pid: p.pid.max(0) as u32,
+            status: EnumOrUnknown::new(api_status(p.status)),
+            stdin: p.io.stdin.clone(),
+            stdout: p.io.stdout.clone(),
+            stderr: p.io.stderr.clone(),
+            terminal: p.io.terminal,
+            exit_status,
+            exited_at,
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> Res<CreateTaskResponse> {
+        if req.id.is_empty() {
+            return Err(status(Code::INVALID_ARGUMENT, "create: empty container id"));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "create: restore from a checkpoint is not supported",
+            ));
+        }
+        let since = SystemTime::now();
+        self.lock().life.reserve(&req.id)?;
+        match self.do_create(&req, since) {
+            Ok(pid) => Ok(CreateTaskResponse {
+                pid: pid as u32,
+                ..Default::default()
+            }),
+            Err(e) => {
+                self.lock().life.unreserve(&req.id);
+                log::error!("container {}: create: {e:?}", req.id);
+                Err(e)
+            }
+        }
+    }
+
+    fn start(&self, _: &TtrpcContext, req: StartRequest) -> Res<StartResponse> {
+        if req.exec_id.is_empty() {
+            self.start_init(&req.id)
+        } else {
+            self.start_exec(&req.id, &req.exec_id)
+        }
+    }
+
+    fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> Res<DeleteResponse> {
+        if req.exec_id.is_empty() {
+            self.delete_init(&req.id)
+        } else {
+            self.delete_exec(&req.id, &req.exec_id)
+        }
+    }
+
+    fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> Res<PidsResponse> {
+        let cell = self.container(&req.id)?;
+        let pids = {
+            let guard = cell.read().unwrap_or_else(|e| e.into_inner());
+            let c = guard
+                .as_ref()
+                .ok_or_else(|| ttrpc::Error::from(LifecycleError::NotFound(req.id.clone())))?;
+            match c.cgroup() {
+                Some(cg) => cg.pids().map_err(|e| status(Code::UNKNOWN, e))?,
+                None => vec![c.pid()],
+            }
+        };
+        let st = self.lock();
+        let t = st.life.get(&req.id)?;
+        let mut processes = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let mut info = ProcessInfo {
+                pid: pid as u32,
+                ..Default::default()
+            };
+            if let Some(exec_id) = t.exec_of(pid) {
+                let d = ProcessDetails {
+                    exec_id: exec_id.to_owned(),
+                    ..Default::default()
+                };
+                info.info = Some(pack(&d)?).into();
+            }
+            processes.push(info);
+        }
+        Ok(PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> Res<Empty> {
+        let cell = {
+            let mut st = self.lock();
+            st.life.begin_pause(&req.id)?;
+            st.h.handles[&req.id].container.clone()
+        };
+        let result = cell
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.pause().map_err(|e| e.to_string()))
+            .unwrap_or_else(|| Err("container is gone".into()));
+        self.lock().life.paused(&req.id, result.is_ok());
+        self.changed.notify_all();
+        result.map_err(|e| status(Code::UNKNOWN, e))?;
+        Ok(Empty::new())
+    }
+
+    fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> Res<Empty> {
+        let cell = {
+            let st = self.lock();
+            st.life.check_resume(&req.id)?;
+            st.h.handles[&req.id].container.clone()
+        };
+        cell.read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.resume().map_err(|e| e.to_string()))
+            .unwrap_or_else(|| Err("container is gone".into()))
+            .map_err(|e| status(Code::UNKNOWN, e))?;
+        self.lock().life.resumed(&req.id);
+        self.changed.notify_all();
+        Ok(Empty::new())
+    }
+
+    fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> Res<Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "checkpoint is not supported by pelagos",
+        ))
+    }
+
+    fn kill(&self, _: &TtrpcContext, req: KillRequest) -> Res<Empty> {
+        let sig = req.signal as i32;
+        if !req.exec_id.is_empty() {
+            let st = self.lock();
+            let t = st.life.get(&req.id)?;
+            let p = t.proc(&req.exec_id)?;
+            match p.status {
+                Status::Created => {
+                    return Err(status(Code::FAILED_PRECONDITION, "process not created"))
+                }
+                Status::Stopped => return Err(status(Code::NOT_FOUND, "process already finished")),
+                _ => {}
+            }
+            let fd =
+                st.h.handles
+                    .get(&req.id)
+                    .and_then(|h| h.execs.get(&req.exec_id))
+                    .and_then(|e| e.pidfd.as_ref());
+            return match fd {
+                Some(fd) => match pidfd_signal(fd, sig) {
+                    Ok(()) => Ok(Empty::new()),
+                    Err(nix::errno::Errno::ESRCH) => {
+                        Err(status(Code::NOT_FOUND, "process already finished"))
+                    }
+                    Err(e) => Err(status(Code::UNKNOWN, format!("kill exec: {e}"))),
+                },
+                None => Err(status(Code::FAILED_PRECONDITION, "process not created")),
+            };
+        }
+        let cell = {
+            let st = self.lock();
+            let t = st.life.get(&req.id)?;
+            if t.init_reaped() || t.init.status == Status::Stopped {
+                return Err(status(Code::NOT_FOUND, "process already finished"));
+            }
+            st.h.handles[&req.id].container.clone()
+        };
+        let guard = cell.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(c) => c.kill(sig, req.all).map_err(kill_error)?,
+            None => return Err(status(Code::NOT_FOUND, "process already finished")),
+        }
+        Ok(Empty::new())
+    }
+
+    fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> Res<Empty> {
+        if req.exec_id.is_empty() {
+            return Err(status(Code::INVALID_ARGUMENT, "exec: empty exec id"));
+        }
+        let spec_any = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "exec: no process spec"))?;
+        let mut spec: Process = serde_json::from_slice(&spec_any.value).map_err(|e| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("exec: process spec ({}): {e}", spec_any.type_url),
+            )
+        })?;
+        spec.set_terminal(Some(req.terminal));
+        let stdio = StdioConfig {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut st = self.lock();
+        st.life.add_exec(&req.id, &req.exec_id, task_io(&stdio))?;
+        if let Some(h) = st.h.handles.get_mut(&req.id) {
+            h.execs.insert(
+                req.exec_id.clone(),
+                ExecHandles {
+                    spec,
+                    stdio,
+                    io: None,
+                    pidfd: None,
+                },
+            );
+        }
+        Ok(Empty::new())
+    }
+
+    fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> Res<Empty> {
+        let st = self.lock();
+        st.life.get(&req.id)?.proc(&req.exec_id)?;
+        let h = &st.h.handles[&req.id];
+        let io = if req.exec_id.is_empty() {
+            h.init_io.as_ref()
+        } else {
+            h.execs.get(&req.exec_id).and_then(|e| e.io.as_ref())
+        };
+        if let Some(io) = io {
+            io.resize(req.width as u16, req.height as u16)
+                .map_err(|e| status(Code::UNKNOWN, e))?;
+        }
+        Ok(Empty::new())
+    }
+
+    fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> Res<Empty> {
+        let st = self.lock();
+        st.life.get(&req.id)?.proc(&req.exec_id)?;
+        let h = &st.h.handles[&req.id];
+        let io = if req.exec_id.is_empty() {
+            h.init_io.as_ref()
+        } else {
+            h.execs.get(&req.exec_id).and_then(|e| e.io.as_ref())
+        };
+        if let Some(io) = io {
+            io.close_stdin();
+        }
+        Ok(Empty::new())
+    }
+
+    fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> Res<Empty> {
+        let resources: LinuxResources = match req.resources.as_ref() {
+            Some(any) => serde_json::from_slice(&any.value).map_err(|e| {
+                status(
+                    Code::INVALID_ARGUMENT,
+                    format!("update: resources ({}): {e}", any.type_url),
+                )
+            })?,
+            None => return Err(status(Code::INVALID_ARGUMENT, "update: no resources")),
+        };
+        let cell = {
+            let st = self.lock();
+            let t = st.life.get(&req.id)?;
+            if t.init.status == Status::Stopped || t.init_reaped() {
+                return Err(status(Code::UNKNOWN, "cannot update a stopped container"));
+            }
+            st.h.handles[&req.id].container.clone()
+        };
+        let guard = cell.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(c) => c
+                .update(&resources)
+                .map_err(|e| status(Code::UNKNOWN, format!("update: {e}")))?,
+            None => return Err(status(Code::NOT_FOUND, "container is gone")),
+        }
+        Ok(Empty::new())
+    }
+
+    fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> Res<WaitResponse> {
+        let mut st = self.lock();
+        loop {
+            let p = st.life.get(&req.id)?.proc(&req.exec_id)?;
+            if p.status == Status::Stopped {
+                let e = p.exit.unwrap_or(Exit {
+                    pid: p.pid,
+                    status: 0,
+                    at: SystemTime::now(),
+                });
+                return Ok(WaitResponse {
+                    exit_status: e.status as u32,
+                    exited_at: Some(timestamp(e.at)).into(),
+                    ..Default::default()
+                });
+            }
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> Res<StatsResponse> {
+        let cell = self.container(&req.id)?;
+        let stats = {
+            let guard = cell.read().unwrap_or_else(|e| e.into_inner());
+            let cg = guard
+                .as_ref()
+                .and_then(|c| c.cgroup())
+                .ok_or_else(|| status(Code::NOT_FOUND, "cgroup does not exist"))?;
+            cg.stats()
+        };
+        let any = metrics::to_any(&stats).map_err(|e| status(Code::INTERNAL, e))?;
+        Ok(StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
+    }
+
+    fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> Res<ConnectResponse> {
+        let st = self.lock();
+        let task_pid = st.life.get(&req.id).map(|t| t.init.pid).unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: task_pid.max(0) as u32,
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> Res<Empty> {
+        let st = self.lock();
+        if !st.life.is_empty() {
+            return Ok(Empty::new());
+        }
+        drop(st);
+        log::info!("shutdown: no containers left");
+        self.exit.trigger();
+        Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_containerd_enum() {
+        assert_eq!(api_status(Status::Created), ApiStatus::CREATED);
+        assert_eq!(api_status(Status::Running), ApiStatus::RUNNING);
+        assert_eq!(api_status(Status::Pausing), ApiStatus::PAUSING);
+        assert_eq!(api_status(Status::Paused), ApiStatus::PAUSED);
+        assert_eq!(api_status(Status::Stopped), ApiStatus::STOPPED);
+    }
+
+    #[test]
+    fn lifecycle_errors_carry_grpc_codes() {
+        let code = |e: LifecycleError| match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code(LifecycleError::NotFound("x".into())), Code::NOT_FOUND);
+        assert_eq!(
+            code(LifecycleError::ExecExists {
+                id: "c".into(),
+                exec_id: "e".into()
+            }),
+            Code::ALREADY_EXISTS
+        );
+        assert_eq!(
+            code(LifecycleError::InitNotRunning("c".into())),
+            Code::FAILED_PRECONDITION
+        );
+        assert_eq!(
+            code(LifecycleError::BadState {
+                action: "start",
+                state: "running"
+            }),
+            Code::UNKNOWN
+        );
+    }
+
+    #[test]
+    fn kill_all_follows_the_pid_namespace() {
+        let spec = |ns: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"linux":{{"namespaces":[{ns}]}}}}"#
+            ))
+            .unwrap()
+        };
+        assert!(has_private_pid_ns(&spec(
+            r#"{"type":"pid"},{"type":"mount"}"#
+        )));
+        assert!(!has_private_pid_ns(&spec(r#"{"type":"mount"}"#)));
+        assert!(!has_private_pid_ns(&spec(
+            r#"{"type":"pid","path":"/proc/1/ns/pid"}"#
+        )));
+    }
+
+    #[test]
+    fn gone_processes_are_not_found() {
+        let code = |e: ttrpc::Error| match e {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            code(kill_error("kill: ESRCH: No such process")),
+            Code::NOT_FOUND
+        );
+        assert_eq!(code(kill_error("permission denied")), Code::UNKNOWN);
+    }
+}
