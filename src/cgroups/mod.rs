@@ -220,11 +220,17 @@ impl Cgroup {
         if let (Some(dir), Some(mount)) = (&self.unified, &h.unified) {
             created.extend(fs::mkdir_all(dir)?);
             // Controllers reach a cgroup only when every ancestor enables them for its
-            // children, top down.
-            let mut parent = mount.clone();
-            for d in descendants_of(mount, dir) {
-                v2::enable_subtree(&parent);
-                parent = d;
+            // children, top down. On a hybrid host this is done only when a resource needs a
+            // controller that exists solely on the v2 side, so the host's cgroup2 tree is
+            // otherwise left as runc would leave it.
+            let wanted = self.mode == Mode::Unified
+                || resources.is_some_and(|r| resources::wants_v2_only_controller(r, h));
+            if wanted {
+                let mut parent = mount.clone();
+                for d in descendants_of(mount, dir) {
+                    v2::enable_subtree(&parent);
+                    parent = d;
+                }
             }
             self.v2_controllers = fs::read_words(&dir.join("cgroup.controllers"));
         }

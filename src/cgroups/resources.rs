@@ -227,7 +227,6 @@ pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
         rule(C, Some(5), Some(0), "rwm"),    // tty
         rule(C, Some(1), Some(5), "rwm"),    // zero
         rule(C, Some(1), Some(9), "rwm"),    // urandom
-        rule(C, Some(5), Some(1), "rwm"),    // console
         rule(C, Some(136), None, "rwm"),     // pts
         rule(C, Some(5), Some(2), "rwm"),    // ptmx
         rule(C, Some(10), Some(200), "rwm"), // net/tun
@@ -266,6 +265,33 @@ pub fn spec_resources(linux: &oci_spec::runtime::Linux) -> LinuxResources {
         r.set_devices(Some(devs));
     }
     r
+}
+
+/// Whether `r` sets a resource whose controller the host has only in its cgroup2 mount (on
+/// hybrid hosts, e.g. hugetlb when it is not mounted as a v1 hierarchy).
+pub(crate) fn wants_v2_only_controller(r: &LinuxResources, h: &super::fs::Hierarchies) -> bool {
+    let v2_only = |v1: &str, v2: &str| {
+        h.v1_mount(v1).is_none() && h.unified_controllers.iter().any(|c| c == v2)
+    };
+    let cpu = r.cpu().as_ref();
+    [
+        (
+            "hugetlb",
+            "hugetlb",
+            r.hugepage_limits().as_ref().is_some_and(|l| !l.is_empty()),
+        ),
+        ("memory", "memory", r.memory().is_some()),
+        ("pids", "pids", r.pids().is_some()),
+        ("cpu", "cpu", cpu.is_some()),
+        (
+            "cpuset",
+            "cpuset",
+            cpu.is_some_and(|c| c.cpus().is_some() || c.mems().is_some()),
+        ),
+        ("blkio", "io", r.block_io().is_some()),
+    ]
+    .into_iter()
+    .any(|(v1, v2, set)| set && v2_only(v1, v2))
 }
 
 fn missing(resource: &str, controller: &str) -> CgroupError {
