@@ -1,18 +1,77 @@
 //! The container lifecycle as a library: create, start, kill, exec, state, pause/resume,
-//! update, delete. Each container's processes are direct children of the caller.
+//! update, delete. Each container's processes are direct children of the caller, which reaps
+//! them through [`crate::reaper`].
+//!
+//! `create` checks everything it can first (id, config, seccomp, namespace files), then claims
+//! the id with mkdir of the state dir, creates the cgroup, clones the setup helper (see
+//! [`crate::process`]) and serves it (id maps, hooks) until it reports Ready. Any failure undoes
+//! all of it: the processes are killed and reaped, the cgroup and the state dir removed.
 
-use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxResources, Process};
+use oci_spec::runtime::{Hook, LinuxResources, Process, Spec};
 
-use crate::cgroups::Cgroup;
-use crate::state::State;
+use crate::cgroups::{self, Cgroup, CgroupError};
+use crate::init::hooks_of;
+use crate::namespaces::{self, Kind, NsError, Userns};
+use crate::process::protocol::{
+    Channel, Frame, FromHelper, InitPlan, Plan, ProtocolError, ToHelper,
+};
+use crate::process::{self, ProcessError, Spawn};
+use crate::seccomp::SeccompError;
+use crate::selfexe::{self, SelfExeError};
+use crate::spec::{self, SpecError};
+use crate::state::{Record, State, StateError, Status};
+use crate::{reaper, sys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("container: {0}")]
     Other(String),
+    #[error("invalid container id {id:?}: {reason}")]
+    InvalidId { id: String, reason: &'static str },
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    #[error("container {id} is {status}: cannot {op}")]
+    WrongState {
+        id: String,
+        status: Status,
+        op: &'static str,
+    },
+    #[error("state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Helper(#[from] SelfExeError),
+    #[error(transparent)]
+    Namespaces(#[from] NsError),
+    #[error("container init: {0}")]
+    Process(#[from] ProcessError),
+    #[error("container init: protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The setup helper reported a failed step.
+    #[error("container init: {step}: {message}")]
+    Init { step: String, message: String },
+    #[error("{kind} hooks: {source}")]
+    Hook {
+        kind: &'static str,
+        source: crate::hooks::HookError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{op}: {source}")]
+    Sys { op: String, source: std::io::Error },
 }
 
 /// Where state lives and how the setup helper is started.
@@ -61,82 +120,654 @@ pub struct ExecProcess {
 
 #[derive(Debug)]
 pub struct Container {
-    state: State,
+    record: Record,
+    /// `<root>/<id>`.
+    dir: PathBuf,
+    config: Config,
+    /// pidfd of the init; `None` when it was gone at load time.
+    pidfd: Option<OwnedFd>,
+    /// The socket to the init until it is started (only in the process that created it).
+    channel: Option<Channel>,
+    cgroup: Option<Cgroup>,
 }
 
 impl Container {
     /// Creates the container: the init is left blocked just before execve of the user process.
     pub fn create(config: &Config, opts: CreateOptions) -> Result<Container, Error> {
-        let _ = (config, opts);
-        todo!()
+        validate_id(&opts.id)?;
+        let bundle = spec::load(&opts.bundle)?;
+        let spec = &bundle.spec;
+        let linux = spec.linux().clone().unwrap_or_default();
+        let seccomp = match linux.seccomp() {
+            Some(profile) => Some(crate::seccomp::compile(profile)?),
+            None => None,
+        };
+        let ns_fds = namespaces::open_joins(&bundle.namespaces.join)?;
+        let helper = selfexe::open(config.helper.as_deref())?;
+        let cgroup_path = cgroups::resolve_path(
+            linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
+            &opts.id,
+        )?;
+
+        let dir = claim_state_dir(&config.root, &opts.id)?;
+        let mut undo = Undo::new(dir.clone());
+        undo.cgroup = Some(Cgroup::create(
+            &cgroup_path,
+            Some(&cgroups::spec_resources(&linux)),
+        )?);
+
+        let ns = &bundle.namespaces;
+        let terminal = matches!(opts.stdio, Stdio::Terminal(_));
+        let preserve_count = opts.preserve_fds.len() as u32;
+        let kinds: Vec<Kind> = ns_fds.iter().map(|(k, _)| *k).collect();
+        let spawned = process::spawn(Spawn {
+            helper: helper.fd(),
+            stdio: opts.stdio,
+            preserve_fds: opts.preserve_fds,
+            extra_fds: ns_fds.into_iter().map(|(_, fd)| fd).collect(),
+            clone_flags: ns.clone_flags,
+            cgroup: undo.cgroup.as_ref().and_then(Cgroup::unified_dir_fd),
+            become_root: ns.userns == Userns::AtClone,
+        })?;
+        let helper_pid = spawned.pid;
+        undo.children.push((spawned.pid, spawned.pidfd));
+        let mut chan = spawned.channel;
+        if !spawned.in_cgroup {
+            undo.cgroup.as_ref().expect("created").add_pid(helper_pid)?;
+        }
+        if ns.userns == Userns::AtClone {
+            namespaces::write_id_maps(helper_pid, spec)?;
+        }
+
+        let hooks_request = [
+            hooks_of(spec, |h| h.prestart().clone()),
+            hooks_of(spec, |h| h.create_runtime().clone()),
+            hooks_of(spec, |h| h.create_container().clone()),
+        ]
+        .iter()
+        .any(|h| !h.is_empty());
+        let plan = Plan {
+            process: spec.process().clone().expect("validated"),
+            preserve_fds: preserve_count,
+            terminal,
+            seccomp: seccomp.as_deref().cloned(),
+            join: kinds
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| (k, spawned.extra_fd_base + i as i32))
+                .collect(),
+            join_pidfd: None,
+            unshare: ns.unshare,
+            userns: ns.userns,
+            fork: ns.fork,
+            init: Some(InitPlan {
+                spec: spec.clone(),
+                rootfs: bundle.rootfs.clone(),
+                no_pivot: opts.no_pivot,
+                hooks_request,
+            }),
+        };
+        chan.send_byte(0)?;
+        chan.send(&ToHelper::Plan(Box::new(plan)))?;
+
+        let mut record = Record {
+            state: State {
+                oci_version: spec.version().clone(),
+                id: opts.id.clone(),
+                status: Status::Creating,
+                pid: helper_pid,
+                bundle: bundle.path.clone(),
+                annotations: spec.annotations().clone().unwrap_or_default(),
+            },
+            init_start_time: 0,
+            cgroup_path,
+            rootfs: bundle.rootfs.clone(),
+            own_pid_ns: ns.has(Kind::Pid),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+            spec: spec.clone(),
+        };
+        loop {
+            match chan.recv::<FromHelper>()? {
+                Some(Frame::Msg(FromHelper::Ready)) => break,
+                Some(Frame::Msg(FromHelper::Forked { pid })) => {
+                    let pidfd = chan.take_fd()?;
+                    undo.children.push((pid, pidfd));
+                    record.state.pid = pid;
+                    // The helper exits right after reporting; the sibling carries on.
+                    reaper::wait(helper_pid, None);
+                    undo.children.remove(0);
+                }
+                Some(Frame::Msg(FromHelper::MapRequest)) => {
+                    namespaces::write_id_maps(helper_pid, spec)?;
+                    chan.send(&ToHelper::MapsWritten)?;
+                }
+                Some(Frame::Msg(FromHelper::HooksRequest)) => {
+                    let state = String::from_utf8(record.state.to_json()).expect("json is utf-8");
+                    run_hooks(
+                        "prestart",
+                        &hooks_of(spec, |h| h.prestart().clone()),
+                        &state,
+                    )?;
+                    let create_runtime = hooks_of(spec, |h| h.create_runtime().clone());
+                    run_hooks("createRuntime", &create_runtime, &state)?;
+                    chan.send(&ToHelper::HooksDone { state })?;
+                }
+                Some(Frame::Msg(FromHelper::Error { step, message })) => {
+                    return Err(Error::Init { step, message });
+                }
+                Some(Frame::ChildFailure { step, errno }) => {
+                    return Err(Error::Init {
+                        step: process::step::name(step).into(),
+                        message: sys::errno_text(errno),
+                    });
+                }
+                None => {
+                    return Err(Error::Init {
+                        step: "setup helper".into(),
+                        message: "exited before the container was ready".into(),
+                    })
+                }
+            }
+        }
+        record.init_start_time = sys::proc_stat(record.state.pid)
+            .map(|s| s.start_time)
+            .ok_or_else(|| Error::Init {
+                step: "setup helper".into(),
+                message: format!("init {} vanished after reporting ready", record.state.pid),
+            })?;
+        record.state.status = Status::Created;
+        record.save(&dir)?;
+
+        let (pidfd, cgroup) = undo.disarm();
+        log::debug!("created container {} (pid {})", opts.id, record.state.pid);
+        Ok(Container {
+            record,
+            dir,
+            config: config.clone(),
+            pidfd,
+            channel: Some(chan),
+            cgroup,
+        })
     }
 
     /// Loads a container created earlier (possibly by another process) from the state root.
     pub fn load(config: &Config, id: &str) -> Result<Container, Error> {
-        let _ = (config, id);
-        todo!()
+        validate_id(id)?;
+        let dir = config.root.join(id);
+        let record = match Record::load(&dir) {
+            Ok(r) => r,
+            Err(StateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let pidfd = sys::pidfd_open(record.state.pid).ok().filter(|_| {
+            // Checked after opening: if the pid was recycled before pidfd_open, the start time
+            // differs and the fd names a stranger.
+            sys::proc_stat(record.state.pid).is_some_and(|s| s.start_time == record.init_start_time)
+        });
+        let cgroup = Cgroup::open(&record.cgroup_path).ok();
+        Ok(Container {
+            record,
+            dir,
+            config: config.clone(),
+            pidfd,
+            channel: None,
+            cgroup,
+        })
     }
 
     pub fn id(&self) -> &str {
-        &self.state.id
+        &self.record.state.id
     }
 
     /// Host pid of the container's init.
     pub fn pid(&self) -> i32 {
-        self.state.pid
+        self.record.state.pid
     }
 
     /// pidfd of the init (signals never reach a recycled pid).
     pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
-        todo!()
+        self.pidfd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The container's config (as it was at create time).
+    pub fn spec(&self) -> &Spec {
+        &self.record.spec
+    }
+
+    /// The state root this container lives under.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Releases the init to execve the user process; returns once the exec happened, or the
     /// exec error. Runs poststart hooks.
     pub fn start(&mut self) -> Result<(), Error> {
-        todo!()
+        let status = self.status();
+        if status != Status::Created {
+            return Err(self.wrong_state(status, "start"));
+        }
+        let Some(mut chan) = self.channel.take() else {
+            return Err(Error::Other(format!(
+                "container {} was created by another process; start it there",
+                self.id()
+            )));
+        };
+        let state = String::from_utf8(self.record.state.to_json()).expect("json is utf-8");
+        chan.send(&ToHelper::Start { state })?;
+        match chan.recv::<FromHelper>()? {
+            None => {}
+            Some(Frame::Msg(FromHelper::Error { step, message })) => {
+                return Err(Error::Init { step, message })
+            }
+            Some(other) => {
+                return Err(Error::Init {
+                    step: "start".into(),
+                    message: format!("unexpected message {other:?}"),
+                })
+            }
+        }
+        self.record.state.status = Status::Running;
+        self.record.save(&self.dir)?;
+        // runtime-spec: a failing poststart hook is logged; the container keeps running.
+        let poststart = hooks_of(&self.record.spec, |h| h.poststart().clone());
+        if let Err(e) = run_hooks("poststart", &poststart, &self.state_json()) {
+            log::warn!("container {}: {e}", self.id());
+        }
+        Ok(())
     }
 
     /// Sends `signal` to the init, or to every process in the cgroup when `all`.
     pub fn kill(&self, signal: i32, all: bool) -> Result<(), Error> {
-        let _ = (signal, all);
-        todo!()
+        let Some(pidfd) = self
+            .pidfd
+            .as_ref()
+            .filter(|fd| !sys::pidfd_exited(fd.as_fd()))
+        else {
+            if all {
+                self.kill_cgroup(signal)?;
+                return Ok(());
+            }
+            return Err(self.wrong_state(Status::Stopped, "kill"));
+        };
+        if all {
+            self.kill_cgroup(signal)?;
+        }
+        match sys::pidfd_send_signal(pidfd.as_fd(), signal) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                if all {
+                    Ok(())
+                } else {
+                    Err(self.wrong_state(Status::Stopped, "kill"))
+                }
+            }
+            Err(source) => Err(Error::Sys {
+                op: format!("signal {signal} to container {} init", self.id()),
+                source,
+            }),
+        }
+    }
+
+    fn kill_cgroup(&self, signal: i32) -> Result<(), Error> {
+        let Some(cg) = &self.cgroup else {
+            return Ok(());
+        };
+        let sig = nix::sys::signal::Signal::try_from(signal).map_err(|e| Error::Sys {
+            op: format!("signal {signal}"),
+            source: e.into(),
+        })?;
+        cg.kill_all(sig)?;
+        Ok(())
     }
 
     /// Runs `process` inside the running container (all its namespaces, its cgroup) and
     /// returns once it has exec'd.
     pub fn exec(&self, process: &Process, stdio: Stdio) -> Result<ExecProcess, Error> {
-        let _ = (process, stdio);
-        todo!()
+        let status = self.status();
+        if !matches!(status, Status::Running | Status::Created) {
+            return Err(self.wrong_state(status, "exec"));
+        }
+        spec::validate_process(process, "exec process")?;
+        let init_pidfd = self.pidfd.as_ref().expect("alive container has a pidfd");
+        let linux = self.record.spec.linux().clone().unwrap_or_default();
+        let seccomp = match linux.seccomp() {
+            Some(profile) => Some(crate::seccomp::compile(profile)?),
+            None => None,
+        };
+        let join_flags = namespaces::differing_from_self(self.pid())?;
+        let helper = selfexe::open(self.config.helper.as_deref())?;
+        let opened;
+        let cgroup = match &self.cgroup {
+            Some(c) => c,
+            None => {
+                opened = Cgroup::open(&self.record.cgroup_path)?;
+                &opened
+            }
+        };
+        let pidfd_copy = sys::dup_at_least(std::os::fd::AsRawFd::as_raw_fd(init_pidfd), 3)
+            .map_err(|source| Error::Sys {
+                op: "dup init pidfd".into(),
+                source,
+            })?;
+        let terminal = matches!(stdio, Stdio::Terminal(_));
+        let spawned = process::spawn(Spawn {
+            helper: helper.fd(),
+            stdio,
+            preserve_fds: Vec::new(),
+            extra_fds: vec![pidfd_copy],
+            clone_flags: 0,
+            cgroup: cgroup.unified_dir_fd(),
+            become_root: false,
+        })?;
+        let helper_pid = spawned.pid;
+        let mut undo = Undo::new_processes_only();
+        undo.children.push((spawned.pid, spawned.pidfd));
+        let mut chan = spawned.channel;
+        if !spawned.in_cgroup {
+            cgroup.add_pid(helper_pid)?;
+        }
+        let plan = Plan {
+            process: process.clone(),
+            preserve_fds: 0,
+            terminal,
+            seccomp: seccomp.as_deref().cloned(),
+            join: Vec::new(),
+            join_pidfd: Some((spawned.extra_fd_base, join_flags)),
+            unshare: 0,
+            userns: Userns::Host,
+            fork: join_flags & (libc::CLONE_NEWPID | libc::CLONE_NEWTIME) != 0,
+            init: None,
+        };
+        chan.send_byte(0)?;
+        chan.send(&ToHelper::Plan(Box::new(plan)))?;
+        loop {
+            match chan.recv::<FromHelper>()? {
+                None => break,
+                Some(Frame::Msg(FromHelper::Forked { pid })) => {
+                    let pidfd = chan.take_fd()?;
+                    undo.children.push((pid, pidfd));
+                    reaper::wait(helper_pid, None);
+                    undo.children.remove(0);
+                }
+                Some(Frame::Msg(FromHelper::Error { step, message })) => {
+                    return Err(Error::Init { step, message })
+                }
+                Some(Frame::ChildFailure { step, errno }) => {
+                    return Err(Error::Init {
+                        step: process::step::name(step).into(),
+                        message: sys::errno_text(errno),
+                    })
+                }
+                Some(Frame::Msg(other)) => {
+                    return Err(Error::Init {
+                        step: "exec".into(),
+                        message: format!("unexpected message {other:?}"),
+                    })
+                }
+            }
+        }
+        let (pid, pidfd) = undo.children.pop().expect("the exec'd process");
+        undo.disarm();
+        Ok(ExecProcess { pid, pidfd })
     }
 
     /// Runtime-spec state, with the status read from the kernel.
     pub fn state(&self) -> State {
-        self.state.clone()
+        let mut s = self.record.state.clone();
+        s.status = self.status();
+        s
+    }
+
+    /// The status from the kernel: a dead (or recycled) init is stopped, a frozen cgroup
+    /// paused; otherwise what start recorded.
+    pub fn status(&self) -> Status {
+        let alive = self
+            .pidfd
+            .as_ref()
+            .is_some_and(|fd| !sys::pidfd_exited(fd.as_fd()));
+        if !alive {
+            return Status::Stopped;
+        }
+        if self.record.state.status == Status::Created {
+            return Status::Created;
+        }
+        if self
+            .cgroup
+            .as_ref()
+            .is_some_and(|c| c.is_frozen().unwrap_or(false))
+        {
+            return Status::Paused;
+        }
+        Status::Running
     }
 
     pub fn cgroup(&self) -> Option<&Cgroup> {
-        todo!()
+        self.cgroup.as_ref()
     }
 
     pub fn pause(&self) -> Result<(), Error> {
-        todo!()
+        let status = self.status();
+        if status != Status::Running {
+            return Err(self.wrong_state(status, "pause"));
+        }
+        self.cgroup_or_err()?.freeze()?;
+        Ok(())
     }
 
     pub fn resume(&self) -> Result<(), Error> {
-        todo!()
+        let status = self.status();
+        if status != Status::Paused {
+            return Err(self.wrong_state(status, "resume"));
+        }
+        self.cgroup_or_err()?.thaw()?;
+        Ok(())
     }
 
     pub fn update(&self, resources: &LinuxResources) -> Result<(), Error> {
-        let _ = resources;
-        todo!()
+        self.cgroup_or_err()?.update(resources)?;
+        Ok(())
+    }
+
+    /// Waits for the init to exit and reaps it, when it is a child of this process not reaped
+    /// yet; `None` otherwise.
+    pub fn wait(&self) -> Option<reaper::Exit> {
+        let pidfd = self.pidfd.as_ref()?;
+        if !sys::pidfd_is_unreaped_child(pidfd.as_fd()) {
+            return None;
+        }
+        reaper::wait(self.pid(), None)
     }
 
     /// Removes the container: with `force` kills what runs first; runs poststop hooks, removes
     /// the cgroup, the mounts it made and the state dir. The bundle's rootfs mount is the
     /// caller's.
-    pub fn delete(self, force: bool) -> Result<(), Error> {
-        let _ = force;
-        todo!()
+    pub fn delete(mut self, force: bool) -> Result<(), Error> {
+        let status = self.status();
+        if matches!(status, Status::Running | Status::Paused) && !force {
+            return Err(self.wrong_state(status, "delete without force"));
+        }
+        // A created init waits for Start on this socket; closing it lets it exit on its own.
+        self.channel = None;
+        if let Some(pidfd) = &self.pidfd {
+            if !sys::pidfd_exited(pidfd.as_fd()) {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                if status == Status::Paused {
+                    if let Some(cg) = &self.cgroup {
+                        let _ = cg.thaw();
+                    }
+                }
+                sys::pidfd_wait_exit(pidfd.as_fd(), -1);
+            }
+            if sys::pidfd_is_unreaped_child(pidfd.as_fd()) {
+                reaper::wait(self.pid(), None);
+            }
+        }
+        // Without a pid namespace of its own, the init's death does not end the others.
+        if !self.record.own_pid_ns {
+            self.kill_cgroup(libc::SIGKILL)?;
+        }
+        let poststop = hooks_of(&self.record.spec, |h| h.poststop().clone());
+        let mut state = self.record.state.clone();
+        state.status = Status::Stopped;
+        let state = String::from_utf8(state.to_json()).expect("json is utf-8");
+        if let Err(e) = run_hooks("poststop", &poststop, &state) {
+            log::warn!("container {}: {e}", self.id());
+        }
+        if let Some(cg) = &self.cgroup {
+            // Kept with the state dir on failure, so that delete can be retried.
+            cg.destroy()?;
+        }
+        std::fs::remove_dir_all(&self.dir).map_err(|source| Error::StateDir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        log::debug!("deleted container {}", self.id());
+        Ok(())
+    }
+
+    fn state_json(&self) -> String {
+        String::from_utf8(self.state().to_json()).expect("json is utf-8")
+    }
+
+    fn cgroup_or_err(&self) -> Result<&Cgroup, Error> {
+        self.cgroup
+            .as_ref()
+            .ok_or_else(|| Error::Cgroup(CgroupError::NotFound(self.record.cgroup_path.clone())))
+    }
+
+    fn wrong_state(&self, status: Status, op: &'static str) -> Error {
+        Error::WrongState {
+            id: self.id().to_string(),
+            status,
+            op,
+        }
+    }
+}
+
+fn run_hooks(kind: &'static str, hooks: &[Hook], state: &str) -> Result<(), Error> {
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    crate::hooks::run_all(hooks, state.as_bytes()).map_err(|source| Error::Hook { kind, source })
+}
+
+/// Container ids name a directory and a cgroup: a safe file name.
+pub fn validate_id(id: &str) -> Result<(), Error> {
+    let bad = |reason| {
+        Err(Error::InvalidId {
+            id: id.to_string(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > 1024 {
+        return bad("longer than 1024 bytes");
+    }
+    if id == "." || id == ".." {
+        return bad("reserved name");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'))
+    {
+        return bad("only letters, digits, '_', '-', '+' and '.' are allowed");
+    }
+    Ok(())
+}
+
+/// mkdir of `<root>/<id>`: the atomic claim of the id.
+fn claim_state_dir(root: &Path, id: &str) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(root).map_err(|source| Error::StateDir {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let dir = root.join(id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Exists(id.into())),
+        Err(source) => Err(Error::StateDir { path: dir, source }),
+    }
+}
+
+/// Undoes a partial create or exec when dropped armed: kills and reaps the children, destroys
+/// the cgroup, removes the state dir.
+struct Undo {
+    dir: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+    children: Vec<(i32, OwnedFd)>,
+}
+
+impl Undo {
+    fn new(dir: PathBuf) -> Undo {
+        Undo {
+            dir: Some(dir),
+            cgroup: None,
+            children: Vec::new(),
+        }
+    }
+
+    fn new_processes_only() -> Undo {
+        Undo {
+            dir: None,
+            cgroup: None,
+            children: Vec::new(),
+        }
+    }
+
+    /// Keeps everything; returns the last child's pidfd (the init) and the cgroup.
+    fn disarm(&mut self) -> (Option<OwnedFd>, Option<Cgroup>) {
+        self.dir = None;
+        let pidfd = self.children.pop().map(|(_, fd)| fd);
+        self.children.clear();
+        (pidfd, self.cgroup.take())
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for (_, pidfd) in &self.children {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        }
+        for (pid, pidfd) in self.children.drain(..) {
+            if sys::pidfd_is_unreaped_child(pidfd.as_fd()) {
+                reaper::wait(pid, None);
+            }
+        }
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.destroy() {
+                log::warn!("undo create: {e}");
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                log::warn!("undo create: remove {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["c1", "a.b-c_d+e", "X", &"a".repeat(1024)] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "é", &"a".repeat(1025)] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            validate_id("a/b").unwrap_err().to_string(),
+            "invalid container id \"a/b\": only letters, digits, '_', '-', '+' and '.' are allowed"
+        );
     }
 }

@@ -1,5 +1,495 @@
-//! The setup helper's side: entered in a re-executed copy of the binary.
+//! The setup helper's side: entered in a re-executed copy of the binary (argv[0] =
+//! "pelagos-init") that the runtime cloned. It is a fresh single-threaded process, so it may do
+//! anything: it reads its [`Plan`] from fd 3, enters the namespaces, builds the container (runc's
+//! order), reports `Ready`, waits for `Start` and execs the user process. Exec'd processes take
+//! the same path without Ready/Start. Every failure is sent back as `Error { step, message }`
+//! before the helper exits; the socket is close-on-exec, so the runtime reads EOF once the exec
+//! happened.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use oci_spec::runtime::{Hook, Process, Spec};
+
+use crate::namespaces::{self, Kind, Userns};
+use crate::process::protocol::{Channel, Frame, FromHelper, InitPlan, Plan, ToHelper};
+use crate::process::{FIRST_PRESERVED_FD, HELPER_ARGV0, SOCKET_FD};
+use crate::sys;
+
+/// A failed setup step, as reported to the runtime.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct InitError {
+    pub step: String,
+    pub message: String,
+}
+
+fn fail(step: impl Into<String>, message: impl std::fmt::Display) -> InitError {
+    InitError {
+        step: step.into(),
+        message: message.to_string(),
+    }
+}
+
+/// Attaches a step name to any error.
+trait Step<T> {
+    fn step(self, step: &str) -> Result<T, InitError>;
+}
+
+impl<T, E: std::fmt::Display> Step<T> for Result<T, E> {
+    fn step(self, step: &str) -> Result<T, InitError> {
+        self.map_err(|e| fail(step, e))
+    }
+}
+
+/// The socket fd, for the panic hook.
+static SOCKET: AtomicI32 = AtomicI32::new(SOCKET_FD);
 
 /// Call first thing in `main` of any binary that creates containers with this library. When
 /// this process is a setup helper it never returns; otherwise it returns at once.
-pub fn run_if_helper() {}
+pub fn run_if_helper() {
+    if std::env::args_os().next().as_deref() != Some(OsStr::new(HELPER_ARGV0)) {
+        return;
+    }
+    helper_main()
+}
+
+fn helper_main() -> ! {
+    // Non-dumpable first: processes of a container being joined must not ptrace us or open
+    // our /proc files while we still hold host resources.
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NAME, c"pelagos-init".as_ptr(), 0, 0, 0);
+    }
+    unblock_signals();
+    std::panic::set_hook(Box::new(|info| {
+        let msg = FromHelper::Error {
+            step: "setup helper".into(),
+            message: format!("panic: {info}"),
+        };
+        let fd = SOCKET.load(Ordering::SeqCst);
+        // SAFETY: the socket fd stays open for the life of the helper; the Channel borrowed
+        // here is forgotten so it does not close it.
+        let chan = Channel::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let _ = chan.send(&msg);
+        std::mem::forget(chan);
+    }));
+
+    // SAFETY: fd 3 is the protocol socket set up by the clone child; we take ownership.
+    let mut chan = Channel::new(unsafe { OwnedFd::from_raw_fd(SOCKET_FD) });
+    let code = match run(&mut chan) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::debug!("setup helper failed: {e}");
+            let _ = chan.send(&FromHelper::Error {
+                step: e.step,
+                message: e.message,
+            });
+            1
+        }
+    };
+    // SAFETY: exit without running atexit handlers or unwinding; nothing is left to flush.
+    unsafe { libc::_exit(code) }
+}
+
+fn unblock_signals() {
+    // SAFETY: an empty mask unblocks everything the runtime blocked around clone.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// Returns only on failure, or Ok in the helper parent after a fork.
+fn run(chan: &mut Channel) -> Result<(), InitError> {
+    let plan = match chan.recv::<ToHelper>().step("read plan")? {
+        Some(Frame::Msg(ToHelper::Plan(p))) => p,
+        Some(other) => return Err(fail("read plan", format!("unexpected {other:?}"))),
+        None => return Ok(()), // the runtime gave up before sending it
+    };
+    relocate_socket(chan, &plan)?;
+
+    let forked = enter_namespaces(chan, &plan)?;
+    if !forked {
+        return Ok(()); // we are the helper parent; the forked child carries on
+    }
+
+    // SAFETY: setsid takes no arguments.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(fail("setsid", std::io::Error::last_os_error()));
+    }
+    if plan.terminal {
+        // SAFETY: fd 0 is the pty slave; TIOCSCTTY with 0 does not steal another session's tty.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(fail(
+                "set controlling terminal",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    let process = &plan.process;
+    crate::user::apply_limits(process, process.oom_score_adj())
+        .step("rlimits and oom_score_adj")?;
+
+    let state = match &plan.init {
+        Some(init) => Some(setup_container(chan, &plan, init)?),
+        None => None,
+    };
+
+    let cwd = process.cwd();
+    if state.is_some() {
+        // runc creates a missing cwd inside the container too.
+        std::fs::create_dir_all(cwd).step(&format!("create cwd {}", cwd.display()))?;
+    }
+    std::env::set_current_dir(cwd).step(&format!("chdir to cwd {}", cwd.display()))?;
+    crate::user::finalize_identity(process).step("user, groups and capabilities")?;
+    let exe = prepare_exec(process)?;
+    if let Some(filter) = &plan.seccomp {
+        crate::seccomp::load(filter).step("load seccomp filter")?;
+    }
+
+    if let (Some(init), Some(_)) = (&plan.init, &state) {
+        chan.send(&FromHelper::Ready).step("send ready")?;
+        let start_state = match chan.recv::<ToHelper>().step("wait for start")? {
+            Some(Frame::Msg(ToHelper::Start { state })) => state,
+            Some(other) => return Err(fail("wait for start", format!("unexpected {other:?}"))),
+            // The runtime went away (container deleted before start).
+            None => return Ok(()),
+        };
+        let hooks = hooks_of(&init.spec, |h| h.start_container().clone());
+        run_hooks("startContainer hooks", &hooks, &start_state)?;
+    }
+    let err = exe.exec(plan.preserve_fds);
+    Err(fail(
+        "exec",
+        format!(
+            "{:?}: {}",
+            process
+                .args()
+                .as_ref()
+                .and_then(|a| a.first())
+                .cloned()
+                .unwrap_or_default(),
+            err
+        ),
+    ))
+}
+
+/// Moves the socket above every planned fd so the preserved fds can slide down onto 3.., and
+/// marks everything from 3 on close-on-exec (hooks we spawn must not inherit them).
+fn relocate_socket(chan: &mut Channel, plan: &Plan) -> Result<(), InitError> {
+    let mut top = FIRST_PRESERVED_FD + plan.preserve_fds as RawFd;
+    for (_, fd) in &plan.join {
+        top = top.max(fd + 1);
+    }
+    if let Some((fd, _)) = plan.join_pidfd {
+        top = top.max(fd + 1);
+    }
+    let moved = sys::dup_at_least(SOCKET_FD, top).step("move protocol socket")?;
+    SOCKET.store(moved.as_raw_fd(), Ordering::SeqCst);
+    let old = std::mem::replace(chan, Channel::new(moved));
+    // The old Channel had nothing buffered past the plan: the runtime waits for us.
+    drop(old);
+    sys::set_cloexec_from(3).step("mark fds close-on-exec")?;
+    Ok(())
+}
+
+/// Joins and unshares namespaces, forking when the plan says so. Returns true in the process
+/// that carries on (the forked child, or the helper itself when there is no fork).
+fn enter_namespaces(chan: &mut Channel, plan: &Plan) -> Result<bool, InitError> {
+    for (kind, fd) in &plan.join {
+        // SAFETY: the runtime placed this namespace fd at this number for us.
+        let ns = unsafe { BorrowedFd::borrow_raw(*fd) };
+        namespaces::enter(*kind, ns).step(&format!("join {kind} namespace"))?;
+        if *kind == Kind::User {
+            become_root()?;
+        }
+    }
+    if let Some((fd, flags)) = plan.join_pidfd {
+        // SAFETY: the runtime placed the init's pidfd at this number for us.
+        let pidfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        sys::setns(pidfd, flags).step(&format!(
+            "join the container's namespaces ({})",
+            namespaces::flag_names(flags)
+        ))?;
+        if flags & libc::CLONE_NEWUSER != 0 {
+            become_root()?;
+        }
+    }
+    if plan.userns == Userns::InHelper {
+        namespaces::unshare(libc::CLONE_NEWUSER).step("create user namespace")?;
+        chan.send(&FromHelper::MapRequest).step("request id maps")?;
+        match chan.recv::<ToHelper>().step("wait for id maps")? {
+            Some(Frame::Msg(ToHelper::MapsWritten)) => {}
+            other => return Err(fail("wait for id maps", format!("unexpected {other:?}"))),
+        }
+        become_root()?;
+    }
+    namespaces::unshare(plan.unshare).step("create namespaces")?;
+    if plan.unshare & libc::CLONE_NEWTIME != 0 {
+        if let Some(init) = &plan.init {
+            write_time_offsets(&init.spec)?;
+        }
+    }
+    if !plan.fork {
+        return Ok(true);
+    }
+    fork_sibling(chan)
+}
+
+/// uid/gid 0 of the user namespace just entered (capabilities there are full until then).
+fn become_root() -> Result<(), InitError> {
+    nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+        .step("setresgid 0 in the user namespace")?;
+    nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+        .step("setresuid 0 in the user namespace")?;
+    Ok(())
+}
+
+fn write_time_offsets(spec: &Spec) -> Result<(), InitError> {
+    let offsets = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref());
+    let Some(offsets) = offsets else {
+        return Ok(());
+    };
+    let mut text = String::new();
+    for (clock, off) in offsets {
+        text.push_str(&format!(
+            "{clock} {} {}\n",
+            off.secs().unwrap_or(0),
+            off.nanosecs().unwrap_or(0)
+        ));
+    }
+    std::fs::write("/proc/self/timens_offsets", text).step("write linux.timeOffsets")
+}
+
+/// Forks the process that carries on as a sibling (CLONE_PARENT: a direct child of the
+/// runtime, which reaps it), sends its pidfd and host pid to the runtime, and returns false in
+/// the helper, which then exits.
+fn fork_sibling(chan: &mut Channel) -> Result<bool, InitError> {
+    let mut pidfd: libc::c_int = -1;
+    let flags = (libc::CLONE_PARENT | libc::CLONE_PIDFD) as u64;
+    let mut args = sys::CloneArgs {
+        flags,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        // clone3 requires 0 with CLONE_PARENT: the child gets our own exit signal (SIGCHLD).
+        exit_signal: 0,
+        ..Default::default()
+    };
+    // SAFETY: we are single-threaded, so the child may run any code.
+    let mut pid = unsafe { sys::clone3(&mut args) };
+    if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        // SAFETY: as above.
+        pid = unsafe { sys::clone_legacy(flags, &mut pidfd) };
+    }
+    if pid < 0 {
+        return Err(fail(
+            "fork into the pid namespace",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if pid == 0 {
+        return Ok(true);
+    }
+    // SAFETY: CLONE_PIDFD stored a fresh fd.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    use std::os::fd::AsFd;
+    chan.send_with_fd(&FromHelper::Forked { pid: pid as i32 }, Some(pidfd.as_fd()))
+        .step("report forked pid")?;
+    Ok(false)
+}
+
+/// Hostname, rootfs, hooks, pivot_root, sysctls, masked/readonly paths. Returns the state JSON
+/// received for the container's hooks.
+fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<String, InitError> {
+    let spec = &init.spec;
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(h).step(&format!("set hostname {h:?}"))?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        // SAFETY: pointer and length of a live buffer.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } < 0 {
+            return Err(fail(
+                format!("set domainname {d:?}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    let in_userns = plan.userns != Userns::Host;
+    crate::rootfs::prepare(spec, &init.rootfs, in_userns).step("prepare rootfs")?;
+    let mut state = String::new();
+    if init.hooks_request {
+        chan.send(&FromHelper::HooksRequest)
+            .step("request runtime hooks")?;
+        state = match chan.recv::<ToHelper>().step("wait for runtime hooks")? {
+            Some(Frame::Msg(ToHelper::HooksDone { state })) => state,
+            other => {
+                return Err(fail(
+                    "wait for runtime hooks",
+                    format!("unexpected {other:?}"),
+                ))
+            }
+        };
+        let hooks = hooks_of(spec, |h| h.create_container().clone());
+        run_hooks("createContainer hooks", &hooks, &state)?;
+    }
+    crate::rootfs::pivot(&init.rootfs, init.no_pivot).step("pivot_root")?;
+    crate::user::apply_sysctl(spec).step("sysctl")?;
+    crate::rootfs::finalize(spec).step("finalize rootfs")?;
+    Ok(state)
+}
+
+/// The hooks of one kind, empty when absent.
+pub fn hooks_of(
+    spec: &Spec,
+    pick: impl Fn(&oci_spec::runtime::Hooks) -> Option<Vec<Hook>>,
+) -> Vec<Hook> {
+    spec.hooks().as_ref().and_then(pick).unwrap_or_default()
+}
+
+fn run_hooks(step: &str, hooks: &[Hook], state: &str) -> Result<(), InitError> {
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    crate::hooks::run_all(hooks, state.as_bytes()).step(step)
+}
+
+/// The resolved executable, argv and envp of the process.
+struct Exec {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+/// Resolves args[0] like execvp, with the process's own PATH, so a missing binary is a create
+/// error (as in runc) rather than a start error.
+fn prepare_exec(process: &Process) -> Result<Exec, InitError> {
+    let args = process.args().as_deref().unwrap_or_default();
+    let env = process.env().as_deref().unwrap_or_default();
+    let cstr = |s: &str, what: &str| {
+        CString::new(s).map_err(|_| fail("exec", format!("{what} {s:?} contains a NUL byte")))
+    };
+    let argv = args
+        .iter()
+        .map(|a| cstr(a, "argument"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = env
+        .iter()
+        .map(|e| cstr(e, "env entry"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = args
+        .first()
+        .ok_or_else(|| fail("exec", "process.args is empty"))?;
+    let path_var = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let resolved = resolve(name, path_var)?;
+    Ok(Exec {
+        path: CString::new(resolved.as_os_str().as_bytes())
+            .map_err(|_| fail("exec", "path contains a NUL byte"))?,
+        argv,
+        envp,
+    })
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// execvp's lookup: a name with a slash is used as is; otherwise the first executable regular
+/// file named so in a PATH directory.
+fn resolve(name: &str, path_var: &str) -> Result<PathBuf, InitError> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    for dir in path_var.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(name);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(fail(
+        "exec",
+        format!("executable file {name:?} not found in $PATH ({path_var})"),
+    ))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+impl Exec {
+    /// Slides the preserved fds from 4.. down to 3.., restores default signal dispositions
+    /// and execs. Returns only on failure.
+    fn exec(&self, preserve_fds: u32) -> std::io::Error {
+        for i in 0..preserve_fds as RawFd {
+            // SAFETY: dup2 between fds we own; the socket lives above them (relocate_socket).
+            if unsafe { libc::dup2(FIRST_PRESERVED_FD + i, 3 + i) } < 0 {
+                return std::io::Error::last_os_error();
+            }
+        }
+        if let Err(e) = sys::set_cloexec_from(3 + preserve_fds as RawFd) {
+            return e;
+        }
+        reset_signals();
+        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.envp.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: NULL-terminated arrays of live C strings.
+        unsafe { libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        std::io::Error::last_os_error()
+    }
+}
+
+/// Default dispositions for every signal: ignored ones (SIGPIPE, by the Rust runtime) would
+/// otherwise stay ignored in the container process.
+fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: setting SIG_DFL is always valid; errors for reserved signals are ignored.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    unblock_signals();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_follows_path_order_and_skips_non_executables() {
+        let dir = std::env::temp_dir().join(format!("pelagos-resolve-{}", std::process::id()));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(a.join("tool"), "").unwrap(); // not executable
+        std::fs::write(b.join("tool"), "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("{}:{}", a.display(), b.display());
+        assert_eq!(resolve("tool", &path).unwrap(), b.join("tool"));
+        assert_eq!(
+            resolve("./x/tool", &path).unwrap(),
+            PathBuf::from("./x/tool")
+        );
+        let err = resolve("nope", &path).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("executable file \"nope\" not found"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

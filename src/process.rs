@@ -1,1 +1,330 @@
-//! TODO
+//! Runtime side of process creation: clones the child that becomes the setup helper.
+//!
+//! The caller may be multi-threaded (the shim), so everything that allocates happens before the
+//! clone: the fd plan, argv/envp, the socketpair. The child only dup2s the planned fds onto
+//! 0, 1, 2, 3, …, marks the rest close-on-exec, waits for the go byte on fd 3 (the runtime first
+//! moves it into the cgroup and writes its id maps) and execs the helper binary by fd. On any
+//! failure it writes a raw (step, errno) frame to fd 3 and exits 127.
+//!
+//! Helper fd layout: 0-2 stdio, 3 the protocol socket, 4.. the preserved fds, then the extra
+//! fds (namespaces to join, the init's pidfd for exec).
+
+pub mod protocol;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use crate::container::Stdio;
+use crate::sys;
+use protocol::Channel;
+
+/// The protocol socket in the helper.
+pub const SOCKET_FD: RawFd = 3;
+/// The first preserved fd in the helper (it becomes 3 in the container process).
+pub const FIRST_PRESERVED_FD: RawFd = 4;
+/// argv[0] that marks a process as the setup helper.
+pub const HELPER_ARGV0: &str = "pelagos-init";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("open /dev/null: {0}")]
+    DevNull(io::Error),
+    #[error("socketpair: {0}")]
+    Socket(io::Error),
+    #[error("prepare fd {target} of the helper: {source}")]
+    Fd { target: usize, source: io::Error },
+    #[error("clone: {0}")]
+    Clone(io::Error),
+}
+
+/// What to clone.
+pub struct Spawn<'a> {
+    /// The helper executable (see `selfexe`).
+    pub helper: BorrowedFd<'a>,
+    pub stdio: Stdio,
+    pub preserve_fds: Vec<OwnedFd>,
+    /// Placed after the preserved fds, in order.
+    pub extra_fds: Vec<OwnedFd>,
+    /// CLONE_NEW* flags.
+    pub clone_flags: libc::c_int,
+    /// cgroup v2 directory for CLONE_INTO_CGROUP.
+    pub cgroup: Option<BorrowedFd<'a>>,
+    /// The child becomes uid/gid 0 of its new user namespace before exec (the runtime has
+    /// written the maps by then), so the helper keeps its capabilities across execve.
+    pub become_root: bool,
+}
+
+/// A cloned child blocked before exec, waiting for the go byte.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub channel: Channel,
+    /// Whether CLONE_INTO_CGROUP placed the child in the cgroup already.
+    pub in_cgroup: bool,
+    /// Helper fd number of the first extra fd.
+    pub extra_fd_base: RawFd,
+}
+
+/// Clone-child failure steps, as reported in the raw failure frame.
+pub mod step {
+    pub const DUP2: u32 = 1;
+    pub const GO: u32 = 2;
+    pub const SETRESGID: u32 = 3;
+    pub const SETRESUID: u32 = 4;
+    pub const EXEC: u32 = 5;
+
+    pub fn name(step: u32) -> &'static str {
+        match step {
+            DUP2 => "dup2 stdio and fds",
+            GO => "wait for the go byte",
+            SETRESGID => "setresgid 0 in the user namespace",
+            SETRESUID => "setresuid 0 in the user namespace",
+            EXEC => "execveat of the setup helper",
+            _ => "unknown step",
+        }
+    }
+}
+
+/// Everything the child reads; built before clone so the child allocates nothing.
+struct ChildArgs {
+    /// Source fd for helper fd i (every source is >= the length, so no dup2 clobbers one).
+    fds: Vec<RawFd>,
+    helper: RawFd,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    become_root: bool,
+}
+
+/// Clones the child (see the module docs). It blocks until [`Channel::send_byte`] is called on
+/// the returned channel.
+pub fn spawn(req: Spawn<'_>) -> Result<Spawned, ProcessError> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| ProcessError::Socket(e.into()))?;
+
+    let mut devnull: Option<OwnedFd> = None;
+    let mut null = || -> Result<RawFd, ProcessError> {
+        if devnull.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(ProcessError::DevNull)?;
+            devnull = Some(f.into());
+        }
+        Ok(devnull.as_ref().expect("opened").as_raw_fd())
+    };
+    let stdio_fds: [RawFd; 3] = match &req.stdio {
+        Stdio::Null => [null()?, null()?, null()?],
+        Stdio::Fds {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let mut pick = |f: &Option<OwnedFd>| match f {
+                Some(f) => Ok(f.as_raw_fd()),
+                None => null(),
+            };
+            [pick(stdin)?, pick(stdout)?, pick(stderr)?]
+        }
+        Stdio::Terminal(slave) => [slave.as_raw_fd(); 3],
+        Stdio::Inherit => [0, 1, 2],
+    };
+    let mut sources: Vec<RawFd> = stdio_fds.to_vec();
+    sources.push(theirs.as_raw_fd());
+    sources.extend(req.preserve_fds.iter().map(AsRawFd::as_raw_fd));
+    sources.extend(req.extra_fds.iter().map(AsRawFd::as_raw_fd));
+    let count = sources.len();
+    // Move every source above the target range, so dup2 onto target i never closes a source
+    // still needed for a later target.
+    let mut high: Vec<OwnedFd> = Vec::with_capacity(count);
+    for (target, fd) in sources.iter().enumerate() {
+        let dup = match sys::dup_at_least(*fd, count as RawFd) {
+            Ok(d) => d,
+            Err(e)
+                if matches!(req.stdio, Stdio::Inherit)
+                    && target < 3
+                    && e.raw_os_error() == Some(libc::EBADF) =>
+            {
+                sys::dup_at_least(null()?, count as RawFd)
+                    .map_err(|source| ProcessError::Fd { target, source })?
+            }
+            Err(source) => return Err(ProcessError::Fd { target, source }),
+        };
+        high.push(dup);
+    }
+
+    let argv0 = CString::new(HELPER_ARGV0).expect("no NUL");
+    let args = ChildArgs {
+        fds: high.iter().map(AsRawFd::as_raw_fd).collect(),
+        helper: req.helper.as_raw_fd(),
+        argv: vec![argv0.as_ptr(), std::ptr::null()],
+        envp: vec![std::ptr::null()],
+        become_root: req.become_root,
+    };
+
+    let (pid, pidfd, in_cgroup) = clone_child(&args, req.clone_flags, req.cgroup)?;
+    drop(high);
+    drop(theirs);
+    Ok(Spawned {
+        pid,
+        pidfd,
+        channel: Channel::new(ours),
+        in_cgroup,
+        extra_fd_base: FIRST_PRESERVED_FD + req.preserve_fds.len() as RawFd,
+    })
+}
+
+/// clone3 (falling back to clone(2) on old kernels) with all signals blocked in the calling
+/// thread, so no handler of the caller runs in the child; the helper unblocks them.
+fn clone_child(
+    args: &ChildArgs,
+    ns_flags: libc::c_int,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> Result<(i32, OwnedFd, bool), ProcessError> {
+    let _mask = BlockSignals::new();
+    let mut pidfd: libc::c_int = -1;
+    let base = libc::CLONE_PIDFD as u64 | ns_flags as u64;
+    let mut attempt = |into_cgroup: Option<RawFd>| -> libc::c_long {
+        let mut ca = sys::CloneArgs {
+            flags: base,
+            pidfd: &mut pidfd as *mut libc::c_int as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..Default::default()
+        };
+        if let Some(fd) = into_cgroup {
+            ca.flags |= sys::CLONE_INTO_CGROUP;
+            ca.cgroup = fd as u64;
+        }
+        // SAFETY: fork-like clone3; the child runs only child_main (async-signal-safe).
+        let ret = unsafe { sys::clone3(&mut ca) };
+        if ret == 0 {
+            child_main(args);
+        }
+        ret
+    };
+    let mut in_cgroup = cgroup.is_some();
+    let mut ret = attempt(cgroup.map(|c| c.as_raw_fd()));
+    if ret < 0
+        && cgroup.is_some()
+        && io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+    {
+        log::debug!(
+            "clone3 into cgroup failed ({}), cloning then moving the child",
+            io::Error::last_os_error()
+        );
+        in_cgroup = false;
+        ret = attempt(None);
+    }
+    if ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        in_cgroup = false;
+        // SAFETY: as above; the exit signal goes in the low byte of the flags.
+        ret = unsafe { sys::clone_legacy(base | libc::SIGCHLD as u64, &mut pidfd) };
+        if ret == 0 {
+            child_main(args);
+        }
+    }
+    if ret < 0 {
+        return Err(ProcessError::Clone(io::Error::last_os_error()));
+    }
+    // SAFETY: CLONE_PIDFD stored a fresh fd that nobody else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((ret as i32, pidfd, in_cgroup))
+}
+
+/// The clone child. Async-signal-safe only: raw syscalls on prepared data, no allocation.
+fn child_main(args: &ChildArgs) -> ! {
+    for (target, src) in args.fds.iter().enumerate() {
+        // SAFETY: dup2 on fds we own in this (single-threaded) child.
+        if unsafe { libc::dup2(*src, target as libc::c_int) } < 0 {
+            child_fail(step::DUP2, errno());
+        }
+    }
+    // Failure here is not fatal: the helper checks again before it execs anything.
+    let _ = sys::cloexec_from(args.fds.len() as u32);
+    let mut go = 0u8;
+    loop {
+        // SAFETY: reads one byte into a stack buffer.
+        let n = unsafe { libc::read(SOCKET_FD, &mut go as *mut u8 as *mut libc::c_void, 1) };
+        if n == 1 {
+            break;
+        }
+        if n == 0 {
+            // The runtime gave up on us.
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(127) };
+        }
+        if errno() != libc::EINTR {
+            child_fail(step::GO, errno());
+        }
+    }
+    if args.become_root {
+        // Raw syscalls: glibc's wrappers would try to synchronise threads that only exist in
+        // the parent.
+        // SAFETY: setresgid/setresuid take plain ids.
+        if unsafe { libc::syscall(libc::SYS_setresgid, 0, 0, 0) } < 0 {
+            child_fail(step::SETRESGID, errno());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::syscall(libc::SYS_setresuid, 0, 0, 0) } < 0 {
+            child_fail(step::SETRESUID, errno());
+        }
+    }
+    // SAFETY: argv/envp are NULL-terminated arrays of live C strings built before clone.
+    let e = unsafe { sys::execveat_fd(args.helper, args.argv.as_ptr(), args.envp.as_ptr()) };
+    child_fail(step::EXEC, e)
+}
+
+fn errno() -> i32 {
+    // SAFETY: reads this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+fn child_fail(step: u32, errno: i32) -> ! {
+    let mut frame = [0u8; 12];
+    frame[..4].copy_from_slice(&protocol::CHILD_FAILURE.to_le_bytes());
+    frame[4..8].copy_from_slice(&step.to_le_bytes());
+    frame[8..].copy_from_slice(&errno.to_le_bytes());
+    // SAFETY: write and _exit are async-signal-safe; the frame is on the stack.
+    unsafe {
+        libc::write(
+            SOCKET_FD,
+            frame.as_ptr() as *const libc::c_void,
+            frame.len(),
+        );
+        libc::_exit(127)
+    }
+}
+
+/// Blocks every signal in the calling thread until dropped.
+struct BlockSignals {
+    old: libc::sigset_t,
+}
+
+impl BlockSignals {
+    fn new() -> BlockSignals {
+        // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask fill valid buffers.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            BlockSignals { old }
+        }
+    }
+}
+
+impl Drop for BlockSignals {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in new().
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}

@@ -1,1 +1,121 @@
-//! TODO
+//! The setup helper's executable. By default it is a sealed in-memory copy of this process's own
+//! binary, made once per process: a container that could write through /proc/<helper>/exe would
+//! otherwise overwrite the host binary (CVE-2019-5736). The copy is never written again and is
+//! executed by fd (execveat with AT_EMPTY_PATH), so no path lookup happens after clone.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelfExeError {
+    #[error("helper binary {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("sealed copy of /proc/self/exe: {step}: {source}")]
+    Seal {
+        step: &'static str,
+        source: io::Error,
+    },
+}
+
+/// An fd of the helper binary, ready for execveat.
+#[derive(Debug)]
+pub enum HelperExe {
+    /// The process-wide sealed copy.
+    Sealed(&'static OwnedFd),
+    /// A binary named by path, opened O_PATH.
+    Path(OwnedFd),
+}
+
+impl HelperExe {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            HelperExe::Sealed(fd) => fd.as_fd(),
+            HelperExe::Path(fd) => fd.as_fd(),
+        }
+    }
+}
+
+static SEALED: OnceLock<OwnedFd> = OnceLock::new();
+
+/// The helper for `helper` (a path), or the sealed copy of this binary when `None`.
+pub fn open(helper: Option<&Path>) -> Result<HelperExe, SelfExeError> {
+    match helper {
+        Some(path) => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(path)
+            .map(|f| HelperExe::Path(f.into()))
+            .map_err(|source| SelfExeError::Open {
+                path: path.to_path_buf(),
+                source,
+            }),
+        None => sealed().map(HelperExe::Sealed),
+    }
+}
+
+/// The sealed copy of /proc/self/exe, made on first use.
+pub fn sealed() -> Result<&'static OwnedFd, SelfExeError> {
+    if let Some(fd) = SEALED.get() {
+        return Ok(fd);
+    }
+    let fd = make_sealed_copy()?;
+    // Two threads may race here; the loser's copy is dropped.
+    Ok(SEALED.get_or_init(|| fd))
+}
+
+fn make_sealed_copy() -> Result<OwnedFd, SelfExeError> {
+    let seal = |step| move |source| SelfExeError::Seal { step, source };
+    let mut exe = File::open("/proc/self/exe").map_err(seal("open"))?;
+    let mut mem =
+        File::from(sys::memfd_create_exec(c"pelagos-init").map_err(seal("memfd_create"))?);
+    io::copy(&mut exe, &mut mem).map_err(seal("copy"))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS on our own memfd only sets seal bits.
+    if unsafe { libc::fcntl(mem.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(seal("seal")(io::Error::last_os_error()));
+    }
+    // A writable fd makes execve fail with ETXTBSY: keep only a read-only reopening.
+    let ro = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", mem.as_raw_fd()))
+        .map_err(seal("reopen read-only"))?;
+    Ok(ro.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_copy_is_cached_sealed_and_identical() {
+        let a = sealed().unwrap();
+        let b = sealed().unwrap();
+        assert_eq!(a.as_raw_fd(), b.as_raw_fd());
+        // SAFETY: F_GET_SEALS only reads.
+        let seals = unsafe { libc::fcntl(a.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(seals & libc::F_SEAL_WRITE, libc::F_SEAL_WRITE);
+        assert_eq!(seals & libc::F_SEAL_SEAL, libc::F_SEAL_SEAL);
+        let copy = std::fs::read(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
+        assert_eq!(copy, std::fs::read("/proc/self/exe").unwrap());
+        let w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", a.as_raw_fd()));
+        if let Ok(mut w) = w {
+            use std::io::Write;
+            assert!(w.write_all(b"x").is_err());
+        }
+    }
+
+    #[test]
+    fn missing_helper_path_is_named() {
+        let err = open(Some(Path::new("/nonexistent/helper"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/helper"), "{err}");
+    }
+}

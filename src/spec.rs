@@ -1,1 +1,269 @@
-//! TODO
+//! Loading and checking an OCI bundle: config.json parsed with oci-spec, then every check that
+//! can be made without touching the system, so bad input fails before anything is created.
+//! Errors name the field (or JSON line and column) that is wrong.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Process, Spec};
+
+use crate::namespaces::{self, Kind, NsError, NsPlan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("bundle {path}: {source}")]
+    Bundle {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid config at line {line} column {column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("config.json: unsupported ociVersion {0:?} (supported: 1.x)")]
+    Version(String),
+    #[error("config.json: process is missing")]
+    MissingProcess,
+    #[error("{0}: args is missing or empty")]
+    MissingArgs(&'static str),
+    #[error("{what}: cwd {cwd:?} is not an absolute path")]
+    RelativeCwd { what: &'static str, cwd: PathBuf },
+    #[error("config.json: root.path is missing")]
+    MissingRoot,
+    #[error("config.json: root.path {path}: {source}")]
+    Rootfs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config.json: root.path {0} is not a directory")]
+    RootfsNotDir(PathBuf),
+    #[error("config.json: {0} is set but the container has no uts namespace of its own")]
+    NeedsUts(&'static str),
+    #[error("config.json: linux.namespaces must include a mount namespace")]
+    NeedsMountNs,
+    #[error("config.json: linux.timeOffsets is set but the container creates no time namespace")]
+    TimeOffsetsWithoutTimens,
+    #[error("config.json: {0}")]
+    Namespaces(#[from] NsError),
+    #[error("config.json: {0}")]
+    Caps(#[from] crate::caps::CapsError),
+    #[error("config.json: {0}")]
+    Mounts(#[from] crate::rootfs::RootfsError),
+}
+
+/// A loaded, checked bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Absolute path of the bundle directory.
+    pub path: PathBuf,
+    pub spec: Spec,
+    /// Absolute, symlink-free path of the root filesystem.
+    pub rootfs: PathBuf,
+    pub namespaces: NsPlan,
+}
+
+/// Reads `<bundle>/config.json` and checks it (see [`validate`]).
+pub fn load(bundle: &Path) -> Result<Bundle, SpecError> {
+    let path = std::fs::canonicalize(bundle).map_err(|source| SpecError::Bundle {
+        path: bundle.to_path_buf(),
+        source,
+    })?;
+    let config = path.join("config.json");
+    let bytes = std::fs::read(&config).map_err(|source| SpecError::Read {
+        path: config.clone(),
+        source,
+    })?;
+    let spec = parse(&bytes, &config)?;
+    let namespaces = validate(&spec)?;
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path())
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or(SpecError::MissingRoot)?;
+    let rootfs = std::fs::canonicalize(path.join(root)).map_err(|source| SpecError::Rootfs {
+        path: root.clone(),
+        source,
+    })?;
+    if !rootfs.is_dir() {
+        return Err(SpecError::RootfsNotDir(root.clone()));
+    }
+    Ok(Bundle {
+        path,
+        spec,
+        rootfs,
+        namespaces,
+    })
+}
+
+/// Parses config.json bytes; `path` only names the file in errors.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Spec, SpecError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let text = e.to_string();
+        // serde_json appends " at line L column C"; we report them as fields.
+        let message = match text.rfind(" at line ") {
+            Some(i) => text[..i].to_string(),
+            None => text,
+        };
+        SpecError::Parse {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message,
+        }
+    })
+}
+
+/// Every check of a container's config that needs no system access; returns the namespace
+/// layout.
+pub fn validate(spec: &Spec) -> Result<NsPlan, SpecError> {
+    check_version(spec.version())?;
+    let process = spec.process().as_ref().ok_or(SpecError::MissingProcess)?;
+    validate_process(process, "config.json: process")?;
+    let ns = namespaces::plan(spec)?;
+    if !ns.has(Kind::Mount) {
+        return Err(SpecError::NeedsMountNs);
+    }
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !ns.has(Kind::Uts) {
+        return Err(SpecError::NeedsUts("hostname"));
+    }
+    if spec.domainname().as_deref().is_some_and(|h| !h.is_empty()) && !ns.has(Kind::Uts) {
+        return Err(SpecError::NeedsUts("domainname"));
+    }
+    let time_offsets = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref())
+        .is_some_and(|t| !t.is_empty());
+    if time_offsets && !ns.creates(Kind::Time) {
+        return Err(SpecError::TimeOffsetsWithoutTimens);
+    }
+    crate::rootfs::validate(spec)?;
+    Ok(ns)
+}
+
+/// Checks a process (the container's, or one to exec); `what` names it in errors.
+pub fn validate_process(process: &Process, what: &'static str) -> Result<(), SpecError> {
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(SpecError::MissingArgs(what));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(SpecError::RelativeCwd {
+            what,
+            cwd: process.cwd().clone(),
+        });
+    }
+    if let Some(caps) = process.capabilities() {
+        crate::caps::validate(caps)?;
+    }
+    Ok(())
+}
+
+/// Accepts runtime-spec 1.x ("1.0.2", "1.1.0", "1.2.0-rc.1", …).
+fn check_version(version: &str) -> Result<(), SpecError> {
+    let mut parts = version.split('.');
+    let major = parts.next().unwrap_or_default();
+    let minor = parts.next().unwrap_or_default();
+    let minor_digits: String = minor.chars().take_while(char::is_ascii_digit).collect();
+    if major != "1" || minor_digits.is_empty() {
+        return Err(SpecError::Version(version.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": "1.0.2-dev",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+        })
+    }
+
+    fn check(v: serde_json::Value) -> Result<NsPlan, SpecError> {
+        let spec = parse(v.to_string().as_bytes(), Path::new("config.json"))?;
+        validate(&spec)
+    }
+
+    #[test]
+    fn versions() {
+        for ok in ["1.0.0", "1.0.2-dev", "1.1.0", "1.2.1", "1.3.0"] {
+            check_version(ok).unwrap();
+        }
+        for bad in ["0.9.0", "2.0.0", "", "1", "x.y"] {
+            assert!(check_version(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn good_config_passes() {
+        check(base()).unwrap();
+    }
+
+    #[test]
+    fn bad_json_names_line_and_column() {
+        let err = parse(b"{\n  \"ociVersion\": ,\n}", Path::new("/b/config.json")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/b/config.json: invalid config at line 2 column"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_process_and_args() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("process");
+        assert!(matches!(check(v), Err(SpecError::MissingProcess)));
+        let mut v = base();
+        v["process"]["args"] = serde_json::json!([]);
+        assert_eq!(
+            check(v).unwrap_err().to_string(),
+            "config.json: process: args is missing or empty"
+        );
+        let mut v = base();
+        v["process"]["cwd"] = serde_json::json!("rel");
+        assert!(check(v).unwrap_err().to_string().contains("cwd \"rel\""));
+    }
+
+    #[test]
+    fn unknown_namespace_is_named() {
+        let mut v = base();
+        v["linux"]["namespaces"] = serde_json::json!([{"type": "bogus"}]);
+        let text = check(v).unwrap_err().to_string();
+        assert!(text.contains("bogus"), "{text}");
+    }
+
+    #[test]
+    fn hostname_needs_uts() {
+        let mut v = base();
+        v["hostname"] = serde_json::json!("box");
+        assert!(matches!(
+            check(v.clone()),
+            Err(SpecError::NeedsUts("hostname"))
+        ));
+        v["linux"]["namespaces"] = serde_json::json!([{"type": "uts"}]);
+        check(v).unwrap();
+    }
+
+    #[test]
+    fn bad_version_is_named() {
+        let mut v = base();
+        v["ociVersion"] = serde_json::json!("0.5.0");
+        assert_eq!(
+            check(v).unwrap_err().to_string(),
+            "config.json: unsupported ociVersion \"0.5.0\" (supported: 1.x)"
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! The runtime ↔ setup-helper protocol over the socketpair at the helper's fd 3: each message
+//! is a little-endian u32 length followed by that many bytes of JSON. A pidfd rides along as
+//! SCM_RIGHTS with the message that announces it. Before the helper exists, the clone child
+//! reports a failure with a length of `u32::MAX` followed by a raw (step u32, errno i32) pair,
+//! since it cannot allocate or serialize.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use oci_spec::runtime::{Process, Spec};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::namespaces::{Kind, Userns};
+use crate::seccomp::CompiledFilter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad message: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("message of {0} bytes is too large")]
+    TooLarge(u32),
+    #[error("a message promised an fd that did not arrive")]
+    MissingFd,
+}
+
+/// Largest frame accepted (a config.json with a big seccomp profile stays far below).
+const MAX_FRAME: u32 = 64 << 20;
+/// Length marker of the clone child's raw failure report.
+pub const CHILD_FAILURE: u32 = u32::MAX;
+
+/// What the helper must do; sent once, right after the go byte.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Plan {
+    /// The process to exec at the end (the container's, or the one to exec into it).
+    pub process: Process,
+    /// Count of fds passed at 4.. that the process gets as 3..
+    pub preserve_fds: u32,
+    /// fds 0-2 are a pty slave that becomes the controlling terminal.
+    pub terminal: bool,
+    pub seccomp: Option<CompiledFilter>,
+    /// Namespaces to join: (type, fd in the helper), user first.
+    pub join: Vec<(Kind, RawFd)>,
+    /// exec: (pidfd of the container's init in the helper, CLONE_NEW* flags to join).
+    pub join_pidfd: Option<(RawFd, i32)>,
+    /// CLONE_NEW* flags to unshare after joining.
+    pub unshare: i32,
+    pub userns: Userns,
+    /// Fork the process (CLONE_PARENT) after entering the namespaces.
+    pub fork: bool,
+    /// Container setup; `None` for exec.
+    pub init: Option<InitPlan>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct InitPlan {
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+    pub no_pivot: bool,
+    /// Ask the runtime to run prestart/createRuntime hooks (and send the state for
+    /// createContainer) before pivot_root.
+    pub hooks_request: bool,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub enum ToHelper {
+    Plan(Box<Plan>),
+    /// The runtime wrote the uid/gid maps of the helper's new user namespace.
+    MapsWritten,
+    /// Runtime hooks ran; the state JSON for the container's own hooks.
+    HooksDone {
+        state: String,
+    },
+    /// Exec the process; `state` is for startContainer hooks.
+    Start {
+        state: String,
+    },
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub enum FromHelper {
+    /// The helper unshared a user namespace and waits for its maps.
+    MapRequest,
+    /// The helper forked the process that carries on (pidfd attached); the helper exits.
+    Forked {
+        pid: i32,
+    },
+    /// The rootfs is prepared; run the prestart and createRuntime hooks.
+    HooksRequest,
+    /// Set up and waiting for Start.
+    Ready,
+    Error {
+        step: String,
+        message: String,
+    },
+}
+
+/// A received frame.
+#[derive(Debug)]
+pub enum Frame<T> {
+    Msg(T),
+    /// The clone child failed before the helper ran.
+    ChildFailure {
+        step: u32,
+        errno: i32,
+    },
+}
+
+/// One end of the socketpair, with buffered input and received fds.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Channel {
+    pub fn new(fd: OwnedFd) -> Channel {
+        Channel {
+            fd,
+            buf: Vec::new(),
+            fds: VecDeque::new(),
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// Writes one raw byte (the go signal the clone child waits for).
+    pub fn send_byte(&self, b: u8) -> Result<(), ProtocolError> {
+        self.send_raw(&[b], None)
+    }
+
+    pub fn send<T: Serialize>(&self, msg: &T) -> Result<(), ProtocolError> {
+        self.send_with_fd(msg, None)
+    }
+
+    /// Sends `msg` with `fd` attached.
+    pub fn send_with_fd<T: Serialize>(
+        &self,
+        msg: &T,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), ProtocolError> {
+        let body = serde_json::to_vec(msg)?;
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&body);
+        self.send_raw(&frame, fd)
+    }
+
+    fn send_raw(&self, mut bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(), ProtocolError> {
+        let mut fd = fd.map(|f| [f.as_raw_fd()]);
+        while !bytes.is_empty() {
+            let cmsgs: Vec<ControlMessage<'_>> = fd
+                .as_ref()
+                .map(|f| ControlMessage::ScmRights(f))
+                .into_iter()
+                .collect();
+            let n = match sendmsg::<()>(
+                self.fd.as_raw_fd(),
+                &[IoSlice::new(bytes)],
+                &cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            };
+            fd = None;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Receives the next frame; `None` at end of stream on a frame boundary.
+    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<Frame<T>>, ProtocolError> {
+        if !self.fill(4)? {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes"));
+        if len == CHILD_FAILURE {
+            if !self.fill(12)? {
+                return Err(eof());
+            }
+            let step = u32::from_le_bytes(self.buf[4..8].try_into().expect("4 bytes"));
+            let errno = i32::from_le_bytes(self.buf[8..12].try_into().expect("4 bytes"));
+            self.buf.drain(..12);
+            return Ok(Some(Frame::ChildFailure { step, errno }));
+        }
+        if len > MAX_FRAME {
+            return Err(ProtocolError::TooLarge(len));
+        }
+        let end = 4 + len as usize;
+        if !self.fill(end)? {
+            return Err(eof());
+        }
+        let msg = serde_json::from_slice(&self.buf[4..end])?;
+        self.buf.drain(..end);
+        Ok(Some(Frame::Msg(msg)))
+    }
+
+    /// The oldest fd received and not taken yet.
+    pub fn take_fd(&mut self) -> Result<OwnedFd, ProtocolError> {
+        self.fds.pop_front().ok_or(ProtocolError::MissingFd)
+    }
+
+    /// Reads until `want` bytes are buffered; false on EOF before any byte of a new frame.
+    fn fill(&mut self, want: usize) -> Result<bool, ProtocolError> {
+        while self.buf.len() < want {
+            let mut chunk = [0u8; 4096];
+            let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+            let (n, fds) = {
+                let mut iov = [IoSliceMut::new(&mut chunk)];
+                let msg = match recvmsg::<()>(
+                    self.fd.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
+                    Ok(m) => m,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(std::io::Error::from(e).into()),
+                };
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(r) = c {
+                            fds.extend(r);
+                        }
+                    }
+                }
+                (msg.bytes, fds)
+            };
+            for raw in fds {
+                // SAFETY: SCM_RIGHTS installed these fds in our table; nobody else owns them.
+                self.fds.push_back(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(false);
+                }
+                return Err(eof());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(true)
+    }
+}
+
+fn eof() -> ProtocolError {
+    ProtocolError::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "peer closed the socket mid-message",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+    fn pair() -> (Channel, Channel) {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        (Channel::new(a), Channel::new(b))
+    }
+
+    #[test]
+    fn messages_fds_and_eof() {
+        let (a, mut b) = pair();
+        a.send(&FromHelper::Ready).unwrap();
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsFd;
+        a.send_with_fd(&FromHelper::Forked { pid: 7 }, Some(devnull.as_fd()))
+            .unwrap();
+        a.send(&FromHelper::Error {
+            step: "mount".into(),
+            message: "x".repeat(10000),
+        })
+        .unwrap();
+        drop(a);
+        assert!(matches!(
+            b.recv::<FromHelper>().unwrap(),
+            Some(Frame::Msg(FromHelper::Ready))
+        ));
+        assert!(matches!(
+            b.recv::<FromHelper>().unwrap(),
+            Some(Frame::Msg(FromHelper::Forked { pid: 7 }))
+        ));
+        let fd = b.take_fd().unwrap();
+        let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(meta.file_type().is_char_device());
+        match b.recv::<FromHelper>().unwrap() {
+            Some(Frame::Msg(FromHelper::Error { step, message })) => {
+                assert_eq!(step, "mount");
+                assert_eq!(message.len(), 10000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(b.recv::<FromHelper>().unwrap().is_none());
+    }
+
+    #[test]
+    fn child_failure_frame() {
+        let (a, mut b) = pair();
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&CHILD_FAILURE.to_le_bytes());
+        raw.extend_from_slice(&5u32.to_le_bytes());
+        raw.extend_from_slice(&libc::ENOENT.to_le_bytes());
+        a.send_raw(&raw, None).unwrap();
+        match b.recv::<FromHelper>().unwrap() {
+            Some(Frame::ChildFailure { step, errno }) => {
+                assert_eq!((step, errno), (5, libc::ENOENT))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error() {
+        let (a, mut b) = pair();
+        a.send_raw(&10u32.to_le_bytes(), None).unwrap();
+        drop(a);
+        assert!(b.recv::<FromHelper>().is_err());
+    }
+}

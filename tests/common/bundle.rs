@@ -1,0 +1,465 @@
+//! Test fixture: an OCI bundle with a busybox-static rootfs and a `runc spec`-like config, plus
+//! a private state root and helpers to run a container and collect its output.
+//!
+//! ```ignore
+//! let root = TestRoot::new();
+//! let b = Bundle::new().args(&["sh", "-c", "echo hi"]);
+//! let out = root.run(&b);
+//! assert_eq!((out.code, out.stdout.as_str()), (0, "hi\n"));
+//! ```
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pelagos::{Config, Container, CreateOptions, Stdio};
+use serde_json::{json, Value};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn next() -> usize {
+    COUNTER.fetch_add(1, Ordering::SeqCst)
+}
+
+/// A name unique to this test process and call: `<prefix>-<pid>-<n>`.
+pub fn unique_id(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), next())
+}
+
+/// Applets linked in the rootfs (all of busybox's would be ~270 symlinks; these cover tests).
+pub const APPLETS: &[&str] = &[
+    "sh",
+    "cat",
+    "echo",
+    "id",
+    "hostname",
+    "sleep",
+    "ls",
+    "grep",
+    "mount",
+    "umount",
+    "true",
+    "false",
+    "touch",
+    "mkdir",
+    "rm",
+    "readlink",
+    "head",
+    "tail",
+    "wc",
+    "env",
+    "pwd",
+    "ps",
+    "kill",
+    "stat",
+    "ulimit",
+    "dd",
+    "yes",
+    "sha256sum",
+    "stty",
+    "tty",
+    "test",
+    "[",
+    "sed",
+    "awk",
+    "cut",
+    "tr",
+    "sort",
+    "uniq",
+    "printf",
+    "ln",
+    "cp",
+    "mv",
+    "chmod",
+    "chown",
+    "mknod",
+    "find",
+    "xargs",
+    "nproc",
+    "uname",
+    "date",
+    "dmesg",
+    "sysctl",
+    "nice",
+    "unshare",
+    "nsenter",
+    "whoami",
+    "groups",
+    "basename",
+    "dirname",
+    "seq",
+    "timeout",
+    "ip",
+    "ifconfig",
+    "df",
+    "od",
+    "hexdump",
+    "mountpoint",
+    "setsid",
+    "wget",
+    "nc",
+];
+
+/// A bundle directory (removed on drop): `rootfs/` with busybox, and `config.json`.
+pub struct Bundle {
+    dir: PathBuf,
+    config: Value,
+}
+
+impl Default for Bundle {
+    fn default() -> Self {
+        Bundle::new()
+    }
+}
+
+impl Bundle {
+    pub fn new() -> Bundle {
+        let dir = std::env::temp_dir().join(unique_id("pelagos-bundle"));
+        let rootfs = dir.join("rootfs");
+        for d in [
+            "bin", "proc", "sys", "dev", "tmp", "etc", "root", "home", "var", "run",
+        ] {
+            std::fs::create_dir_all(rootfs.join(d)).expect("create rootfs dirs");
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy /bin/busybox");
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+                .expect("applet symlink");
+        }
+        std::fs::create_dir_all(rootfs.join("usr")).unwrap();
+        std::os::unix::fs::symlink("../bin", rootfs.join("usr/bin")).unwrap();
+        std::os::unix::fs::symlink("bin", rootfs.join("sbin")).unwrap();
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(
+            rootfs.join("etc/group"),
+            "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+        )
+        .unwrap();
+        let b = Bundle {
+            dir,
+            config: default_config(),
+        };
+        b.save();
+        b
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// The config as JSON, for arbitrary edits (saved by [`Bundle::edit`]).
+    pub fn config(&self) -> &Value {
+        &self.config
+    }
+
+    /// Edits config.json as JSON and saves it.
+    pub fn edit(mut self, f: impl FnOnce(&mut Value)) -> Bundle {
+        f(&mut self.config);
+        self.save();
+        self
+    }
+
+    /// Replaces config.json with raw bytes (for invalid-input tests).
+    pub fn write_raw_config(&self, bytes: &[u8]) {
+        std::fs::write(self.dir.join("config.json"), bytes).unwrap();
+    }
+
+    fn save(&self) {
+        std::fs::write(
+            self.dir.join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    pub fn args(self, args: &[&str]) -> Bundle {
+        self.edit(|c| c["process"]["args"] = json!(args))
+    }
+
+    /// Appends `KEY=VALUE` entries to process.env.
+    pub fn env(self, vars: &[&str]) -> Bundle {
+        self.edit(|c| {
+            let env = c["process"]["env"].as_array_mut().unwrap();
+            env.extend(vars.iter().map(|v| json!(v)));
+        })
+    }
+
+    pub fn cwd(self, cwd: &str) -> Bundle {
+        self.edit(|c| c["process"]["cwd"] = json!(cwd))
+    }
+
+    pub fn hostname(self, name: &str) -> Bundle {
+        self.edit(|c| c["hostname"] = json!(name))
+    }
+
+    pub fn user(self, uid: u32, gid: u32) -> Bundle {
+        self.edit(|c| c["process"]["user"] = json!({"uid": uid, "gid": gid}))
+    }
+
+    pub fn terminal(self, on: bool) -> Bundle {
+        self.edit(|c| c["process"]["terminal"] = json!(on))
+    }
+
+    pub fn readonly_root(self, ro: bool) -> Bundle {
+        self.edit(|c| c["root"]["readonly"] = json!(ro))
+    }
+
+    /// Sets the namespace list: each entry is a type ("pid", "network", …), optionally with a
+    /// path to join.
+    pub fn namespaces(self, list: &[(&str, Option<&str>)]) -> Bundle {
+        let ns: Vec<Value> = list
+            .iter()
+            .map(|(t, p)| match p {
+                Some(p) => json!({"type": t, "path": p}),
+                None => json!({"type": t}),
+            })
+            .collect();
+        self.edit(|c| c["linux"]["namespaces"] = json!(ns))
+    }
+
+    /// Adds (or replaces) one namespace entry.
+    pub fn namespace(self, typ: &str, path: Option<&str>) -> Bundle {
+        self.edit(|c| {
+            let list = c["linux"]["namespaces"].as_array_mut().unwrap();
+            list.retain(|n| n["type"] != typ);
+            list.push(match path {
+                Some(p) => json!({"type": typ, "path": p}),
+                None => json!({"type": typ}),
+            });
+        })
+    }
+
+    pub fn without_namespace(self, typ: &str) -> Bundle {
+        self.edit(|c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|n| n["type"] != typ)
+        })
+    }
+
+    /// A new user namespace mapping container ids 0..size to host ids host..host+size.
+    pub fn userns(self, host: u32, size: u32) -> Bundle {
+        self.namespace("user", None).edit(|c| {
+            c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": host, "size": size}]);
+            c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": host, "size": size}]);
+        })
+    }
+
+    pub fn mount(self, mount: Value) -> Bundle {
+        self.edit(|c| c["mounts"].as_array_mut().unwrap().push(mount))
+    }
+
+    /// Sets linux.resources (JSON as in config.json).
+    pub fn resources(self, resources: Value) -> Bundle {
+        self.edit(|c| c["linux"]["resources"] = resources)
+    }
+
+    pub fn cgroups_path(self, path: &str) -> Bundle {
+        self.edit(|c| c["linux"]["cgroupsPath"] = json!(path))
+    }
+
+    /// Sets a hook list ("prestart", "createRuntime", …) from JSON.
+    pub fn hooks(self, kind: &str, hooks: Value) -> Bundle {
+        self.edit(|c| c["hooks"][kind] = hooks)
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What `runc spec` writes (runc 1.1), minus the cgroup mount on a hybrid host's v1 views being
+/// any different: the same mounts, capabilities, masked and read-only paths.
+pub fn default_config() -> Value {
+    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "TERM=xterm"
+            ],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps, "ambient": caps
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "pelagos",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [
+                {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"},
+                {"type": "mount"}
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ]
+        }
+    })
+}
+
+/// A private state root under /run (removed on drop) and the helper binary of this package.
+pub struct TestRoot {
+    pub config: Config,
+}
+
+impl Default for TestRoot {
+    fn default() -> Self {
+        TestRoot::new()
+    }
+}
+
+/// What a container printed and how it ended.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code, or 128 + signal.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Pipes for a container's stdout and stderr; read them after start.
+pub struct Pipes {
+    pub stdout: std::io::PipeReader,
+    pub stderr: std::io::PipeReader,
+}
+
+impl Pipes {
+    /// Container-side stdio (stdin /dev/null) and our read ends.
+    pub fn new() -> (Stdio, Pipes) {
+        let (out_r, out_w) = std::io::pipe().unwrap();
+        let (err_r, err_w) = std::io::pipe().unwrap();
+        let stdio = Stdio::Fds {
+            stdin: None,
+            stdout: Some(OwnedFd::from(out_w)),
+            stderr: Some(OwnedFd::from(err_w)),
+        };
+        (
+            stdio,
+            Pipes {
+                stdout: out_r,
+                stderr: err_r,
+            },
+        )
+    }
+
+    /// Reads both to EOF (concurrently, so a chatty stderr cannot block stdout).
+    pub fn collect(self) -> (String, String) {
+        let Pipes { stdout, mut stderr } = self;
+        let t = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut out = String::new();
+        let mut stdout = stdout;
+        let _ = stdout.read_to_string(&mut out);
+        (out, t.join().unwrap())
+    }
+}
+
+impl TestRoot {
+    pub fn new() -> TestRoot {
+        let root = PathBuf::from(format!(
+            "/run/pelagos-test-{}-{}",
+            std::process::id(),
+            next()
+        ));
+        TestRoot {
+            config: Config {
+                root,
+                helper: Some(PathBuf::from(env!("CARGO_BIN_EXE_pelagos"))),
+            },
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    /// Creates a container from `bundle` with a unique id.
+    pub fn create(
+        &self,
+        bundle: &Bundle,
+        stdio: Stdio,
+    ) -> Result<Container, pelagos::container::Error> {
+        self.create_id(&unique_id("c"), bundle, stdio)
+    }
+
+    pub fn create_id(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        stdio: Stdio,
+    ) -> Result<Container, pelagos::container::Error> {
+        Container::create(
+            &self.config,
+            CreateOptions {
+                id: id.to_string(),
+                bundle: bundle.path().to_path_buf(),
+                stdio,
+                no_pivot: false,
+                preserve_fds: Vec::new(),
+            },
+        )
+    }
+
+    /// Create, start, wait, delete; returns the output. Panics on any lifecycle error.
+    pub fn run(&self, bundle: &Bundle) -> Output {
+        let (stdio, pipes) = Pipes::new();
+        let mut c = self.create(bundle, stdio).expect("create");
+        c.start().expect("start");
+        let (stdout, stderr) = pipes.collect();
+        let code = c.wait().expect("wait for the init").status;
+        c.delete(false).expect("delete");
+        Output {
+            code,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.config.root);
+    }
+}
