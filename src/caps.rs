@@ -236,13 +236,17 @@ pub fn apply(caps: &LinuxCapabilities) -> Result<(), CapsError> {
     .map_err(sys("clear ambient set"))?;
     for cap in ambient {
         let n = name(cap).unwrap_or("?");
-        // Raising needs the capability in both permitted and inheritable.
-        prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-            cap.into(),
-        )
-        .map_err(sys(format!("raise ambient {n}")))?;
+        let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+        match prctl(libc::PR_CAP_AMBIENT, raise, cap.into()) {
+            Ok(_) => {}
+            // The kernel only raises what is both permitted and inheritable. runc's default
+            // spec lists ambient capabilities without inheritable ones and runc runs it
+            // without them; so do we, with a warning.
+            Err(nix::errno::Errno::EPERM) => log::warn!(
+                "ambient {n} not raised: it must also be in the permitted and inheritable sets"
+            ),
+            Err(e) => return Err(sys(format!("raise ambient {n}"))(e)),
+        }
     }
     Ok(())
 }
