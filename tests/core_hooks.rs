@@ -1,4 +1,7 @@
-//! OCI hooks run for real: stdin, argv, env, exit status, timeout.
+//! OCI hooks run for real: stdin, argv, env, exit status, timeout, and their place in a
+//! container's lifecycle.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -167,4 +170,97 @@ fn bad_hooks_rejected() {
         .unwrap();
     let e = run_all(&[missing], b"{}").unwrap_err();
     assert!(e.to_string().contains("/nonexistent/hook"), "{e}");
+}
+
+/// A host-side hook appending `name` to `dir/order` (and saving its stdin as `dir/state-<name>`).
+fn logging_hook(dir: &Path, name: &str, extra: &str) -> serde_json::Value {
+    let d = dir.display();
+    serde_json::json!([{
+        "path": "/bin/busybox",
+        "args": ["sh", "-c", format!("cat > {d}/state-{name}; echo {name} >> {d}/order; {extra}")],
+    }])
+}
+
+#[test]
+fn lifecycle_hooks_run_in_order_and_in_the_right_namespace() {
+    use common::bundle::{Bundle, Pipes, TestRoot};
+    let dir = Dir::new("lifecycle");
+    let d = dir.0.display().to_string();
+    let root = TestRoot::new();
+    let b = Bundle::new()
+        .args(&["true"])
+        // Ambient capabilities are not what this test is about (see core_lifecycle echo_hi).
+        .edit(|c| {
+            c["process"]["capabilities"]
+                .as_object_mut()
+                .unwrap()
+                .remove("ambient");
+        })
+        .mount(serde_json::json!({
+            "destination": "/hooklog", "type": "bind", "source": d, "options": ["rbind", "rw"]
+        }))
+        .hooks("prestart", logging_hook(&dir.0, "prestart", ""))
+        .hooks("createRuntime", logging_hook(&dir.0, "createRuntime", ""))
+        .hooks(
+            "createContainer",
+            logging_hook(
+                &dir.0,
+                "createContainer",
+                &format!("readlink /proc/self/ns/mnt > {d}/createContainer-mnt"),
+            ),
+        )
+        // startContainer runs after pivot_root: its path and files are the container's.
+        .hooks(
+            "startContainer",
+            serde_json::json!([{
+                "path": "/bin/sh",
+                "args": ["sh", "-c", "echo startContainer >> /hooklog/order"],
+            }]),
+        )
+        .hooks("poststart", logging_hook(&dir.0, "poststart", ""))
+        .hooks("poststop", logging_hook(&dir.0, "poststop", ""));
+    let id = common::bundle::unique_id("hooks");
+    let (stdio, pipes) = Pipes::new();
+    let mut c = root.create_id(&id, &b, stdio).expect("create");
+    let container_mnt = std::fs::read_link(format!("/proc/{}/ns/mnt", c.pid())).unwrap();
+    c.start().expect("start");
+    let (_, stderr) = pipes.collect();
+    assert_eq!(c.wait().expect("wait").status, 0, "stderr: {stderr}");
+    c.delete(false).expect("delete");
+
+    let order = std::fs::read_to_string(dir.join("order")).unwrap();
+    assert_eq!(
+        order.lines().collect::<Vec<_>>(),
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ]
+    );
+    let cc_mnt = std::fs::read_to_string(dir.join("createContainer-mnt")).unwrap();
+    assert_eq!(cc_mnt.trim(), container_mnt.to_str().unwrap());
+    let own_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(
+        container_mnt, own_mnt,
+        "the container has its own mount namespace"
+    );
+    for name in [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "poststart",
+        "poststop",
+    ] {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(&format!("state-{name}"))).unwrap())
+                .unwrap_or_else(|e| panic!("{name} got no state JSON: {e}"));
+        assert_eq!(state["id"], id.as_str(), "{name}: {state}");
+        assert!(
+            state["pid"].as_i64().unwrap_or(0) > 0 || name == "poststop",
+            "{name}: {state}"
+        );
+    }
 }
