@@ -1,3 +1,5 @@
 #![allow(dead_code)]
 
 pub mod bundle;
+pub mod containerd;
+pub mod image;

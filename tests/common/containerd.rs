@@ -1,0 +1,1414 @@
+//! A private containerd for integration tests of the shim, driven with `ctr`.
+//!
+//! Each [`Containerd`] owns its root, state, sockets, config and log under unique paths, imports
+//! the busybox test image, and uses a namespace unique on this host (the cgroups containerd asks
+//! for are `/<namespace>/<id>`, shared by every containerd on the machine). The runtime under test
+//! is `io.containerd.pelagos.v2` unless `PELAGOS_TEST_RUNTIME` names another (e.g.
+//! `io.containerd.runc.v2` as a control); the containerd version is `PELAGOS_CONTAINERD`
+//! (1.6, 1.7 or 2.1; 1.6 by default). [`Containerd::assert_no_leaks`] checks what a run must not
+//! leave behind; `Drop` tears everything down even when a test failed half way.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::image;
+
+pub const PELAGOS_RUNTIME: &str = "io.containerd.pelagos.v2";
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+const SHIM_NAME: &str = "containerd-shim-pelagos-v2";
+/// Where every shim of every containerd puts its socket (`/run/containerd/s/<sha256>`).
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+/// The pelagos shim keeps container state under `<this>/<namespace>`.
+const PELAGOS_STATE_ROOT: &str = "/run/pelagos";
+/// Generous: the CI machine has two cores shared with the build.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long processes of a deleted task may take to go away before they count as leaked.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The containerd version the tests use: `PELAGOS_CONTAINERD`, default 1.6.
+pub fn containerd_version() -> String {
+    std::env::var("PELAGOS_CONTAINERD")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "1.6".to_owned())
+}
+
+/// The runtime under test: `PELAGOS_TEST_RUNTIME`, default `io.containerd.pelagos.v2`.
+pub fn runtime() -> String {
+    std::env::var("PELAGOS_TEST_RUNTIME")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| PELAGOS_RUNTIME.to_owned())
+}
+
+pub fn testing_pelagos() -> bool {
+    runtime() == PELAGOS_RUNTIME
+}
+
+fn repo_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The built shim: `PELAGOS_SHIM`, else the binary beside this test executable's profile dir.
+pub fn shim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PELAGOS_SHIM").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<shim>
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable under target/<profile>/deps");
+    profile.join(SHIM_NAME)
+}
+
+/// The directory holding `containerd` and `ctr` of `version`, fetched on first use.
+pub fn bin_dir(version: &str) -> PathBuf {
+    static DIRS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut dirs = DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, d)) = dirs.iter().find(|(v, _)| v == version) {
+        return d.clone();
+    }
+    let out = Command::new("bash")
+        .arg(repo_dir().join("scripts/fetch-containerd.sh"))
+        .arg(version)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/fetch-containerd.sh");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-containerd.sh {version} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        dir.join("containerd").is_file() && dir.join("ctr").is_file(),
+        "no containerd/ctr in {}",
+        dir.display()
+    );
+    dirs.push((version.to_owned(), dir.clone()));
+    dir
+}
+
+/// A private containerd daemon.
+pub struct Containerd {
+    pub version: String,
+    pub runtime: String,
+    pub namespace: String,
+    bin_dir: PathBuf,
+    /// Sockets, config, log, state, fifos and the shim link dir.
+    base: PathBuf,
+    /// containerd's persistent root (content, snapshots).
+    root: PathBuf,
+    address: String,
+    child: Mutex<Option<Child>>,
+    ids: Mutex<BTreeSet<String>>,
+}
+
+impl Containerd {
+    /// Starts containerd of [`containerd_version`] with the image imported.
+    pub fn start() -> Containerd {
+        Containerd::start_version(&containerd_version())
+    }
+
+    pub fn start_version(version: &str) -> Containerd {
+        let runtime = runtime();
+        if runtime == PELAGOS_RUNTIME {
+            let shim = shim_binary();
+            assert!(
+                shim.is_file(),
+                "{} is missing: build it first (cargo build -p {SHIM_NAME}) or set PELAGOS_SHIM",
+                shim.display()
+            );
+        }
+        let bin_dir = bin_dir(version);
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let base = PathBuf::from("/run/pelagos-test").join(&tag);
+        let root = PathBuf::from("/var/lib/pelagos-test").join(&tag);
+        for d in [&base, &root] {
+            let _ = fs::remove_dir_all(d);
+        }
+        for d in [
+            base.join("state"),
+            base.join("fifo"),
+            base.join("bin"),
+            root.clone(),
+        ] {
+            fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        }
+        if runtime == PELAGOS_RUNTIME {
+            let link = base.join("bin").join(SHIM_NAME);
+            std::os::unix::fs::symlink(shim_binary(), &link)
+                .unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
+        }
+        let cd = Containerd {
+            version: version.to_owned(),
+            runtime,
+            namespace: format!("pelagos-test-{tag}"),
+            address: base.join("containerd.sock").to_string_lossy().into_owned(),
+            bin_dir,
+            base,
+            root,
+            child: Mutex::new(None),
+            ids: Mutex::new(BTreeSet::new()),
+        };
+        fs::write(cd.config_path(), cd.config_toml()).expect("write containerd config");
+        cd.spawn_daemon();
+        cd.import_image();
+        cd
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// containerd's state dir: bundles live in `<state>/io.containerd.runtime.v2.task/<ns>/<id>`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.base.join("state")
+    }
+
+    pub fn root_dir(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn fifo_dir(&self) -> PathBuf {
+        self.base.join("fifo")
+    }
+
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.base.join("containerd.log")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.base.join("config.toml")
+    }
+
+    fn major(&self) -> u32 {
+        self.version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(1)
+    }
+
+    fn config_toml(&self) -> String {
+        let root = self.root.display();
+        let state = self.state_dir();
+        let state = state.display();
+        let addr = &self.address;
+        if self.major() >= 2 {
+            format!(
+                r#"version = 3
+root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.cri.v1.images",
+  "io.containerd.cri.v1.runtime",
+  "io.containerd.podsandbox.controller.v1.podsandbox",
+  "io.containerd.nri.v1.nri",
+]
+
+[grpc]
+  address = "{addr}"
+
+[ttrpc]
+  address = "{addr}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins.'io.containerd.internal.v1.opt']
+  path = "{root}/opt"
+"#
+            )
+        } else {
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
+
+[grpc]
+  address = "{addr}"
+
+[ttrpc]
+  address = "{addr}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root}/opt"
+"#
+            )
+        }
+    }
+
+    /// Starts the daemon and waits until it says it booted (its log line, not a poll).
+    fn spawn_daemon(&self) {
+        let path = format!(
+            "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            self.base.join("bin").display(),
+            self.bin_dir.display()
+        );
+        let level = if std::env::var_os("PELAGOS_TEST_DEBUG").is_some() {
+            "debug"
+        } else {
+            "info"
+        };
+        let mut cmd = Command::new(self.bin_dir.join("containerd"));
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .args(["--log-level", level])
+            .env_clear()
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for (k, v) in std::env::vars_os() {
+            let k_str = k.to_string_lossy();
+            if k_str.starts_with("RUST_") || k_str.starts_with("PELAGOS_") {
+                cmd.env(&k, &v);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn containerd");
+        let stderr = child.stderr.take().expect("containerd stderr");
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open containerd log");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+                if line.contains("successfully booted") {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        let pid = child.id();
+        *self.child.lock().unwrap() = Some(child);
+        match ready_rx.recv_timeout(BOOT_TIMEOUT) {
+            Ok(()) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self
+                    .child
+                    .lock()
+                    .unwrap()
+                    .as_mut()
+                    .and_then(|c| c.wait().ok());
+                panic!(
+                    "containerd {} (pid {pid}) exited before booting ({status:?}):\n{}",
+                    self.version,
+                    self.log_tail(40)
+                );
+            }
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "containerd {} (pid {pid}) did not boot within {BOOT_TIMEOUT:?}:\n{}",
+                self.version,
+                self.log_tail(40)
+            ),
+        }
+    }
+
+    /// The containerd daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    /// SIGKILLs containerd (its own pid only; shims and containers keep running).
+    pub fn kill9(&self) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts containerd again on the same root, state and sockets.
+    pub fn restart(&self) {
+        assert!(self.pid().is_none(), "restart: containerd is still running");
+        self.spawn_daemon();
+    }
+
+    fn stop_daemon(&self) {
+        let child = self.child.lock().unwrap().take();
+        let Some(mut child) = child else { return };
+        // SAFETY: signals the containerd this struct spawned and has not reaped yet.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        if wait_child_timeout(&mut child, STOP_TIMEOUT).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn import_image(&self) {
+        let archive = image::archive().to_string_lossy().into_owned();
+        let platform = format!("linux/{}", image::oci_arch());
+        let mut args = vec!["images", "import", "--platform", &platform];
+        if self.major() >= 2 {
+            // The transfer service import needs no extra flags, but the local path behaves
+            // like 1.x and reports errors more plainly.
+            args.push("--local");
+        }
+        args.push(&archive);
+        self.ctr_ok(&args);
+        let images = self.ctr_ok(&["images", "ls", "-q"]);
+        assert!(
+            images.lines().any(|l| l.trim() == image::IMAGE_REF),
+            "import did not create {}; images: {images}",
+            image::IMAGE_REF
+        );
+    }
+
+    /// The last `n` lines of containerd's log (which includes the shims' logs).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// A `ctr` command bound to this containerd and namespace.
+    pub fn ctr_command(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("ctr"));
+        cmd.args(["--address", &self.address, "--namespace", &self.namespace])
+            .env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE");
+        cmd
+    }
+
+    /// Runs `ctr <args>` with no stdin.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_input(args, None)
+    }
+
+    /// Runs `ctr <args>`, feeding `input` on its stdin (then EOF), or no stdin.
+    pub fn ctr_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut cmd = self.ctr_command();
+        cmd.args(args);
+        run_with_timeout(&mut cmd, input, CTR_TIMEOUT)
+            .unwrap_or_else(|e| panic!("ctr {args:?}: {e}\ncontainerd log:\n{}", self.log_tail(30)))
+    }
+
+    /// Runs `ctr <args>`, panics unless it succeeds, returns stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        self.expect_ok(args, &out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn expect_ok(&self, args: &[&str], out: &Output) {
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}\ncontainerd log:\n{}",
+            describe(out),
+            self.log_tail(30)
+        );
+    }
+
+    fn remember(&self, id: &str) {
+        self.ids.lock().unwrap().insert(id.to_owned());
+    }
+
+    /// `ctr run` arguments: `run <flags> --runtime R --fifo-dir F <opts> IMAGE <id> <args>`.
+    pub fn run_args<'a>(
+        &'a self,
+        flags: &[&'a str],
+        id: &'a str,
+        opts: &[&'a str],
+        args: &[&'a str],
+    ) -> Vec<String> {
+        self.remember(id);
+        let mut v: Vec<String> = vec!["run".into()];
+        v.extend(flags.iter().map(|s| s.to_string()));
+        v.extend(["--runtime".into(), self.runtime.clone()]);
+        v.extend([
+            "--fifo-dir".into(),
+            self.fifo_dir().to_string_lossy().into_owned(),
+        ]);
+        v.extend(opts.iter().map(|s| s.to_string()));
+        v.push(image::IMAGE_REF.into());
+        v.push(id.into());
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// `ctr run --rm ... <id> <args>` attached, with no stdin; the Output carries the exit code.
+    pub fn run(&self, id: &str, opts: &[&str], args: &[&str]) -> Output {
+        self.run_input(id, opts, args, None)
+    }
+
+    /// Like [`Containerd::run`] with `input` piped to the container's stdin, then EOF.
+    ///
+    /// ctr only turns its stdin's EOF into CloseIO once the task exists (its closer is set after
+    /// the task is created), so a short input that ends earlier would leave the container waiting
+    /// for EOF forever. The EOF is therefore held back until the /tasks/start event, which ctr
+    /// sends after the closer is in place.
+    pub fn run_input(
+        &self,
+        id: &str,
+        opts: &[&str],
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Output {
+        let Some(input) = input else {
+            let argv = self.run_args(&["--rm"], id, opts, args);
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            return self.ctr(&argv);
+        };
+        let mut events = self.events();
+        let argv = self.run_args(&["--rm"], id, opts, args);
+        let mut cmd = self.ctr_command();
+        cmd.args(&argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ctr run");
+        let mut stdin = child.stdin.take().expect("ctr stdin");
+        let (eof_tx, eof_rx) = mpsc::channel::<()>();
+        let data = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+            let _ = eof_rx.recv();
+        });
+        let out_reader = reader_thread(child.stdout.take());
+        let err_reader = reader_thread(child.stderr.take());
+        let deadline = Instant::now() + CTR_TIMEOUT;
+        while Instant::now() < deadline {
+            let started = events.wait_for(Duration::from_millis(200), |e| {
+                e.topic == "/tasks/start" && e.container_id() == Some(id)
+            });
+            if started.is_some() || !matches!(child.try_wait(), Ok(None)) {
+                break;
+            }
+        }
+        drop(eof_tx);
+        let status = wait_child_timeout(
+            &mut child,
+            deadline.saturating_duration_since(Instant::now()),
+        );
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ctr {argv:?} timed out; stderr: {}\ncontainerd log:\n{}",
+                String::from_utf8_lossy(&err_reader.join().unwrap_or_default()),
+                self.log_tail(30)
+            );
+        };
+        let _ = writer.join();
+        Output {
+            status,
+            stdout: out_reader.join().unwrap_or_default(),
+            stderr: err_reader.join().unwrap_or_default(),
+        }
+    }
+
+    /// `ctr run -d`: the task is running when this returns.
+    pub fn run_detached(&self, id: &str, opts: &[&str], args: &[&str]) {
+        let argv = self.run_args(&["-d"], id, opts, args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.ctr_ok(&argv);
+    }
+
+    /// Starts an attached `ctr run --rm` in the background with piped stdio; the caller waits.
+    pub fn spawn_run(&self, id: &str, opts: &[&str], args: &[&str]) -> Child {
+        let argv = self.run_args(&["--rm"], id, opts, args);
+        let mut cmd = self.ctr_command();
+        cmd.args(&argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("spawn ctr run")
+    }
+
+    /// `ctr task exec --exec-id <exec_id> <opts> <id> <args>` (attached unless opts has -d).
+    pub fn exec(&self, id: &str, exec_id: &str, opts: &[&str], args: &[&str]) -> Output {
+        let argv = self.exec_args(id, exec_id, opts, args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.ctr(&argv)
+    }
+
+    pub fn exec_args(&self, id: &str, exec_id: &str, opts: &[&str], args: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "task".into(),
+            "exec".into(),
+            "--exec-id".into(),
+            exec_id.into(),
+        ];
+        v.extend([
+            "--fifo-dir".into(),
+            self.fifo_dir().to_string_lossy().into_owned(),
+        ]);
+        v.extend(opts.iter().map(|s| s.to_string()));
+        v.push(id.into());
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// (pid, status) of task `id` from `ctr task ls`, if it has a task.
+    pub fn task(&self, id: &str) -> Option<(u32, String)> {
+        let out = self.ctr_ok(&["task", "ls"]);
+        out.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[0] == id).then(|| (f[1].parse().unwrap_or(0), f[2].to_owned()))
+        })
+    }
+
+    pub fn task_pid(&self, id: &str) -> u32 {
+        self.task(id).unwrap_or_else(|| panic!("no task {id}")).0
+    }
+
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        self.task(id).map(|(_, s)| s)
+    }
+
+    /// Kills and deletes the task (if any) and deletes the container.
+    pub fn remove(&self, id: &str) {
+        if self.task(id).is_some() {
+            self.ctr_ok(&["task", "rm", "-f", id]);
+        }
+        self.ctr_ok(&["containers", "rm", id]);
+    }
+
+    /// Starts `ctr events` and returns once it is subscribed.
+    pub fn events(&self) -> Events {
+        Events::start(self)
+    }
+
+    /// Calls containerd's Tasks.Update (ctr has no `task update`) with `resources`, a JSON
+    /// runtime-spec LinuxResources.
+    pub fn update_resources(&self, id: &str, resources: &serde_json::Value) -> Output {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(repo_dir().join("scripts/task-update.py"))
+            .arg(&self.address)
+            .arg(&self.namespace)
+            .arg(id)
+            .arg(resources.to_string());
+        run_with_timeout(&mut cmd, None, CTR_TIMEOUT).expect("run scripts/task-update.py")
+    }
+
+    /// Shim processes of this containerd: a `containerd-shim*` whose `-address` is ours or whose
+    /// cwd is one of our bundles.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let bundles = self.state_dir().join("io.containerd.runtime.v2.task");
+        procs()
+            .into_iter()
+            .filter(|&pid| {
+                let argv = cmdline(pid);
+                let Some(argv0) = argv.first() else {
+                    return false;
+                };
+                if !argv0.to_string_lossy().contains("containerd-shim") {
+                    return false;
+                }
+                let ours = argv.windows(2).any(|w| {
+                    (w[0] == "-address" || w[0] == "--address") && w[1] == self.address.as_str()
+                });
+                ours || fs::read_link(format!("/proc/{pid}/cwd"))
+                    .map(|cwd| cwd.starts_with(&bundles))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// Processes in a cgroup below `/<namespace>` in any hierarchy: this containerd's containers.
+    pub fn container_pids(&self) -> Vec<i32> {
+        let prefix = format!("/{}", self.namespace);
+        procs()
+            .into_iter()
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .map(|text| {
+                        text.lines().any(|l| {
+                            let path = l.splitn(3, ':').nth(2).unwrap_or("");
+                            path == prefix || path.starts_with(&format!("{prefix}/"))
+                        })
+                    })
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// Mount points under this containerd's root or state.
+    pub fn mounts(&self) -> Vec<String> {
+        let base = self.base.to_string_lossy().into_owned();
+        let root = self.root.to_string_lossy().into_owned();
+        mountinfo()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|mp| under(mp, &base) || under(mp, &root))
+            .collect()
+    }
+
+    /// `/<namespace>` in every cgroup hierarchy that has it.
+    pub fn namespace_cgroups(&self) -> Vec<PathBuf> {
+        cgroup_mounts()
+            .into_iter()
+            .map(|m| m.join(&self.namespace))
+            .filter(|p| p.is_dir())
+            .collect()
+    }
+
+    /// Shim sockets of the containers this harness ran (`/run/containerd/s/<sha256(addr/ns/id)>`).
+    pub fn shim_sockets(&self) -> Vec<PathBuf> {
+        self.ids
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|id| {
+                let key = format!("{}/{}/{}", self.address, self.namespace, id);
+                Path::new(SHIM_SOCKET_DIR).join(image::sha256_hex(key.as_bytes()))
+            })
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// Everything this containerd's containers must not leave behind once they are deleted.
+    /// Waits (on pidfds, bounded) for processes that are already on their way out. Removes the
+    /// empty `/<namespace>` cgroup parents, which runc leaves too.
+    pub fn leaks(&self) -> Vec<String> {
+        let mut leaks = Vec::new();
+        let containers = self.ctr(&["containers", "ls", "-q"]);
+        let containers = String::from_utf8_lossy(&containers.stdout);
+        if !containers.trim().is_empty() {
+            leaks.push(format!("containers not deleted: {}", containers.trim()));
+        }
+        let tasks = self.ctr(&["task", "ls", "-q"]);
+        let tasks = String::from_utf8_lossy(&tasks.stdout);
+        if !tasks.trim().is_empty() {
+            leaks.push(format!("tasks not deleted: {}", tasks.trim()));
+        }
+        let deadline = Instant::now() + EXIT_GRACE;
+        for pid in self.shim_pids() {
+            if !wait_pid_gone(pid, deadline) {
+                leaks.push(format!(
+                    "shim process {pid} still running: {}",
+                    describe_pid(pid)
+                ));
+            }
+        }
+        for pid in self.container_pids() {
+            if !wait_pid_gone(pid, deadline) {
+                leaks.push(format!(
+                    "container process {pid} still running: {}",
+                    describe_pid(pid)
+                ));
+            }
+        }
+        for mp in self.mounts() {
+            leaks.push(format!("mount left: {mp}"));
+        }
+        for cg in self.namespace_cgroups() {
+            let children: Vec<String> = fs::read_dir(&cg)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if children.is_empty() {
+                if let Err(e) = fs::remove_dir(&cg) {
+                    leaks.push(format!("cannot remove empty cgroup {}: {e}", cg.display()));
+                }
+            } else {
+                leaks.push(format!("cgroups left in {}: {children:?}", cg.display()));
+            }
+        }
+        for sock in self.shim_sockets() {
+            leaks.push(format!("shim socket left: {}", sock.display()));
+        }
+        let fifos = dir_entries(&self.fifo_dir());
+        if !fifos.is_empty() {
+            leaks.push(format!(
+                "fifo dirs left in {}: {fifos:?}",
+                self.fifo_dir().display()
+            ));
+        }
+        let bundles = self
+            .state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(&self.namespace);
+        let left = dir_entries(&bundles);
+        if !left.is_empty() {
+            leaks.push(format!("bundles left in {}: {left:?}", bundles.display()));
+        }
+        if self.runtime == PELAGOS_RUNTIME {
+            let state = Path::new(PELAGOS_STATE_ROOT).join(&self.namespace);
+            let left = dir_entries(&state);
+            if !left.is_empty() {
+                leaks.push(format!(
+                    "pelagos state left in {}: {left:?}",
+                    state.display()
+                ));
+            }
+        }
+        leaks
+    }
+
+    /// Panics listing every leak (see [`Containerd::leaks`]).
+    pub fn assert_no_leaks(&self) {
+        let leaks = self.leaks();
+        assert!(
+            leaks.is_empty(),
+            "leaks after the test:\n  {}\ncontainerd log:\n{}",
+            leaks.join("\n  "),
+            self.log_tail(30)
+        );
+    }
+
+    /// Best-effort removal of every task and container through containerd.
+    fn remove_all(&self) {
+        let list = |args: &[&str]| -> Vec<String> {
+            let mut cmd = self.ctr_command();
+            cmd.args(args);
+            run_with_timeout(&mut cmd, None, Duration::from_secs(30))
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let quiet = |args: &[&str]| {
+            let mut cmd = self.ctr_command();
+            cmd.args(args);
+            let _ = run_with_timeout(&mut cmd, None, Duration::from_secs(30));
+        };
+        for id in list(&["task", "ls", "-q"]) {
+            quiet(&["task", "rm", "-f", &id]);
+        }
+        for id in list(&["containers", "ls", "-q"]) {
+            quiet(&["containers", "rm", &id]);
+        }
+    }
+
+    /// Forcefully ends what is left: shims and container processes (by pid), mounts, cgroups,
+    /// sockets, state, dirs.
+    fn teardown(&self) {
+        if self.pid().is_some() {
+            self.remove_all();
+        }
+        self.stop_daemon();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for pid in self.shim_pids().into_iter().chain(self.container_pids()) {
+            // SAFETY: plain kill(2) of a process this test's containerd started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait_pid_gone(pid, deadline);
+        }
+        let mut mounts = self.mounts();
+        mounts.reverse();
+        for mp in mounts {
+            if let Ok(c) = std::ffi::CString::new(mp) {
+                // SAFETY: c is a valid NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        for cg in self.namespace_cgroups() {
+            remove_cgroup_tree(&cg);
+        }
+        for sock in self.shim_sockets() {
+            let _ = fs::remove_file(sock);
+        }
+        let _ = fs::remove_dir_all(Path::new(PELAGOS_STATE_ROOT).join(&self.namespace));
+        let _ = fs::remove_dir_all(&self.root);
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- containerd {} log tail ({}) ---\n{}\n---",
+                self.version,
+                self.namespace,
+                self.log_tail(60)
+            );
+        }
+        self.teardown();
+    }
+}
+
+/// One event printed by `ctr events`.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub namespace: String,
+    pub topic: String,
+    pub body: serde_json::Value,
+}
+
+impl Event {
+    /// Parses `<timestamp...> <namespace> <topic> <json>`.
+    fn parse(line: &str) -> Option<Event> {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let t = fields.iter().position(|f| f.starts_with('/'))?;
+        let namespace = fields.get(t.checked_sub(1)?)?.to_string();
+        let topic = fields[t].to_string();
+        let rest = fields[t + 1..].join(" ");
+        let body = serde_json::from_str(rest.trim()).unwrap_or(serde_json::Value::Null);
+        Some(Event {
+            namespace,
+            topic,
+            body,
+        })
+    }
+
+    pub fn str_field(&self, name: &str) -> Option<&str> {
+        self.body.get(name).and_then(|v| v.as_str())
+    }
+
+    /// The container a task event is about.
+    pub fn container_id(&self) -> Option<&str> {
+        self.str_field("container_id")
+    }
+
+    /// The process id (exec id; the container id for init) of exit events.
+    pub fn process_id(&self) -> Option<&str> {
+        self.str_field("id")
+    }
+
+    pub fn exit_status(&self) -> Option<u64> {
+        self.body.get("exit_status").and_then(|v| v.as_u64())
+    }
+}
+
+/// A running `ctr events` subscription.
+pub struct Events {
+    child: Child,
+    rx: Receiver<String>,
+    seen: Vec<Event>,
+}
+
+impl Events {
+    fn start(cd: &Containerd) -> Events {
+        let mut cmd = cd.ctr_command();
+        cmd.arg("events")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn ctr events");
+        let stdout = child.stdout.take().expect("ctr events stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut events = Events {
+            child,
+            rx,
+            seen: Vec::new(),
+        };
+        // The subscription has no readiness signal: publish namespace updates until one comes
+        // back through it.
+        let ns = cd.namespace.clone();
+        for attempt in 0..100 {
+            let label = format!("pelagos.test.sync={attempt}");
+            cd.ctr_ok(&["namespaces", "label", &ns, &label]);
+            let got = events.wait_for(Duration::from_millis(300), |e| {
+                e.topic == "/namespaces/update"
+            });
+            if got.is_some() {
+                events.seen.clear();
+                return events;
+            }
+        }
+        panic!("ctr events never showed a /namespaces/update event");
+    }
+
+    fn pump(&mut self, timeout: Duration) -> bool {
+        match self.rx.recv_timeout(timeout) {
+            Ok(line) => {
+                if let Some(e) = Event::parse(&line) {
+                    self.seen.push(e);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits for the first event (seen or to come) matching `pred`.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut checked = 0;
+        loop {
+            if let Some(e) = self.seen[checked..].iter().find(|e| pred(e)) {
+                return Some(e.clone());
+            }
+            checked = self.seen.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || (!self.pump(left) && Instant::now() >= deadline) {
+                return None;
+            }
+        }
+    }
+
+    /// Waits for `topic` about container `id` (and, for exits, process `process`).
+    pub fn wait_topic(&mut self, topic: &str, id: &str, process: Option<&str>) -> Event {
+        self.wait_for(CTR_TIMEOUT, |e| {
+            e.topic == topic
+                && e.container_id() == Some(id)
+                && process.is_none_or(|p| e.process_id() == Some(p))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {topic} event for {id}/{process:?}; saw: {:#?}",
+                self.topics()
+            )
+        })
+    }
+
+    /// Takes whatever has arrived so far without waiting.
+    pub fn drain(&mut self) {
+        while self.pump(Duration::ZERO) {}
+    }
+
+    /// All events so far.
+    pub fn seen(&self) -> &[Event] {
+        &self.seen
+    }
+
+    /// `/tasks/*` topics about container `id`, in order, with the process id for exits.
+    pub fn task_topics(&self, id: &str) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|e| e.topic.starts_with("/tasks/") && e.container_id() == Some(id))
+            .map(|e| match (e.topic.as_str(), e.process_id()) {
+                ("/tasks/exit", Some(p)) => format!("/tasks/exit:{p}"),
+                (t, _) => t.to_owned(),
+            })
+            .collect()
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .map(|e| format!("{} {}", e.topic, e.body))
+            .collect()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Human-readable exit status, stdout and stderr.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "{}\nstdout: {}\nstderr: {}",
+        exit_text(out.status),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn exit_text(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (_, Some(s)) => format!("killed by signal {s}"),
+        _ => format!("{status:?}"),
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd` to completion with piped stdout/stderr, `input` (or nothing) on stdin, killing it
+/// after `timeout`.
+pub fn run_with_timeout(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, String> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let writer = child.stdin.take().map(|mut stdin| {
+        let data = input.unwrap_or_default().to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        })
+    });
+    let out_reader = reader_thread(child.stdout.take());
+    let err_reader = reader_thread(child.stderr.take());
+    let status = match wait_child_timeout(&mut child, timeout) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "timed out after {timeout:?}; stderr so far: {}",
+                String::from_utf8_lossy(&err_reader.join().unwrap_or_default())
+            ));
+        }
+    };
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    Ok(Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
+}
+
+fn reader_thread<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a fresh fd we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Blocks until the pidfd says the process ended, at most `timeout`. True if it ended.
+fn poll_pidfd(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: pfd is one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            return true;
+        }
+        if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return false;
+        }
+    }
+}
+
+/// Waits for our child with a timeout; `None` if it is still running.
+pub fn wait_child_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    let fd = pidfd_open(child.id() as i32)?;
+    if poll_pidfd(&fd, timeout) {
+        child.wait().ok()
+    } else {
+        None
+    }
+}
+
+/// Waits until `pid` (any process, not only our children) is gone or `deadline` passes.
+pub fn wait_pid_gone(pid: i32, deadline: Instant) -> bool {
+    let Some(fd) = pidfd_open(pid) else {
+        return true; // ESRCH: already gone.
+    };
+    poll_pidfd(&fd, deadline.saturating_duration_since(Instant::now()))
+}
+
+fn procs() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cmdline(pid: i32) -> Vec<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| std::ffi::OsStr::from_bytes(a).to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn describe_pid(pid: i32) -> String {
+    let argv: Vec<String> = cmdline(pid)
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    argv.join(" ")
+}
+
+struct MountEntry {
+    mount_point: String,
+    fstype: String,
+}
+
+fn unescape_mount(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let oct: String = chars.clone().take(3).collect();
+            if let Ok(v) = u8::from_str_radix(&oct, 8) {
+                out.push(v as char);
+                chars.nth(2);
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mountinfo() -> Vec<MountEntry> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|&x| x == "-")?;
+            Some(MountEntry {
+                mount_point: unescape_mount(f.get(4)?),
+                fstype: f.get(sep + 1)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Mount points of every cgroup hierarchy (v1 controllers, named, v2).
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    let mut seen = BTreeSet::new();
+    mountinfo()
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .map(|m| PathBuf::from(m.mount_point))
+        .filter(|p| seen.insert(p.clone()))
+        .collect()
+}
+
+fn under(path: &str, dir: &str) -> bool {
+    path == dir || path.starts_with(&format!("{dir}/"))
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes a cgroup directory and its children, deepest first (cgroupfs only removes empty ones).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// A process (ctr with `-t`) whose controlling terminal is a pty this test holds the master of.
+pub struct PtyChild {
+    pub child: Child,
+    master: fs::File,
+    rx: Receiver<Vec<u8>>,
+    output: Vec<u8>,
+}
+
+fn winsize(rows: u16, cols: u16) -> libc::winsize {
+    libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+impl PtyChild {
+    /// Runs `cmd` as a session leader on a new pty of `rows` x `cols`.
+    pub fn spawn(mut cmd: Command, rows: u16, cols: u16) -> PtyChild {
+        let mut master: libc::c_int = -1;
+        let mut slave: libc::c_int = -1;
+        let ws = winsize(rows, cols);
+        // SAFETY: openpty writes two fds into the out-params; name and termios may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both fds were just returned by openpty and are owned here.
+        let (master, slave) =
+            unsafe { (fs::File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let dup = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup pty slave"));
+        cmd.stdin(dup(&slave))
+            .stdout(dup(&slave))
+            .stderr(dup(&slave));
+        // SAFETY: setsid and ioctl are async-signal-safe; they make the pty (now fd 0) the
+        // child's controlling terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn on pty");
+        // The master reads EIO once no slave fd is open: drop ours so that marks the child's end.
+        drop(cmd);
+        drop(slave);
+        let mut reader = master.try_clone().expect("dup pty master");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        PtyChild {
+            child,
+            master,
+            rx,
+            output: Vec::new(),
+        }
+    }
+
+    pub fn write(&mut self, data: &[u8]) {
+        self.master.write_all(data).expect("write to pty master");
+    }
+
+    /// Everything read from the terminal so far, lossily as text.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output).into_owned()
+    }
+
+    /// Reads until `pred` holds for the output so far or `timeout` passes.
+    pub fn expect(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.output()) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.output.extend_from_slice(&chunk),
+                Err(_) => return pred(&self.output()),
+            }
+        }
+    }
+
+    /// Sets the terminal size; the kernel sends SIGWINCH to the foreground process group.
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let ws = winsize(rows, cols);
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits for the child (killing it after `timeout`) and collects the rest of the output.
+    pub fn wait(mut self, timeout: Duration) -> (Option<ExitStatus>, String) {
+        let status = wait_child_timeout(&mut self.child, timeout);
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        while let Ok(chunk) = self.rx.recv_timeout(Duration::from_secs(5)) {
+            self.output.extend_from_slice(&chunk);
+        }
+        (status, self.output())
+    }
+}
+
+impl Drop for PtyChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Containerd {
+    /// Runs `ctr <args>` on a new pty of `rows` x `cols` (for `run -t` / `exec -t`).
+    pub fn spawn_ctr_on_pty(&self, args: &[String], rows: u16, cols: u16) -> PtyChild {
+        let mut cmd = self.ctr_command();
+        cmd.args(args);
+        PtyChild::spawn(cmd, rows, cols)
+    }
+}
