@@ -1,0 +1,386 @@
+//! The container's filesystem as seen from inside: mounts and their flags, devices, /dev
+//! links, masked and read-only paths, a read-only root, and symlinked mount destinations
+//! that must not escape the rootfs. Bad mount input must fail cleanly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::bundle::{unique_id, Bundle, Output, Pipes, TestRoot};
+use pelagos::{Container, CreateOptions};
+use serde_json::json;
+
+/// A host directory removed on drop.
+struct HostDir(PathBuf);
+
+impl HostDir {
+    fn new(name: &str) -> HostDir {
+        let d = std::env::temp_dir().join(unique_id(&format!("pelagos-rootfs-{name}")));
+        std::fs::create_dir_all(&d).unwrap();
+        HostDir(d)
+    }
+}
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sh(b: Bundle, script: &str) -> (Bundle, Output) {
+    let b = b.args(&["sh", "-c", script]);
+    let out = TestRoot::new().run(&b);
+    (b, out)
+}
+
+/// The mountinfo line (from inside the container) whose mount point is `dest`.
+fn mount_line<'a>(mountinfo: &'a str, dest: &str) -> Option<&'a str> {
+    mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(dest))
+        .last()
+}
+
+fn mount_opts<'a>(mountinfo: &'a str, dest: &str) -> Vec<&'a str> {
+    let line =
+        mount_line(mountinfo, dest).unwrap_or_else(|| panic!("{dest} not mounted:\n{mountinfo}"));
+    line.split(' ').nth(5).unwrap().split(',').collect()
+}
+
+/// Host mounts (of this test process's mount namespace) under `path`.
+fn host_mounts_under(path: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| Path::new(mp).starts_with(path))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Nothing of container `id` remains: no state dir, no cgroup, no host mount in the bundle.
+fn assert_nothing_left(root: &TestRoot, id: &str, bundle: &Bundle) {
+    assert!(
+        !root.root().join(id).exists(),
+        "state dir of {id} left behind"
+    );
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let cg = entry.path().join("pelagos").join(id);
+        assert!(!cg.exists(), "cgroup {} left behind", cg.display());
+    }
+    assert_eq!(host_mounts_under(bundle.path()), Vec::<String>::new());
+}
+
+#[test]
+fn default_bundle_runs() {
+    let (_, out) = sh(Bundle::new(), "echo hi");
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (0, "hi\n", "")
+    );
+}
+
+#[test]
+fn spec_mounts_have_the_requested_flags() {
+    let data = HostDir::new("data");
+    std::fs::write(data.0.join("hello"), "from host\n").unwrap();
+    let file = data.0.join("single");
+    std::fs::write(&file, "one file\n").unwrap();
+    let b = Bundle::new()
+        .mount(
+            json!({"destination": "/data", "type": "bind", "source": data.0,
+                      "options": ["rbind", "ro", "nosuid", "nodev"]}),
+        )
+        .mount(
+            json!({"destination": "/etc/single", "type": "none", "source": file,
+                      "options": ["bind", "noexec"]}),
+        )
+        .mount(
+            json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                      "options": ["size=1m", "mode=700", "noatime"]}),
+        );
+    let (_, out) = sh(
+        b,
+        "cat /data/hello /etc/single; touch /data/x 2>&1 | grep -q 'Read-only' && echo ro-ok; \
+         touch /scratch/y && echo tmpfs-rw-ok; stat -c %a /scratch; cat /proc/self/mountinfo",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("from host\none file\nro-ok\ntmpfs-rw-ok\n700\n"),
+        "{}",
+        out.stdout
+    );
+    let mi = out.stdout.as_str();
+    let data_opts = mount_opts(mi, "/data");
+    for o in ["ro", "nosuid", "nodev"] {
+        assert!(data_opts.contains(&o), "/data lacks {o}: {data_opts:?}");
+    }
+    let single = mount_opts(mi, "/etc/single");
+    assert!(
+        single.contains(&"noexec") && single.contains(&"rw"),
+        "{single:?}"
+    );
+    let scratch = mount_line(mi, "/scratch").unwrap();
+    assert!(
+        scratch.contains("size=1024k") && scratch.contains(" - tmpfs "),
+        "{scratch}"
+    );
+    assert!(mount_opts(mi, "/scratch").contains(&"noatime"));
+    // Nothing was written to the host through the read-only bind.
+    assert!(!data.0.join("x").exists());
+}
+
+#[test]
+fn default_devices_and_dev_links() {
+    let b = Bundle::new().edit(|c| {
+        c["linux"]["devices"] = json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                                       "fileMode": 0o600, "uid": 1, "gid": 2},
+                                      {"path": "/dev/sub/fifo", "type": "p", "fileMode": 0o640}]);
+    });
+    let (_, out) = sh(
+        b,
+        "for d in null zero full random urandom tty fuse; do stat -c '%n %F %t:%T %a %u:%g' /dev/$d; done; \
+         stat -c '%n %F %a' /dev/sub/fifo; \
+         for l in fd stdin stdout stderr ptmx; do echo $l $(readlink /dev/$l); done",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let expected = "\
+/dev/null character special file 1:3 666 0:0
+/dev/zero character special file 1:5 666 0:0
+/dev/full character special file 1:7 666 0:0
+/dev/random character special file 1:8 666 0:0
+/dev/urandom character special file 1:9 666 0:0
+/dev/tty character special file 5:0 666 0:0
+/dev/fuse character special file a:e5 600 1:2
+/dev/sub/fifo fifo 640
+fd /proc/self/fd
+stdin /proc/self/fd/0
+stdout /proc/self/fd/1
+stderr /proc/self/fd/2
+ptmx pts/ptmx
+";
+    assert_eq!(out.stdout, expected);
+}
+
+#[test]
+fn masked_paths_show_nothing() {
+    let b = Bundle::new().edit(|c| {
+        let m = c["linux"]["maskedPaths"].as_array_mut().unwrap();
+        m.push(json!("/etc/secret"));
+        m.push(json!("/etc/secretdir"));
+        m.push(json!("/does/not/exist"));
+    });
+    std::fs::write(b.rootfs().join("etc/secret"), "password\n").unwrap();
+    std::fs::create_dir_all(b.rootfs().join("etc/secretdir")).unwrap();
+    std::fs::write(b.rootfs().join("etc/secretdir/key"), "key\n").unwrap();
+    let (_, out) = sh(
+        b,
+        "echo keys=$(cat /proc/keys | wc -c) secret=$(cat /etc/secret | wc -c); \
+         stat -c '%t:%T' /etc/secret; ls -A /etc/secretdir /sys/firmware | wc -l; \
+         touch /etc/secretdir/new 2>/dev/null || echo dir-ro",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout, "keys=0 secret=0\n1:3\n3\ndir-ro\n",
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn readonly_paths_and_root_refuse_writes() {
+    let (_, out) = sh(
+        Bundle::new(),
+        "echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null || echo sys-ro; \
+         touch /newfile 2>/dev/null || echo root-ro; grep -E ' /proc/sys | / ' /proc/self/mountinfo",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("sys-ro\nroot-ro\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(mount_opts(&out.stdout, "/proc/sys").contains(&"ro"));
+    assert!(mount_opts(&out.stdout, "/").contains(&"ro"));
+
+    let (b, out) = sh(
+        Bundle::new().readonly_root(false),
+        "touch /newfile && echo root-rw",
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "root-rw\n"),
+        "{}",
+        out.stderr
+    );
+    assert!(b.rootfs().join("newfile").exists());
+}
+
+#[test]
+fn symlinked_destination_stays_inside_rootfs() {
+    let outside = HostDir::new("outside");
+    let b = Bundle::new()
+        .mount(json!({"destination": "/escape/sub", "type": "tmpfs", "source": "tmpfs"}))
+        .mount(
+            json!({"destination": "/up/file", "type": "bind", "source": "/etc/hostname",
+                      "options": ["bind", "ro"]}),
+        );
+    // An absolute symlink to a host directory, and a relative one climbing above the root.
+    std::os::unix::fs::symlink(&outside.0, b.rootfs().join("escape")).unwrap();
+    std::os::unix::fs::symlink("../../../../../..", b.rootfs().join("up")).unwrap();
+    let inside = outside.0.strip_prefix("/").unwrap();
+    let script = format!(
+        "grep -c ' {}/sub ' /proc/self/mountinfo; grep -c ' /file ' /proc/self/mountinfo",
+        Path::new("/").join(inside).display()
+    );
+    let (b, out) = sh(b, &script);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "1\n1\n"),
+        "{}",
+        out.stderr
+    );
+    // The host directory the symlink names was not touched; the mount points were created
+    // inside the rootfs instead.
+    assert_eq!(std::fs::read_dir(&outside.0).unwrap().count(), 0);
+    assert!(b.rootfs().join(inside).join("sub").is_dir());
+    assert!(b.rootfs().join("file").is_file());
+    assert_eq!(host_mounts_under(&outside.0), Vec::<String>::new());
+}
+
+#[test]
+fn cgroup_mount_shows_own_cgroup_read_only() {
+    let (_, out) = sh(
+        Bundle::new(),
+        "ls /sys/fs/cgroup | tr '\\n' ' '; echo; \
+         for f in /sys/fs/cgroup/*/cgroup.procs; do cat $f; done | sort -u | tr '\\n' ' '; echo; \
+         mkdir /sys/fs/cgroup/pids/x 2>/dev/null || echo cg-ro",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut lines = out.stdout.lines();
+    let dirs = lines.next().unwrap();
+    let hierarchies = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if hierarchies.contains(" /sys/fs/cgroup rw")
+        && hierarchies.contains(" - cgroup2 ")
+        && !hierarchies.contains(" - cgroup ")
+    {
+        assert!(dirs.contains("cgroup.procs"), "{dirs}");
+    } else {
+        assert!(dirs.contains("pids") && dirs.contains("memory"), "{dirs}");
+    }
+    // Only the container's own cgroup is visible: its processes are the shell and its pipe.
+    let pids: Vec<u32> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(
+        pids.contains(&1) && pids.iter().all(|p| *p < 100),
+        "{pids:?}"
+    );
+    assert_eq!(lines.next(), Some("cg-ro"));
+}
+
+#[test]
+fn tmpcopyup_keeps_the_directory_content() {
+    let b = Bundle::new().mount(
+        json!({"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "mode=755"]}),
+    );
+    let (b, out) = sh(
+        b,
+        "cat /etc/group; echo new > /etc/passwd && cat /etc/passwd",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "root:x:0:\ntty:x:5:\nnogroup:x:65534:\nnew\n");
+    // The image's /etc is untouched.
+    assert!(std::fs::read_to_string(b.rootfs().join("etc/passwd"))
+        .unwrap()
+        .starts_with("root:"));
+}
+
+#[test]
+fn no_pivot_uses_chroot() {
+    let root = TestRoot::new();
+    let b = Bundle::new().args(&["sh", "-c", "cat /proc/self/mountinfo | wc -l; echo ok"]);
+    let (stdio, pipes) = Pipes::new();
+    let mut c = Container::create(
+        &root.config,
+        CreateOptions {
+            id: unique_id("nopivot"),
+            bundle: b.path().to_path_buf(),
+            stdio,
+            no_pivot: true,
+            preserve_fds: Vec::new(),
+        },
+    )
+    .expect("create");
+    c.start().unwrap();
+    let (stdout, stderr) = pipes.collect();
+    assert_eq!(c.wait().unwrap().status, 0, "{stderr}");
+    c.delete(false).unwrap();
+    assert!(stdout.ends_with("ok\n"), "{stdout}");
+}
+
+#[test]
+fn bad_mounts_fail_cleanly() {
+    let root = TestRoot::new();
+    let cases = [
+        (
+            json!({"destination": "/x", "type": "nosuchfs", "source": "none"}),
+            "nosuchfs",
+        ),
+        (
+            json!({"destination": "relative", "type": "tmpfs", "source": "tmpfs"}),
+            "relative",
+        ),
+        (
+            json!({"destination": "/x", "type": "bind", "source": "/etc", "options": ["rbind", "bogusopt"]}),
+            "bogusopt",
+        ),
+        (
+            json!({"destination": "/x", "type": "bind", "source": "/no/such/source", "options": ["rbind"]}),
+            "/no/such/source",
+        ),
+        (
+            json!({"destination": "/x", "type": "tmpfs", "source": "tmpfs", "options": ["size=notanumber"]}),
+            "/x",
+        ),
+    ];
+    for (mount, needle) in cases {
+        let b = Bundle::new().mount(mount.clone());
+        let id = unique_id("badmount");
+        let (stdio, _pipes) = Pipes::new();
+        let err = root
+            .create_id(&id, &b, stdio)
+            .err()
+            .unwrap_or_else(|| panic!("{mount} was accepted"));
+        let msg = err.to_string();
+        assert!(
+            msg.contains(needle),
+            "error for {mount} does not name {needle:?}: {msg}"
+        );
+        assert_nothing_left(&root, &id, &b);
+    }
+}
+
+#[test]
+fn bad_device_fails_cleanly() {
+    let root = TestRoot::new();
+    let b = Bundle::new().edit(|c| {
+        c["linux"]["devices"] = json!([{"path": "/dev/all", "type": "a", "major": 1, "minor": 1}]);
+    });
+    let id = unique_id("baddev");
+    let (stdio, _pipes) = Pipes::new();
+    let msg = root
+        .create_id(&id, &b, stdio)
+        .err()
+        .expect("accepted a device of type a")
+        .to_string();
+    assert!(msg.contains("/dev/all") && msg.contains("\"a\""), "{msg}");
+    assert_nothing_left(&root, &id, &b);
+}
