@@ -172,9 +172,17 @@ fn process_joins_freezes_and_thaws() {
     cg.thaw().unwrap();
     assert!(!cg.is_frozen().unwrap());
 
+    // A frozen cgroup can still be killed.
+    let second = scope.spawn(&["sleep", "100"]);
+    cg.add_pid(second).unwrap();
+    cg.freeze().unwrap();
     cg.kill_all(nix::sys::signal::Signal::SIGKILL).unwrap();
-    let status = scope.wait(pid);
-    assert!(!status.success());
+    for p in [pid, second] {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(scope.wait(p).signal(), Some(libc::SIGKILL));
+    }
+    assert!(cg.pids().unwrap().is_empty());
+    assert!(!cg.is_frozen().unwrap(), "kill_all thaws so the kill lands");
     cg.destroy().unwrap();
     for d in cg.dirs() {
         assert!(!d.exists());
@@ -372,17 +380,26 @@ fn hugetlb_limit_goes_where_the_controller_is() {
         assert!(e.to_string().contains("hugepageLimits"), "{e}");
         return;
     }
+    let limit_file = |cg: &Cgroup| {
+        let v1 = cg
+            .v1_dir("hugetlb")
+            .map(|d| d.join("hugetlb.2MB.limit_in_bytes"));
+        let file = v1.unwrap_or_else(|| cg.unified_dir().unwrap().join("hugetlb.2MB.max"));
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .to_string()
+    };
     let cg = res.unwrap();
-    let v1 = cg
-        .v1_dir("hugetlb")
-        .map(|d| d.join("hugetlb.2MB.limit_in_bytes"));
-    let file = v1.unwrap_or_else(|| cg.unified_dir().unwrap().join("hugetlb.2MB.max"));
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap().trim(),
-        (4u64 << 20).to_string(),
-        "{}",
-        file.display()
-    );
+    assert_eq!(limit_file(&cg), (4u64 << 20).to_string());
+    cg.destroy().unwrap();
+
+    // Set later by an update, on a cgroup created without it (in a fresh parent, which has
+    // not enabled any controller for its children yet).
+    let fresh = Scope::new("hugetlb-update");
+    let cg = Cgroup::create(&fresh.path("c2"), None).unwrap();
+    cg.update(&r).unwrap();
+    assert_eq!(limit_file(&cg), (4u64 << 20).to_string());
     cg.destroy().unwrap();
 }
 

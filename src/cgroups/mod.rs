@@ -219,18 +219,12 @@ impl Cgroup {
         }
         if let (Some(dir), Some(mount)) = (&self.unified, &h.unified) {
             created.extend(fs::mkdir_all(dir)?);
-            // Controllers reach a cgroup only when every ancestor enables them for its
-            // children, top down. On a hybrid host this is done only when a resource needs a
-            // controller that exists solely on the v2 side, so the host's cgroup2 tree is
-            // otherwise left as runc would leave it.
+            // On a hybrid host, controllers are enabled only when a resource needs one that
+            // exists solely on the v2 side, leaving the host's cgroup2 tree as runc would.
             let wanted = self.mode == Mode::Unified
                 || resources.is_some_and(|r| resources::wants_v2_only_controller(r, h));
             if wanted {
-                let mut parent = mount.clone();
-                for d in descendants_of(mount, dir) {
-                    v2::enable_subtree(&parent);
-                    parent = d;
-                }
+                enable_down_to(mount, dir);
             }
             self.v2_controllers = fs::read_words(&dir.join("cgroup.controllers"));
         }
@@ -334,6 +328,17 @@ impl Cgroup {
     /// Applies new resource values (as `runc update`); device rules are left as created.
     pub fn update(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
         resources::validate(resources, self.mode)?;
+        let h = fs::hierarchies();
+        if let (Mode::Hybrid, Some(dir), Some(mount)) = (self.mode, &self.unified, &h.unified) {
+            if resources::wants_v2_only_controller(resources, h) {
+                // The cgroup was created without them (see build): enable them now and use
+                // a view that knows about them.
+                enable_down_to(mount, dir);
+                let mut view = Cgroup::layout(&self.path);
+                view.v2_controllers = fs::read_words(&dir.join("cgroup.controllers"));
+                return resources::apply(&view, resources, false);
+            }
+        }
         resources::apply(self, resources, false)
     }
 
@@ -438,13 +443,28 @@ impl Cgroup {
     /// callers that need everything gone freeze first or repeat until [`Cgroup::pids`] is
     /// empty. A frozen v1 cgroup is thawed after SIGKILL so the kill takes effect.
     pub fn kill_all(&self, signal: nix::sys::signal::Signal) -> Result<(), CgroupError> {
+        use nix::sys::signal::Signal::SIGKILL;
+        if signal == SIGKILL {
+            // cgroup.kill (Linux 5.14, a core cgroup2 file, so hybrid hosts have it too) kills
+            // every member atomically, forks in flight included, frozen or not.
+            if let Some(d) = self
+                .unified
+                .as_deref()
+                .filter(|d| d.join("cgroup.kill").exists())
+            {
+                match fs::write(d, "cgroup.kill", "1") {
+                    Ok(()) => {}
+                    Err(e) => log::debug!("{e}; signalling each process instead"),
+                }
+            }
+        }
         for pid in self.pids()? {
             match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                 Err(e) => log::warn!("kill {pid} ({signal}) in cgroup {}: {e}", self.path),
             }
         }
-        if signal == nix::sys::signal::Signal::SIGKILL && self.is_frozen().unwrap_or(false) {
+        if signal == SIGKILL && self.is_frozen().unwrap_or(false) {
             self.thaw()?;
         }
         Ok(())
@@ -485,6 +505,16 @@ impl Cgroup {
 pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long [`Cgroup::destroy`] retries rmdir while tasks drain.
 pub const DESTROY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Enables the controllers each ancestor offers, from the cgroup2 `mount` down to `dir`'s
+/// parent: controllers reach a cgroup only when every ancestor enables them for its children.
+fn enable_down_to(mount: &Path, dir: &Path) {
+    let mut parent = mount.to_path_buf();
+    for d in descendants_of(mount, dir) {
+        v2::enable_subtree(&parent);
+        parent = d;
+    }
+}
 
 /// The directories from just below `root` down to `leaf`, outermost first.
 fn descendants_of(root: &Path, leaf: &Path) -> Vec<PathBuf> {
@@ -599,6 +629,31 @@ mod tests {
         assert!(check_path("a/b").is_err());
         assert!(check_path("/a/../b").is_err());
         assert!(check_path("/").is_err());
+    }
+
+    /// Needs root and a cgroup2 mount (unified hosts, or the cgroup2 half of hybrid ones,
+    /// where cgroup.freeze works without any controller).
+    #[test]
+    fn v2_freeze_wait_sees_frozen() {
+        let mount = fs::hierarchies()
+            .unified
+            .clone()
+            .expect("a cgroup2 mount (unified or hybrid host)");
+        let dir = mount.join(format!("pelagos-unit-freeze-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let mut child = std::process::Command::new("/bin/busybox")
+            .args(["sleep", "100"])
+            .spawn()
+            .unwrap();
+        fs::write(&dir, "cgroup.procs", &child.id().to_string()).unwrap();
+        fs::write(&dir, "cgroup.freeze", "1").unwrap();
+        let frozen = wait_frozen(&dir, Duration::from_secs(10)).unwrap();
+        fs::write(&dir, "cgroup.freeze", "0").unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        remove_tree(&dir, Instant::now() + DESTROY_TIMEOUT).unwrap();
+        assert!(frozen);
+        assert!(!dir.exists());
     }
 
     #[test]
