@@ -17,9 +17,14 @@
 //! the v1 hierarchy holding its controller, or else to the cgroup2 directory when the v2 side
 //! offers that controller.
 //!
+//! On cgroup v2, as runc: `memory.swappiness` and `disableOOMKiller` have no equivalent and are
+//! ignored, and `memory.oom.group` is set only through the `unified` map (which is how kubelet
+//! asks for it).
+//!
 //! Known gaps: on cgroup v2 device rules are not enforced (that needs an eBPF program attached
-//! to the cgroup); rdma limits are ignored; v1 mounts whose root is not `/` (inside another
-//! container) are not supported.
+//! to the cgroup; device access is then limited by the device nodes present in the container's
+//! /dev); rdma limits are ignored; v1 mounts whose root is not `/` (inside another container)
+//! are not supported.
 
 mod fs;
 pub mod oom;

@@ -70,6 +70,17 @@ pub(crate) fn memory(dir: &Path, m: &LinuxMemory) -> Result<(), CgroupError> {
             });
         }
     }
+    if limit > 0 && m.check_before_update() == Some(true) {
+        // v1 refuses a limit below usage (EBUSY); v2 would OOM-kill instead. runc 1.2 offers
+        // this opt-in check to keep the v1 behaviour.
+        let usage: i64 = read(dir, "memory.current")?.trim().parse().unwrap_or(0);
+        if usage > limit {
+            return Err(CgroupError::InvalidResource {
+                resource: "memory.limit".into(),
+                reason: format!("{limit} is below the cgroup's current usage {usage}"),
+            });
+        }
+    }
     if limit != 0 {
         write(dir, "memory.max", &num(limit))?;
     }
