@@ -192,6 +192,29 @@ fn sysctl_namespace(key: &str) -> Option<LinuxNamespaceType> {
     }
 }
 
+/// Refuses a sysctl that would change the host: its key must be namespaced by a namespace
+/// listed in the spec.
+fn check_sysctl(spec: &Spec, key: &str) -> Result<(), UserError> {
+    sysctl_path(key)?;
+    let ns = sysctl_namespace(key).ok_or_else(|| UserError::Sysctl {
+        key: key.into(),
+        reason: "not in a kernel namespace the container can own; refusing to change the host"
+            .into(),
+    })?;
+    let listed = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|list| list.iter().any(|n| n.typ() == ns));
+    if !listed {
+        return Err(UserError::Sysctl {
+            key: key.into(),
+            reason: format!("needs a {ns:?} namespace in linux.namespaces").to_lowercase(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks rlimits, oom_score_adj and sysctls without touching the system.
 pub fn validate(spec: &Spec) -> Result<(), UserError> {
     if let Some(p) = spec.process() {
@@ -207,28 +230,9 @@ pub fn validate(spec: &Spec) -> Result<(), UserError> {
             }
         }
     }
-    let linux = spec.linux().as_ref();
-    let namespaces = linux
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
-    for key in linux
-        .and_then(|l| l.sysctl().as_ref())
-        .into_iter()
-        .flatten()
-        .map(|(k, _)| k)
-    {
-        sysctl_path(key)?;
-        let ns = sysctl_namespace(key).ok_or_else(|| UserError::Sysctl {
-            key: key.clone(),
-            reason: "not in a kernel namespace the container can own; refusing to change the host"
-                .into(),
-        })?;
-        if !namespaces.iter().any(|n| n.typ() == ns) {
-            return Err(UserError::Sysctl {
-                key: key.clone(),
-                reason: format!("needs a {ns:?} namespace in linux.namespaces").to_lowercase(),
-            });
-        }
+    let keys = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref());
+    for key in keys.into_iter().flatten().map(|(k, _)| k) {
+        check_sysctl(spec, key)?;
     }
     Ok(())
 }
@@ -243,6 +247,8 @@ pub fn apply_sysctl(spec: &Spec) -> Result<(), UserError> {
     let mut entries: Vec<_> = sysctl.iter().collect();
     entries.sort();
     for (key, value) in entries {
+        // Checked again here: writing a non-namespaced key would change the host.
+        check_sysctl(spec, key)?;
         let path = sysctl_path(key)?;
         std::fs::write(&path, value.as_bytes()).map_err(|e| UserError::Sysctl {
             key: key.clone(),
