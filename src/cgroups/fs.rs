@@ -127,8 +127,11 @@ fn unescape(s: &str) -> String {
 /// Writes `value` to `dir/file` in one write(2), as cgroupfs requires.
 pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
     let path = dir.join(file);
+    // O_TRUNC is what `echo v > file` uses: a no-op on cgroupfs, and it keeps plain-file
+    // test fixtures honest.
     let res = fs::OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(&path)
         .and_then(|mut f| f.write_all(value.as_bytes()));
     res.map_err(|source| CgroupError::Write {

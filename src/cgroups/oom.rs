@@ -151,3 +151,43 @@ fn oom_kills_v2(dir: &std::path::Path) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The v2 watch on a plain file standing in for memory.events: inotify reports its
+    /// modifications the same way kernfs does.
+    #[test]
+    fn v2_watch_reports_new_oom_kills_once() {
+        let dir = std::env::temp_dir().join(format!("pelagos-oomfix-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let events = dir.join("memory.events");
+        let set = |oom_kill: u32| {
+            std::fs::write(
+                &events,
+                format!("low 0\nhigh 0\nmax 3\noom 1\noom_kill {oom_kill}\n"),
+            )
+            .unwrap()
+        };
+        set(2);
+        let mut w = OomWatch::new_v2(dir.clone()).unwrap();
+        assert!(
+            !w.check().unwrap(),
+            "kills before the watch started do not count"
+        );
+        set(2);
+        assert!(!w.check().unwrap(), "a change without a new kill");
+        set(3);
+        let mut fds = [nix::poll::PollFd::new(w.fd(), nix::poll::PollFlags::POLLIN)];
+        assert_eq!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap(),
+            1,
+            "the fd is readable after a modification"
+        );
+        assert!(w.check().unwrap());
+        assert!(!w.check().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -630,6 +630,50 @@ mod tests {
     }
 
     #[test]
+    fn v2_metrics_from_files() {
+        let d = std::env::temp_dir().join(format!("pelagos-statfix-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let files = [
+            ("pids.current", "3\n"),
+            ("pids.max", "max\n"),
+            ("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 7\nnr_throttled 2\nthrottled_usec 90\n"),
+            ("memory.stat", "anon 4096\nfile 8192\npgfault 11\nworkingset_refault_anon 1\nworkingset_refault_file 2\n"),
+            ("memory.current", "12288\n"),
+            ("memory.max", "1048576\n"),
+            ("memory.events", "low 0\nhigh 1\nmax 2\noom 3\noom_kill 4\n"),
+            ("io.stat", "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n"),
+        ];
+        for (f, v) in files {
+            std::fs::write(d.join(f), v).unwrap();
+        }
+        let m = read_v2(&d);
+        std::fs::remove_dir_all(&d).unwrap();
+        assert_eq!(
+            m.pids,
+            PidsStat {
+                current: 3,
+                limit: 0
+            }
+        );
+        assert_eq!(
+            (m.cpu.usage_usec, m.cpu.nr_throttled, m.cpu.throttled_usec),
+            (1500, 2, 90)
+        );
+        assert_eq!(
+            (m.memory.anon, m.memory.file, m.memory.pgfault),
+            (4096, 8192, 11)
+        );
+        assert_eq!(m.memory.workingset_refault, 3);
+        assert_eq!(
+            (m.memory.usage, m.memory.usage_limit, m.memory.swap_usage),
+            (12288, 1048576, 0)
+        );
+        assert_eq!(m.memory_events.oom_kill, 4);
+        assert_eq!(m.io.usage.len(), 1);
+    }
+
+    #[test]
     fn max_reads_as_zero() {
         assert_eq!(num("max\n"), 0);
         assert_eq!(num("42\n"), 42);

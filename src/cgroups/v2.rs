@@ -246,6 +246,128 @@ pub(crate) fn events_frozen(dir: &Path) -> Result<bool, CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oci_spec::runtime::{
+        LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxThrottleDeviceBuilder,
+        LinuxWeightDeviceBuilder,
+    };
+    use std::path::PathBuf;
+
+    /// A directory standing in for a v2 cgroup: the listed files exist (empty), as cgroupfs
+    /// files do; writes land in them.
+    struct Fixture(PathBuf);
+
+    impl Fixture {
+        fn new(name: &str, files: &[&str]) -> Fixture {
+            let d =
+                std::env::temp_dir().join(format!("pelagos-v2fix-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            for f in files {
+                std::fs::write(d.join(f), "").unwrap();
+            }
+            Fixture(d)
+        }
+
+        fn get(&self, f: &str) -> String {
+            std::fs::read_to_string(self.0.join(f)).unwrap()
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn memory_files() {
+        let f = Fixture::new("mem", &["memory.max", "memory.swap.max", "memory.low"]);
+        let m = LinuxMemoryBuilder::default()
+            .limit(100i64)
+            .swap(300i64)
+            .reservation(50i64)
+            .build()
+            .unwrap();
+        memory(&f.0, &m).unwrap();
+        assert_eq!(f.get("memory.max"), "100");
+        assert_eq!(f.get("memory.swap.max"), "200");
+        assert_eq!(f.get("memory.low"), "50");
+        let unlimited = LinuxMemoryBuilder::default().limit(-1i64).build().unwrap();
+        memory(&f.0, &unlimited).unwrap();
+        assert_eq!(f.get("memory.max"), "max");
+        assert_eq!(f.get("memory.swap.max"), "max");
+    }
+
+    #[test]
+    fn swap_without_swap_accounting_is_named() {
+        let f = Fixture::new("noswap", &["memory.max"]);
+        let m = LinuxMemoryBuilder::default()
+            .limit(100i64)
+            .swap(300i64)
+            .build()
+            .unwrap();
+        let e = memory(&f.0, &m).unwrap_err();
+        assert!(e.to_string().contains("memory.swap"), "{e}");
+    }
+
+    #[test]
+    fn cpu_files() {
+        let f = Fixture::new("cpu", &["cpu.weight", "cpu.max", "cpu.idle"]);
+        let c = LinuxCpuBuilder::default()
+            .shares(1024u64)
+            .quota(50_000i64)
+            .period(100_000u64)
+            .build()
+            .unwrap();
+        cpu(&f.0, &c).unwrap();
+        assert_eq!(f.get("cpu.weight"), "39");
+        assert_eq!(f.get("cpu.max"), "50000 100000");
+        let unlimited = LinuxCpuBuilder::default().quota(-1i64).build().unwrap();
+        cpu(&f.0, &unlimited).unwrap();
+        assert_eq!(f.get("cpu.max"), "max");
+        let rt = LinuxCpuBuilder::default()
+            .realtime_runtime(1000i64)
+            .build()
+            .unwrap();
+        assert!(cpu(&f.0, &rt).unwrap_err().to_string().contains("realtime"));
+    }
+
+    #[test]
+    fn io_files() {
+        let f = Fixture::new("io", &["io.weight", "io.max"]);
+        let b = LinuxBlockIoBuilder::default()
+            .weight(500u16)
+            .weight_device(vec![LinuxWeightDeviceBuilder::default()
+                .major(8)
+                .minor(0)
+                .weight(1000u16)
+                .build()
+                .unwrap()])
+            .throttle_read_bps_device(vec![LinuxThrottleDeviceBuilder::default()
+                .major(8)
+                .minor(0)
+                .rate(1_048_576u64)
+                .build()
+                .unwrap()])
+            .build()
+            .unwrap();
+        io(&f.0, &b).unwrap();
+        // Each write replaces the fixture file; the kernel would merge them per device.
+        assert_eq!(f.get("io.weight"), "8:0 10000");
+        assert_eq!(f.get("io.max"), "8:0 rbps=1048576");
+    }
+
+    #[test]
+    fn unified_keys_are_written_or_named() {
+        let f = Fixture::new("unified", &["memory.oom.group"]);
+        let mut map = HashMap::new();
+        map.insert("memory.oom.group".to_string(), "1".to_string());
+        unified(&f.0, &map).unwrap();
+        assert_eq!(f.get("memory.oom.group"), "1");
+        map.insert("memory.nonexistent".to_string(), "1".to_string());
+        let e = unified(&f.0, &map).unwrap_err();
+        assert!(e.to_string().contains("memory.nonexistent"), "{e}");
+    }
 
     #[test]
     fn shares_conversion_matches_runc() {
