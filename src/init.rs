@@ -407,7 +407,13 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// file named so in a PATH directory.
 fn resolve(name: &str, path_var: &str) -> Result<PathBuf, InitError> {
     if name.contains('/') {
-        return Ok(PathBuf::from(name));
+        // Checked now so that a missing binary is a create error, as for PATH lookups.
+        let path = PathBuf::from(name);
+        return match std::fs::metadata(&path) {
+            Ok(_) if is_executable(&path) => Ok(path),
+            Ok(_) => Err(fail("exec", format!("{name:?}: permission denied"))),
+            Err(e) => Err(fail("exec", format!("{name:?}: {e}"))),
+        };
     }
     for dir in path_var.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
@@ -480,10 +486,11 @@ mod tests {
         std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = format!("{}:{}", a.display(), b.display());
         assert_eq!(resolve("tool", &path).unwrap(), b.join("tool"));
-        assert_eq!(
-            resolve("./x/tool", &path).unwrap(),
-            PathBuf::from("./x/tool")
-        );
+        let abs = b.join("tool");
+        assert_eq!(resolve(abs.to_str().unwrap(), "").unwrap(), abs);
+        let err = resolve(a.join("tool").to_str().unwrap(), "").unwrap_err();
+        assert!(err.to_string().contains("permission denied"), "{err}");
+        assert!(resolve("/no/such/tool", "").is_err());
         let err = resolve("nope", &path).unwrap_err();
         assert!(
             err.to_string()

@@ -162,18 +162,24 @@ pub fn spawn(req: Spawn<'_>) -> Result<Spawned, ProcessError> {
         high.push(dup);
     }
 
+    // The helper fd must survive the dup2s too.
+    let helper = sys::dup_at_least(req.helper.as_raw_fd(), count as RawFd).map_err(|source| {
+        ProcessError::Fd {
+            target: count,
+            source,
+        }
+    })?;
     let argv0 = CString::new(HELPER_ARGV0).expect("no NUL");
     let args = ChildArgs {
         fds: high.iter().map(AsRawFd::as_raw_fd).collect(),
-        helper: req.helper.as_raw_fd(),
+        helper: helper.as_raw_fd(),
         argv: vec![argv0.as_ptr(), std::ptr::null()],
         envp: vec![std::ptr::null()],
         become_root: req.become_root,
     };
 
     let (pid, pidfd, in_cgroup) = clone_child(&args, req.clone_flags, req.cgroup)?;
-    drop(high);
-    drop(theirs);
+    drop((high, helper, theirs));
     Ok(Spawned {
         pid,
         pidfd,

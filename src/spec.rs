@@ -253,7 +253,7 @@ mod tests {
             check(v.clone()),
             Err(SpecError::NeedsUts("hostname"))
         ));
-        v["linux"]["namespaces"] = serde_json::json!([{"type": "uts"}]);
+        v["linux"]["namespaces"] = serde_json::json!([{"type": "uts"}, {"type": "mount"}]);
         check(v).unwrap();
     }
 
