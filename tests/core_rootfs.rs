@@ -37,8 +37,8 @@ fn sh(b: Bundle, script: &str) -> (Bundle, Output) {
 fn mount_line<'a>(mountinfo: &'a str, dest: &str) -> Option<&'a str> {
     mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(dest))
-        .last()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(dest))
 }
 
 fn mount_opts<'a>(mountinfo: &'a str, dest: &str) -> Vec<&'a str> {
@@ -355,11 +355,13 @@ fn bad_mounts_fail_cleanly() {
         let b = Bundle::new().mount(mount.clone());
         let id = unique_id("badmount");
         let (stdio, _pipes) = Pipes::new();
-        let err = root
-            .create_id(&id, &b, stdio)
-            .err()
-            .unwrap_or_else(|| panic!("{mount} was accepted"));
-        let msg = err.to_string();
+        let msg = match root.create_id(&id, &b, stdio) {
+            Ok(c) => {
+                let _ = c.delete(true);
+                panic!("{mount} was accepted")
+            }
+            Err(e) => e.to_string(),
+        };
         assert!(
             msg.contains(needle),
             "error for {mount} does not name {needle:?}: {msg}"
@@ -376,11 +378,13 @@ fn bad_device_fails_cleanly() {
     });
     let id = unique_id("baddev");
     let (stdio, _pipes) = Pipes::new();
-    let msg = root
-        .create_id(&id, &b, stdio)
-        .err()
-        .expect("accepted a device of type a")
-        .to_string();
+    let msg = match root.create_id(&id, &b, stdio) {
+        Ok(c) => {
+            let _ = c.delete(true);
+            panic!("accepted a device of type a")
+        }
+        Err(e) => e.to_string(),
+    };
     assert!(msg.contains("/dev/all") && msg.contains("\"a\""), "{msg}");
     assert_nothing_left(&root, &id, &b);
 }

@@ -49,11 +49,13 @@ fn assert_create_fails(b: &Bundle, needles: &[&str]) {
     let root = TestRoot::new();
     let id = unique_id("bad");
     let (stdio, _pipes) = Pipes::new();
-    let msg = root
-        .create_id(&id, b, stdio)
-        .err()
-        .expect("bad config accepted")
-        .to_string();
+    let msg = match root.create_id(&id, b, stdio) {
+        Ok(c) => {
+            let _ = c.delete(true);
+            panic!("bad config accepted")
+        }
+        Err(e) => e.to_string(),
+    };
     for n in needles {
         assert!(msg.contains(n), "error does not name {n:?}: {msg}");
     }

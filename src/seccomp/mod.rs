@@ -227,7 +227,11 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>, SeccompError> {
     f.rewind()
         .and_then(|_| f.read_to_end(&mut bpf))
         .map_err(|e| SeccompError::Other(format!("read exported bpf: {e}")))?;
-    if bpf.is_empty() || bpf.len() % std::mem::size_of::<libc::sock_filter>() != 0 {
+    if bpf.is_empty()
+        || !bpf
+            .len()
+            .is_multiple_of(std::mem::size_of::<libc::sock_filter>())
+    {
         return Err(SeccompError::Other(format!(
             "exported bpf has a bad size {}",
             bpf.len()
@@ -274,7 +278,7 @@ pub fn load(filter: &CompiledFilter) -> Result<(), SeccompError> {
         .collect();
     let len = u16::try_from(insns.len())
         .ok()
-        .filter(|n| *n > 0 && filter.bpf.len() % size == 0)
+        .filter(|n| *n > 0 && filter.bpf.len().is_multiple_of(size))
         .ok_or_else(|| {
             SeccompError::Other(format!("bad filter size {} bytes", filter.bpf.len()))
         })?;
@@ -332,7 +336,7 @@ mod tests {
         );
         let f = compile_uncached(&p).unwrap();
         assert_eq!(f.flags, libc::SECCOMP_FILTER_FLAG_LOG as u32);
-        assert_eq!(f.bpf.len() % 8, 0);
+        assert!(f.bpf.len().is_multiple_of(8));
         assert!(f.bpf.len() > 8 * 4);
     }
 
