@@ -545,3 +545,56 @@ fn cpuset_and_memory_details() {
     }
     cg.destroy().unwrap();
 }
+
+#[test]
+fn blkio_throttle_written_per_device() {
+    let scope = Scope::new("blkio");
+    // Any block device of the host will do; the limit is only written, not exercised.
+    let dev = std::fs::read_dir("/sys/dev/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|n| n.contains(':'))
+        .expect("a block device");
+    let (major, minor) = dev.split_once(':').unwrap();
+    let (major, minor): (i64, i64) = (major.parse().unwrap(), minor.parse().unwrap());
+    let throttle = oci_spec::runtime::LinuxThrottleDeviceBuilder::default()
+        .major(major)
+        .minor(minor)
+        .rate(1_048_576u64)
+        .build()
+        .unwrap();
+    let r = LinuxResourcesBuilder::default()
+        .block_io(
+            oci_spec::runtime::LinuxBlockIoBuilder::default()
+                .throttle_read_bps_device(vec![throttle])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let res = Cgroup::create(&scope.path("c1"), Some(&r));
+    if !host_has_controller("blkio") && !host_has_controller("io") {
+        let e = res.unwrap_err();
+        assert!(e.to_string().contains("blockIO"), "{e}");
+        return;
+    }
+    let cg = res.unwrap();
+    let (file, want) = match cg.v1_dir("blkio") {
+        Some(d) => (
+            d.join("blkio.throttle.read_bps_device"),
+            format!("{dev} 1048576"),
+        ),
+        None => (
+            cg.unified_dir().unwrap().join("io.max"),
+            format!("{dev} rbps=1048576"),
+        ),
+    };
+    let got = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        got.lines().any(|l| l.starts_with(&want)),
+        "{}: {got}",
+        file.display()
+    );
+    cg.destroy().unwrap();
+}
