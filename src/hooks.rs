@@ -168,73 +168,53 @@ fn run(h: &Hook, state_json: &[u8]) -> Result<(), HookError> {
         })?;
     let pid = child.id() as i32;
     log::debug!("hook {path} started as {pid}");
-    // The pidfd pins the process: signalling through it can never hit a recycled pid.
-    let pidfd = crate::sys::pidfd_open(pid).ok();
     let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t as u64));
-
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    for fd in [
-        stdin.as_ref().map(|s| s.as_fd()),
-        stdout.as_ref().map(|s| s.as_fd()),
-        stderr.as_ref().map(|s| s.as_fd()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        set_nonblocking(fd);
-    }
-    let (mut out, mut err) = (Tail::default(), Tail::default());
-    let mut written = 0;
-    if state_json.is_empty() {
-        stdin = None;
-    }
-
-    let timed_out = match &pidfd {
-        Some(pidfd) => pump(
-            pidfd,
-            deadline,
-            state_json,
-            &mut written,
-            &mut stdin,
-            &mut stdout,
-            &mut stderr,
-            &mut out,
-            &mut err,
-        )
+    // The pidfd pins the process: signalling through it can never hit a recycled pid. It can
+    // be missing (a seccomp profile without pidfd_open); then the end of the output pipes
+    // stands in for the exit.
+    let pidfd = crate::sys::pidfd_open(pid).ok();
+    let mut io = Pipes {
+        input: state_json,
+        written: 0,
+        stdin: child.stdin.take().filter(|_| !state_json.is_empty()),
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        out: Tail::default(),
+        err: Tail::default(),
+    };
+    io.set_nonblocking();
+    let mut timed_out = io
+        .pump(pidfd.as_ref(), deadline)
         .map_err(|source| HookError::Io {
             path: path.clone(),
             what: "poll",
             source,
-        })?,
-        // No pidfd (the process is already gone): there is nothing left to feed or wait for.
-        None => false,
-    };
-    drop(stdin);
+        })?;
+    io.finish();
+    let mut exit = None;
+    if !timed_out {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        exit = crate::reaper::wait(pid, left);
+        // Without a pidfd the pipes may have closed before the exit: a missing exit within the
+        // deadline is a timeout then.
+        timed_out = exit.is_none() && pidfd.is_none() && deadline.is_some();
+    }
     if timed_out {
-        if let Some(fd) = &pidfd {
-            let _ = crate::sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+        match &pidfd {
+            Some(fd) => {
+                let _ = crate::sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+            }
+            None => {
+                // SAFETY: kill(2) with a pid we spawned and have not reaped (wait just timed out).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
         let _ = crate::reaper::wait(pid, None);
-        log::warn!(
-            "hook {path} killed after its {}s timeout",
-            timeout.unwrap_or(0)
-        );
-        return Err(HookError::Timeout {
-            path,
-            secs: timeout.unwrap_or(0),
-        });
+        let secs = timeout.unwrap_or(0);
+        log::warn!("hook {path} killed after its {secs}s timeout");
+        return Err(HookError::Timeout { path, secs });
     }
-    // Whatever the hook wrote before exiting is in the pipe buffers now.
-    if let Some(s) = stdout.as_mut() {
-        drain(s, &mut out);
-    }
-    if let Some(s) = stderr.as_mut() {
-        drain(s, &mut err);
-    }
-    drop((stdout, stderr));
-    let exit = crate::reaper::wait(pid, None).ok_or_else(|| HookError::Lost {
+    let exit = exit.ok_or_else(|| HookError::Lost {
         path: path.clone(),
         pid,
     })?;
@@ -242,94 +222,158 @@ fn run(h: &Hook, state_json: &[u8]) -> Result<(), HookError> {
         return Err(HookError::Failed {
             path,
             status: exit.status,
-            stdout: out.text(),
-            stderr: err.text(),
+            stdout: io.out.text(),
+            stderr: io.err.text(),
         });
     }
     log::debug!("hook {path} succeeded");
     Ok(())
 }
 
-/// Feeds stdin and drains the output pipes until the process exits (false) or the deadline
-/// passes (true).
-#[allow(clippy::too_many_arguments)]
-fn pump(
-    pidfd: &OwnedFd,
-    deadline: Option<Instant>,
-    input: &[u8],
-    written: &mut usize,
-    stdin: &mut Option<std::process::ChildStdin>,
-    stdout: &mut Option<std::process::ChildStdout>,
-    stderr: &mut Option<std::process::ChildStderr>,
-    out: &mut Tail,
-    err: &mut Tail,
-) -> std::io::Result<bool> {
-    loop {
-        let timeout = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(true);
+/// Adds `fd` (if any) to a poll set, giving its index.
+fn add<'a>(
+    fds: &mut Vec<PollFd<'a>>,
+    fd: Option<std::os::fd::BorrowedFd<'a>>,
+    ev: PollFlags,
+) -> Option<usize> {
+    fd.map(|fd| {
+        fds.push(PollFd::new(fd, ev));
+        fds.len() - 1
+    })
+}
+
+/// The hook's stdio: the state to feed and what it printed.
+struct Pipes<'a> {
+    input: &'a [u8],
+    written: usize,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+    out: Tail,
+    err: Tail,
+}
+
+impl Pipes<'_> {
+    fn set_nonblocking(&self) {
+        if let Some(s) = &self.stdin {
+            set_nonblocking(s);
+        }
+        if let Some(s) = &self.stdout {
+            set_nonblocking(s);
+        }
+        if let Some(s) = &self.stderr {
+            set_nonblocking(s);
+        }
+    }
+
+    /// Feeds stdin and drains the output pipes until the process exits (or, without a pidfd,
+    /// until both output pipes are closed): false, or the deadline passes: true.
+    fn pump(
+        &mut self,
+        pidfd: Option<&OwnedFd>,
+        deadline: Option<Instant>,
+    ) -> std::io::Result<bool> {
+        loop {
+            if pidfd.is_none() && self.stdout.is_none() && self.stderr.is_none() {
+                return Ok(false);
+            }
+            let timeout = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(true);
+                    }
+                    PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX)
                 }
-                PollTimeout::try_from(left.as_millis().max(1).min(i32::MAX as u128) as i32)
-                    .unwrap_or(PollTimeout::MAX)
-            }
-            None => PollTimeout::NONE,
-        };
-        let (exited, in_ready, out_ready, err_ready) = {
-            let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-            let in_idx = stdin.as_ref().map(|s| {
-                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLOUT));
-                fds.len() - 1
-            });
-            let out_idx = stdout.as_ref().map(|s| {
-                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            let err_idx = stderr.as_ref().map(|s| {
-                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            match poll(&mut fds, timeout) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let ready = |i: Option<usize>| {
-                i.and_then(|i| fds[i].revents())
-                    .is_some_and(|r| !r.is_empty())
+                None => PollTimeout::NONE,
             };
-            (
-                ready(Some(0)),
-                ready(in_idx),
-                ready(out_idx),
-                ready(err_idx),
-            )
-        };
-        if in_ready {
-            if let Some(s) = stdin.as_mut() {
-                match s.write(&input[*written..]) {
-                    Ok(n) => *written += n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    // EPIPE: the hook does not read its stdin; that is its business.
-                    Err(_) => *written = input.len(),
+            let (exited, in_ready, out_ready, err_ready) = {
+                let mut fds = Vec::with_capacity(4);
+                let pid_idx = add(&mut fds, pidfd.map(|p| p.as_fd()), PollFlags::POLLIN);
+                let in_idx = add(
+                    &mut fds,
+                    self.stdin.as_ref().map(|s| s.as_fd()),
+                    PollFlags::POLLOUT,
+                );
+                let out_idx = add(
+                    &mut fds,
+                    self.stdout.as_ref().map(|s| s.as_fd()),
+                    PollFlags::POLLIN,
+                );
+                let err_idx = add(
+                    &mut fds,
+                    self.stderr.as_ref().map(|s| s.as_fd()),
+                    PollFlags::POLLIN,
+                );
+                match poll(&mut fds, timeout) {
+                    Ok(0) => continue,
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
                 }
+                let ready = |i: Option<usize>| {
+                    i.and_then(|i| fds[i].revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                (
+                    ready(pid_idx),
+                    ready(in_idx),
+                    ready(out_idx),
+                    ready(err_idx),
+                )
+            };
+            if in_ready {
+                self.feed();
             }
-            if *written >= input.len() {
-                *stdin = None;
+            if out_ready
+                && !self
+                    .stdout
+                    .as_mut()
+                    .is_some_and(|s| drain(s, &mut self.out))
+            {
+                self.stdout = None;
+            }
+            if err_ready
+                && !self
+                    .stderr
+                    .as_mut()
+                    .is_some_and(|s| drain(s, &mut self.err))
+            {
+                self.stderr = None;
+            }
+            if exited {
+                return Ok(false);
             }
         }
-        if out_ready && !stdout.as_mut().is_some_and(|s| drain(s, out)) {
-            *stdout = None;
+    }
+
+    fn feed(&mut self) {
+        if let Some(s) = self.stdin.as_mut() {
+            match s.write(&self.input[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                // EPIPE: the hook does not read its stdin; that is its business.
+                Err(_) => self.written = self.input.len(),
+            }
         }
-        if err_ready && !stderr.as_mut().is_some_and(|s| drain(s, err)) {
-            *stderr = None;
+        if self.written >= self.input.len() {
+            self.stdin = None;
         }
-        if exited {
-            return Ok(false);
+    }
+
+    /// Closes stdin and collects what the hook wrote before exiting (it is in the pipe
+    /// buffers by now); a grandchild holding the pipes open cannot make this block.
+    fn finish(&mut self) {
+        self.stdin = None;
+        if let Some(s) = self.stdout.as_mut() {
+            drain(s, &mut self.out);
         }
+        if let Some(s) = self.stderr.as_mut() {
+            drain(s, &mut self.err);
+        }
+        self.stdout = None;
+        self.stderr = None;
     }
 }
 
