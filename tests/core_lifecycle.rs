@@ -517,14 +517,12 @@ fn leftovers(root: &TestRoot) -> Leftovers {
         .unwrap_or_default();
     state_entries.sort();
     let mut cgroups = Vec::new();
+    let prefix = format!("pelagos-test-{}-", std::process::id());
     for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let parent = h.path().join("pelagos");
-        if let Ok(d) = std::fs::read_dir(&parent) {
-            for e in d.flatten().filter(|e| e.path().is_dir()) {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("bad-") {
-                    cgroups.push(e.path().display().to_string());
-                }
+        for e in std::fs::read_dir(h.path()).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && e.path().is_dir() {
+                cgroups.push(e.path().display().to_string());
             }
         }
     }
@@ -671,4 +669,69 @@ fn sealed_self_copy_runs_as_helper_only_when_configured() {
     .unwrap_err();
     assert!(err.to_string().contains("/no/such/helper"), "{err}");
     assert!(!root.root().exists() || std::fs::read_dir(root.root()).unwrap().next().is_none());
+}
+
+#[test]
+fn container_handles_can_move_between_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<Container>();
+    check::<pelagos::ExecProcess>();
+}
+
+#[test]
+fn cli_run_uses_the_sealed_self_copy_as_helper() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new().args(&["sh", "-c", "echo from-cli; exit 5"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pelagos"))
+        .arg("run")
+        .arg("--root")
+        .arg(root.root())
+        .arg("--bundle")
+        .arg(b.path())
+        .arg(unique_id("cli"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from-cli\n",
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(std::fs::read_dir(root.root()).unwrap().next().is_none());
+}
+
+#[test]
+fn exec_into_a_user_namespace_container() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new().userns(200000, 65536).args(&["sleep", "100"]);
+    let c = start_sleeper(&root, &b);
+    let (code, out, err) = exec(&c, &["sh", "-c", "id -u; cat /proc/self/uid_map"]);
+    assert_eq!(code, 0, "stderr: {err}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words, ["0", "0", "200000", "65536"]);
+    kill_and_delete(c);
+}
+
+#[test]
+fn exec_with_a_terminal() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new().args(&["sleep", "100"]);
+    let c = start_sleeper(&root, &b);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut p = exec_process(&["sh", "-c", "test -t 0 && echo exec-tty"]);
+    p.set_terminal(Some(true));
+    let e = c.exec(&p, Stdio::Terminal(pty.slave)).unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n @ 1..) = master.read(&mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(reaper::wait(e.pid, None).unwrap().status, 0);
+    assert_eq!(String::from_utf8_lossy(&out).trim_end(), "exec-tty");
+    kill_and_delete(c);
 }

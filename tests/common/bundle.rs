@@ -140,10 +140,10 @@ impl Bundle {
             "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
         )
         .unwrap();
-        let b = Bundle {
-            dir,
-            config: default_config(),
-        };
+        let mut config = default_config();
+        // A top-level cgroup of its own: nothing shared is left behind once it is deleted.
+        config["linux"]["cgroupsPath"] = json!(format!("/{}", unique_id("pelagos-test")));
+        let b = Bundle { dir, config };
         b.save();
         b
     }
@@ -262,6 +262,13 @@ impl Bundle {
     /// Sets linux.resources (JSON as in config.json).
     pub fn resources(self, resources: Value) -> Bundle {
         self.edit(|c| c["linux"]["resources"] = resources)
+    }
+
+    /// The cgroupsPath of the config (each bundle gets a unique top-level one).
+    pub fn cgroup_path(&self) -> Option<String> {
+        self.config["linux"]["cgroupsPath"]
+            .as_str()
+            .map(str::to_string)
     }
 
     pub fn cgroups_path(self, path: &str) -> Bundle {
