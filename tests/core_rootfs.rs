@@ -388,3 +388,55 @@ fn bad_device_fails_cleanly() {
     assert!(msg.contains("/dev/all") && msg.contains("\"a\""), "{msg}");
     assert_nothing_left(&root, &id, &b);
 }
+
+#[test]
+fn user_namespace_gets_host_device_binds() {
+    // mknod is refused in a user namespace: the default devices are binds of the host nodes.
+    let b = Bundle::new().userns(100000, 65536);
+    let (_, out) = sh(
+        b,
+        "id -u; for d in null zero tty; do stat -c '%t:%T' /dev/$d; done;          grep -c ' /dev/null ' /proc/self/mountinfo; cat /proc/keys | wc -c",
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "0\n1:3\n1:5\n5:0\n1\n0\n"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn relative_bind_source_is_relative_to_the_bundle() {
+    let b = Bundle::new();
+    std::fs::create_dir_all(b.path().join("reldata")).unwrap();
+    std::fs::write(b.path().join("reldata/f"), "rel\n").unwrap();
+    let b = b.mount(json!({"destination": "/rel", "type": "bind", "source": "reldata", "options": ["rbind", "ro"]}));
+    let (_, out) = sh(b, "cat /rel/f");
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "rel\n"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn rootfs_propagation_is_applied_to_the_container_root() {
+    let script = "awk '$5 == \"/\"' /proc/self/mountinfo";
+    let (_, shared) = sh(
+        Bundle::new().edit(|c| c["linux"]["rootfsPropagation"] = json!("rshared")),
+        script,
+    );
+    assert_eq!(shared.code, 0, "{}", shared.stderr);
+    assert!(shared.stdout.contains(" shared:"), "{}", shared.stdout);
+    let (_, private) = sh(
+        Bundle::new().edit(|c| c["linux"]["rootfsPropagation"] = json!("rprivate")),
+        script,
+    );
+    assert_eq!(private.code, 0, "{}", private.stderr);
+    assert!(
+        !private.stdout.contains("shared:") && !private.stdout.contains("master:"),
+        "{}",
+        private.stdout
+    );
+}

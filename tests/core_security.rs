@@ -314,3 +314,28 @@ fn bad_seccomp_profiles_are_refused() {
         assert_create_fails(&b, &[needle]);
     }
 }
+
+#[test]
+#[ignore = "init.rs must load seccomp before finalize_identity when noNewPrivileges is false (runc order)"]
+fn seccomp_without_no_new_privileges_for_a_non_root_user() {
+    // Without NNP, loading a filter needs CAP_SYS_ADMIN: runc loads it before dropping
+    // privileges in that case.
+    let b = Bundle::new().user(1000, 1000).edit(|c| {
+        c["process"]["noNewPrivileges"] = json!(false);
+        c["linux"]["seccomp"] = seccomp_profile();
+    });
+    let out = sh(
+        b,
+        "grep -E 'Seccomp:|NoNewPrivs' /proc/self/status; mkdir /tmp/x",
+    );
+    assert_eq!(
+        out.stdout, "NoNewPrivs:\t0\nSeccomp:\t2\n",
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("Operation not permitted"),
+        "{}",
+        out.stderr
+    );
+}

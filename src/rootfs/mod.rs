@@ -101,6 +101,7 @@ fn ms(bits: libc::c_ulong) -> MsFlags {
 /// entry (destinations resolved inside `rootfs` without following symlinks out of it), default
 /// and spec devices, /dev symlinks, /dev/ptmx. `in_userns`: bind devices instead of mknod.
 pub fn prepare(spec: &Spec, rootfs: &Path, in_userns: bool) -> Result<(), RootfsError> {
+    let bundle = bundle_dir(spec, rootfs);
     let rootfs = std::fs::canonicalize(rootfs).map_err(|e| {
         RootfsError::sys(
             "rootfs",
@@ -140,6 +141,7 @@ pub fn prepare(spec: &Spec, rootfs: &Path, in_userns: bool) -> Result<(), Rootfs
         root: root.as_fd(),
         in_userns,
         cgroupns: has_namespace(spec, LinuxNamespaceType::Cgroup),
+        bundle,
     };
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         mounts::mount_one(&ctx, i, m)?;
@@ -155,6 +157,25 @@ pub fn prepare(spec: &Spec, rootfs: &Path, in_userns: bool) -> Result<(), Rootfs
         devices::create_links(root.as_fd())?;
     }
     Ok(())
+}
+
+/// The bundle directory, when `rootfs` is the bundle joined with a relative `root.path`.
+fn bundle_dir(spec: &Spec, rootfs: &Path) -> Option<PathBuf> {
+    let rel = spec.root().as_ref()?.path();
+    if rel.is_absolute() {
+        return None;
+    }
+    let mut dir = rootfs.to_path_buf();
+    for _ in rel
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+    {
+        if !dir.pop() {
+            return None;
+        }
+    }
+    // Path equality compares components, so "./rootfs" matches "rootfs".
+    (rootfs == dir.join(rel)).then_some(dir)
 }
 
 /// pivot_root refuses a new root whose parent mount is shared: make that parent private
@@ -556,6 +577,47 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("mount namespace"));
+    }
+
+    #[test]
+    fn bundle_is_rootfs_minus_root_path() {
+        let s = SpecBuilder::default()
+            .root(
+                oci_spec::runtime::RootBuilder::default()
+                    .path("rootfs")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(
+            bundle_dir(&s, Path::new("/b/rootfs")),
+            Some(PathBuf::from("/b"))
+        );
+        assert_eq!(bundle_dir(&s, Path::new("/b/other")), None);
+        let s = SpecBuilder::default()
+            .root(
+                oci_spec::runtime::RootBuilder::default()
+                    .path("./images/r")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(
+            bundle_dir(&s, Path::new("/b/images/r")),
+            Some(PathBuf::from("/b"))
+        );
+        let s = SpecBuilder::default()
+            .root(
+                oci_spec::runtime::RootBuilder::default()
+                    .path("/abs/r")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(bundle_dir(&s, Path::new("/abs/r")), None);
     }
 
     #[test]

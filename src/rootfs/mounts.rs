@@ -23,6 +23,8 @@ pub struct Ctx<'a> {
     pub in_userns: bool,
     /// The helper is in a new cgroup namespace (cgroup filesystems can be mounted directly).
     pub cgroupns: bool,
+    /// Base of relative bind sources: the bundle when known, else the working directory.
+    pub bundle: Option<PathBuf>,
 }
 
 fn mount_err(what: &str, dest: &Path, e: Errno) -> RootfsError {
@@ -97,15 +99,18 @@ pub fn remount_bind(
     .map_err(|e| RootfsError::sys(format!("remount (flags {flags:#x})"), display, e))
 }
 
-/// Source of a bind mount: absolute, or relative to the helper's working directory (the
-/// bundle, as with runc).
-fn bind_source(m: &Mount) -> Result<PathBuf, String> {
+/// Source of a bind mount: absolute, or relative to the bundle (runtime-spec; runc resolves
+/// it against its working directory, the bundle).
+fn bind_source(ctx: &Ctx<'_>, m: &Mount) -> Result<PathBuf, String> {
     let src = m.source().as_ref().ok_or("bind mount without a source")?;
     if src.is_absolute() {
         return Ok(src.clone());
     }
-    let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
-    Ok(cwd.join(src))
+    let base = match &ctx.bundle {
+        Some(b) => b.clone(),
+        None => std::env::current_dir().map_err(|e| format!("current directory: {e}"))?,
+    };
+    Ok(base.join(src))
 }
 
 /// Mounts `m` (index `index` in spec.mounts) under the rootfs.
@@ -123,7 +128,7 @@ pub fn mount_one(ctx: &Ctx<'_>, index: usize, m: &Mount) -> Result<(), RootfsErr
     let rel = clean_relative(dest);
     if bind {
         opts.flags |= libc::MS_BIND;
-        let src = bind_source(m).map_err(invalid)?;
+        let src = bind_source(ctx, m).map_err(invalid)?;
         mount_bind(ctx, &src, &rel, dest, &opts)?;
     } else {
         match typ {
