@@ -1,7 +1,8 @@
 //! OCI hooks: runs one hook with the state JSON on stdin, its args and env, and its timeout.
 //!
 //! A hook runs `path` with `args` (`args[0]` is argv[0]; with no args argv[0] is `path`) and
-//! exactly the `env` it lists (an absent `env` means an empty environment). Its stdout and
+//! exactly the `env` it lists; with no `env` it inherits the runtime's environment, as runc's
+//! hooks do (Go's `exec.Cmd` with a nil `Env`). Its stdout and
 //! stderr are captured (the last [`OUTPUT_CAP`] bytes each) for the error message.
 //!
 //! No threads: hooks also run inside the single-threaded setup helper, where an extra thread
@@ -134,7 +135,9 @@ fn command(h: &Hook, path: &str) -> Result<Command, HookError> {
             cmd.arg0(path);
         }
     }
-    cmd.env_clear();
+    if h.env().is_some() {
+        cmd.env_clear();
+    }
     for entry in h.env().iter().flatten() {
         let Some((k, v)) = entry.split_once('=') else {
             return Err(HookError::BadEnv {
