@@ -440,3 +440,140 @@ fn rootfs_propagation_is_applied_to_the_container_root() {
         private.stdout
     );
 }
+
+/// An overlay mounted at the bundle's rootfs, as containerd's snapshotter does; unmounted and
+/// removed on drop.
+struct Overlay {
+    dir: HostDir,
+    target: PathBuf,
+}
+
+impl Overlay {
+    fn over(bundle: &Bundle) -> Overlay {
+        let dir = HostDir::new("overlay");
+        let lower = dir.0.join("lower");
+        std::fs::rename(bundle.rootfs(), &lower).unwrap();
+        for d in ["upper", "work"] {
+            std::fs::create_dir(dir.0.join(d)).unwrap();
+        }
+        std::fs::create_dir(bundle.rootfs()).unwrap();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            dir.0.join("upper").display(),
+            dir.0.join("work").display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &bundle.rootfs(),
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .expect("mount overlay");
+        Overlay {
+            dir,
+            target: bundle.rootfs(),
+        }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
+        let _ = &self.dir;
+    }
+}
+
+#[test]
+fn overlay_rootfs_like_containerd() {
+    let b = Bundle::new().readonly_root(false).args(&[
+        "sh",
+        "-c",
+        "echo written > /newfile; cat /newfile",
+    ]);
+    let overlay = Overlay::over(&b);
+    let out = TestRoot::new().run(&b);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "written\n"),
+        "{}",
+        out.stderr
+    );
+    // The write went to the upper layer, and only the overlay itself is mounted in the bundle.
+    assert!(overlay.dir.0.join("upper/newfile").is_file());
+    assert_eq!(
+        host_mounts_under(b.path()).len(),
+        1,
+        "{:?}",
+        host_mounts_under(b.path())
+    );
+}
+
+#[test]
+fn sysfs_without_own_network_namespace_in_a_user_namespace() {
+    // sysfs cannot be mounted there: the host's /sys is bound read-only instead.
+    let b = Bundle::new()
+        .userns(100000, 65536)
+        .without_namespace("network");
+    let (_, out) = sh(
+        b,
+        "ls /sys/class/net | grep -x lo; touch /sys/x 2>/dev/null || echo sys-ro",
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "lo\nsys-ro\n"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn cgroup_namespace_mounts_cgroupfs_directly() {
+    let b = Bundle::new().namespace("cgroup", None);
+    let (_, out) = sh(
+        b,
+        "cat /proc/self/cgroup | cut -d: -f3 | sort -u; grep -c ' /sys/fs/cgroup/pids ' /proc/self/mountinfo; \
+         grep -x 1 /sys/fs/cgroup/pids/cgroup.procs",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // In its own cgroup namespace the container is at the root of every hierarchy.
+    assert_eq!(out.stdout, "/\n1\n1\n");
+}
+
+#[test]
+fn mounts_over_proc_are_refused() {
+    let root = TestRoot::new();
+    let cases = [
+        json!({"destination": "/proc/self", "type": "tmpfs", "source": "tmpfs"}),
+        json!({"destination": "/proc/sys", "type": "bind", "source": "/tmp", "options": ["rbind"]}),
+        json!({"destination": "/proc", "type": "tmpfs", "source": "tmpfs"}),
+    ];
+    for mount in cases {
+        let b = Bundle::new().mount(mount.clone());
+        let id = unique_id("procmount");
+        let (stdio, _pipes) = Pipes::new();
+        let msg = match root.create_id(&id, &b, stdio) {
+            Ok(c) => {
+                let _ = c.delete(true);
+                panic!("{mount} was accepted")
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.contains("/proc"), "{msg}");
+        assert_nothing_left(&root, &id, &b);
+    }
+    // A whitelisted file (as lxcfs does) is fine.
+    let src = HostDir::new("lxcfs");
+    std::fs::write(src.0.join("uptime"), "1.00 2.00\n").unwrap();
+    let b = Bundle::new().mount(
+        json!({"destination": "/proc/uptime", "type": "bind", "source": src.0.join("uptime"), "options": ["bind", "ro"]}),
+    );
+    let (_, out) = sh(b, "cat /proc/uptime");
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "1.00 2.00\n"),
+        "{}",
+        out.stderr
+    );
+}

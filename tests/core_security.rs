@@ -148,6 +148,7 @@ fn seccomp_profile() -> Value {
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "flags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
         "syscalls": [
             {"names": ["mkdir", "mkdirat", "not_a_real_syscall"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
             // kill(pid, SIGUSR1) only: other signals still work.
@@ -281,6 +282,40 @@ fn oom_score_adj_is_written() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn lowering_oom_score_adj_names_the_value() {
+    let current: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let lower = (current - 100).max(-1000);
+    let b = Bundle::new()
+        .args(&["cat", "/proc/self/oom_score_adj"])
+        .edit(|c| c["process"]["oomScoreAdj"] = json!(lower));
+    let root = TestRoot::new();
+    let id = unique_id("oom");
+    let (stdio, pipes) = Pipes::new();
+    match root.create_id(&id, &b, stdio) {
+        // With CAP_SYS_RESOURCE (not on every machine) lowering is allowed and visible.
+        Ok(mut c) => {
+            c.start().unwrap();
+            let (stdout, _) = pipes.collect();
+            assert_eq!(c.wait().unwrap().status, 0);
+            c.delete(false).unwrap();
+            assert_eq!(stdout.trim(), lower.to_string());
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("oom_score_adj {lower}")) && msg.contains("CAP_SYS_RESOURCE"),
+                "{msg}"
+            );
+            assert_nothing_left(&root, &id, &b);
+        }
+    }
 }
 
 #[test]

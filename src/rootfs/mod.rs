@@ -390,6 +390,8 @@ pub fn validate(spec: &Spec) -> Result<(), RootfsError> {
         let typ = m.typ().as_deref().unwrap_or("");
         let bind = typ == "bind" || options::wants_bind(&raw);
         options::parse(&raw, !bind).map_err(|e| invalid(e.to_string()))?;
+        mounts::check_proc_destination(&clean_relative(m.destination()), typ, bind, None)
+            .map_err(invalid)?;
         if bind {
             if m.source().is_none() {
                 return Err(invalid("bind mount without a source".into()));

@@ -113,6 +113,57 @@ fn bind_source(ctx: &Ctx<'_>, m: &Mount) -> Result<PathBuf, String> {
     Ok(base.join(src))
 }
 
+/// Files under /proc that may be covered by a mount (lxcfs and the like), as in runc.
+const PROC_COVERABLE: &[&str] = &[
+    "proc/cpuinfo",
+    "proc/diskstats",
+    "proc/meminfo",
+    "proc/stat",
+    "proc/swaps",
+    "proc/uptime",
+    "proc/loadavg",
+    "proc/slabinfo",
+    "proc/net/dev",
+    "proc/sys/kernel/ns_last_pid",
+    "proc/sys/crypto/fips_enabled",
+];
+
+/// Refuses mounts that would hide or replace parts of the container's /proc (runc's
+/// checkProcMount: a fake /proc/self or /proc/sys could defeat masked and read-only paths).
+/// `src_is_proc` says whether a bind source is on procfs (None: not known yet).
+pub fn check_proc_destination(
+    rel: &Path,
+    typ: &str,
+    bind: bool,
+    src_is_proc: Option<bool>,
+) -> Result<(), String> {
+    let under = rel.starts_with("proc");
+    if !under || PROC_COVERABLE.iter().any(|p| rel == Path::new(p)) {
+        return Ok(());
+    }
+    if rel == Path::new("proc") && !bind {
+        return if typ == "proc" {
+            Ok(())
+        } else {
+            Err(format!(
+                "only a proc filesystem may be mounted on /proc, not {typ:?}"
+            ))
+        };
+    }
+    if bind && src_is_proc != Some(false) {
+        return Ok(());
+    }
+    Err(
+        "cannot be mounted inside /proc (only binds from procfs and a few files are allowed)"
+            .into(),
+    )
+}
+
+fn is_procfs(path: &Path) -> Result<bool, Errno> {
+    let st = nix::sys::statfs::statfs(path)?;
+    Ok(st.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+}
+
 /// Mounts `m` (index `index` in spec.mounts) under the rootfs.
 pub fn mount_one(ctx: &Ctx<'_>, index: usize, m: &Mount) -> Result<(), RootfsError> {
     let dest = m.destination();
@@ -129,8 +180,14 @@ pub fn mount_one(ctx: &Ctx<'_>, index: usize, m: &Mount) -> Result<(), RootfsErr
     if bind {
         opts.flags |= libc::MS_BIND;
         let src = bind_source(ctx, m).map_err(invalid)?;
+        if rel.starts_with("proc") {
+            let proc =
+                is_procfs(&src).map_err(|e| RootfsError::sys("statfs bind source", &src, e))?;
+            check_proc_destination(&rel, typ, true, Some(proc)).map_err(invalid)?;
+        }
         mount_bind(ctx, &src, &rel, dest, &opts)?;
     } else {
+        check_proc_destination(&rel, typ, false, None).map_err(invalid)?;
         match typ {
             "cgroup" => mount_cgroup(ctx, &rel, dest, &opts)?,
             "cgroup2" => mount_cgroup2(ctx, &rel, dest, &opts)?,
@@ -563,6 +620,22 @@ mod tests {
         );
         let f = remount_flags(libc::MS_RDONLY, 0, libc::MS_RDONLY);
         assert_eq!(f, libc::MS_REMOUNT | libc::MS_BIND);
+    }
+
+    #[test]
+    fn proc_destinations() {
+        let ok = |rel: &str, typ: &str, bind: bool, src: Option<bool>| {
+            check_proc_destination(Path::new(rel), typ, bind, src)
+        };
+        assert!(ok("proc", "proc", false, None).is_ok());
+        assert!(ok("proc", "tmpfs", false, None).is_err());
+        assert!(ok("proc/cpuinfo", "bind", true, Some(false)).is_ok());
+        assert!(ok("proc/sys", "tmpfs", false, None).is_err());
+        assert!(ok("proc/self", "bind", true, Some(false)).is_err());
+        assert!(ok("proc/sys", "bind", true, Some(true)).is_ok());
+        assert!(ok("proc/sys", "bind", true, None).is_ok());
+        assert!(ok("processes", "tmpfs", false, None).is_ok());
+        assert!(ok("data", "tmpfs", false, None).is_ok());
     }
 
     #[test]
