@@ -179,7 +179,15 @@ mod tests {
 
     #[test]
     fn symlinks_stay_inside_the_root() {
-        let tmp = std::env::temp_dir().join(format!("pelagos-resolve-{}", std::process::id()));
+        struct Tmp(PathBuf);
+        impl Drop for Tmp {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let guard =
+            Tmp(std::env::temp_dir().join(format!("pelagos-resolve-{}", std::process::id())));
+        let tmp = &guard.0;
         let root = tmp.join("root");
         let outside = tmp.join("outside");
         std::fs::create_dir_all(&root).unwrap();
@@ -212,6 +220,5 @@ mod tests {
         assert!(!outside.join("sub").exists());
         assert!(root.join("file").is_file());
         assert!(!tmp.join("file").exists());
-        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
