@@ -23,6 +23,14 @@ use super::IoError;
 
 /// Bytes asked of one splice(2) call; a pipe moves at most its capacity anyway.
 const CHUNK: usize = 1 << 20;
+/// A splice that moved this much found the source pipe full (the default capacity): the
+/// stream is a bulk one and its pipes are grown to [`BULK_PIPE_SIZE`].
+const FULL_DEFAULT_PIPE: usize = 64 << 10;
+/// Pipe capacity for bulk streams: 1 GiB through pipe and fifo went from ~1.6 to ~3.2 GiB/s
+/// (256 KiB and 1 MiB measured alike). Pipes start at the default 64 KiB because capacity
+/// counts against the owner's pipe-user-pages-soft even while empty, and past it the
+/// unprivileged processes of that uid (root in most containers) get 8 KiB pipes.
+const BULK_PIPE_SIZE: i32 = 256 << 10;
 /// Bytes one job may move per turn before the others get theirs.
 const TURN_BUDGET: usize = 4 << 20;
 /// Buffer for the read/write fallback.
@@ -96,7 +104,8 @@ pub(crate) struct JobSpec {
     pub src: OwnedFd,
     pub dst: OwnedFd,
     pub on_eof: OnEof,
-    /// Counts this job as output that `wait_drained` waits for.
+    /// Counts this job as output that `wait_drained` waits for; dropped with the job.
+    #[allow(dead_code)] // held only for its Drop
     pub drain: Option<DrainToken>,
     /// The job reads the console (a stdin hangup drains and ends it).
     pub reads_console: bool,
@@ -107,6 +116,8 @@ struct Job {
     owner: u64,
     /// `None` while splice works for this pair; the fallback buffer and its pending range.
     fallback: Option<(Box<[u8]>, usize, usize)>,
+    /// The pipes were grown (or found bulk once already).
+    grown: bool,
 }
 
 enum Step {
@@ -132,7 +143,12 @@ impl Job {
                 Some(_) => self.copy_once(),
             };
             match result {
-                Ok(Moved::Bytes(n)) => moved += n,
+                Ok(Moved::Bytes(n)) => {
+                    if n >= FULL_DEFAULT_PIPE && !self.grown {
+                        self.grow();
+                    }
+                    moved += n;
+                }
                 Ok(Moved::Eof) => return Step::Done,
                 Err(Errno::EAGAIN) => return Step::Wait,
                 Err(Errno::EINTR) => {}
@@ -156,6 +172,16 @@ impl Job {
             }
         }
         Step::Yield
+    }
+
+    /// Best effort: a tty or file end refuses (EINVAL/EBADF), a pipe over the limits refuses
+    /// (EPERM); the copy goes on at the old size.
+    fn grow(&mut self) {
+        self.grown = true;
+        for fd in [&self.spec.src, &self.spec.dst] {
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(BULK_PIPE_SIZE));
+        }
+        log::debug!("io {}: bulk stream, pipes grown", self.spec.name);
     }
 
     fn splice_once(&mut self) -> Result<Moved, Errno> {
@@ -271,6 +297,7 @@ impl IoLoop {
                 spec,
                 owner,
                 fallback: None,
+                grown: false,
             };
             if let Err(e) = register(&self.shared.epoll, id, &job) {
                 unregister(&self.shared.epoll, &job);

@@ -10,8 +10,6 @@
 //!
 //! Every fd made here is close-on-exec: another container's setup helper or logger must never
 //! inherit one, or EOF would never come.
-// Until the Task service calls it.
-#![allow(dead_code)]
 
 mod copy;
 mod logger;
@@ -29,11 +27,6 @@ use nix::sys::stat::{fstat, Mode, SFlag};
 pub use copy::IoLoop;
 use copy::{Console, Drain, JobSpec, OnEof};
 use logger::{Logger, LoggerCommand};
-
-/// Capacity asked for the pipes between the container and the shim. Larger pipes mean fewer
-/// wakeups per megabyte and more slack when the client reads slowly; pages are only used
-/// while data sits in the pipe. Falls back silently to the default (64 KiB) where refused.
-const PIPE_SIZE: i32 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
@@ -481,11 +474,8 @@ fn open_log_file(path: &std::path::Path) -> Result<OwnedFd, IoError> {
 }
 
 fn pipe(stream: &'static str) -> Result<(OwnedFd, OwnedFd), IoError> {
-    let (r, w) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|source| IoError::Pipe { stream, source })?;
-    // Best effort: over /proc/sys/fs/pipe-max-size or the per-user quota it is refused.
-    let _ = fcntl(&r, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-    Ok((r, w))
+    // Default capacity: the copy loop grows the pipes of bulk streams (see copy.rs).
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|source| IoError::Pipe { stream, source })
 }
 
 fn set_nonblocking(fd: &OwnedFd, stream: &'static str) -> Result<(), IoError> {

@@ -404,6 +404,49 @@ fn file_uri_appends_stdout_and_stderr() {
 }
 
 #[test]
+fn terminal_output_into_a_file() {
+    let dir = TempDir::new("ttyfile");
+    let log = dir.path("log");
+    let cfg = StdioConfig {
+        stdin: String::new(),
+        stdout: format!("file://{}", log.display()),
+        stderr: String::new(),
+        terminal: true,
+    };
+    let io = IoLoop::start().unwrap();
+    let (pio, stdio) = ProcessIo::open(&io, &cfg, &ctx()).unwrap();
+    let mut child = spawn("echo out; echo err >&2", stdio);
+    assert!(wait_child(&mut child).success());
+    assert!(pio.wait_drained(DRAIN));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "out\r\nerr\r\n");
+    pio.shutdown();
+}
+
+#[test]
+fn many_processes_share_one_loop() {
+    let dir = TempDir::new("many");
+    let io = IoLoop::start().unwrap();
+    let mut runs = Vec::new();
+    for i in 0..8 {
+        let data = dir.path(&format!("data{i}"));
+        let expected = random_file(&data, (1 << 20) + i * 4099);
+        let (out, err) = (dir.fifo(&format!("out{i}")), dir.fifo(&format!("err{i}")));
+        let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, &err), &ctx()).unwrap();
+        let readers = (read_to_end(open_reader(&out)), read_to_end(open_reader(&err)));
+        let script = format!("cat {0} & cat {0} >&2; wait", data.display());
+        runs.push((spawn(&script, stdio), pio, readers, expected));
+    }
+    for (mut child, pio, (out, err), expected) in runs {
+        assert!(wait_child(&mut child).success());
+        assert!(pio.wait_drained(DRAIN));
+        assert!(out.join().unwrap() == expected, "stdout mixed up");
+        assert!(err.join().unwrap() == expected, "stderr mixed up");
+        pio.shutdown();
+    }
+    assert_eq!(io.job_count(), 0);
+}
+
+#[test]
 fn all_empty_is_null() {
     let io = IoLoop::start().unwrap();
     let (pio, stdio) = ProcessIo::open(&io, &StdioConfig::default(), &ctx()).unwrap();
@@ -522,7 +565,7 @@ fn throughput_1_gib_through_fifos() {
         }
     });
     let start = Instant::now();
-    let mut child = spawn("exec head -c 1073741824 /dev/zero", stdio);
+    let mut child = spawn("exec dd if=/dev/zero bs=1M count=1024 status=none", stdio);
     assert!(wait_child(&mut child).success());
     assert!(pio.wait_drained(Duration::from_secs(300)));
     let total = counter.join().unwrap();
