@@ -432,7 +432,10 @@ fn many_processes_share_one_loop() {
         let expected = random_file(&data, (1 << 20) + i * 4099);
         let (out, err) = (dir.fifo(&format!("out{i}")), dir.fifo(&format!("err{i}")));
         let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, &err), &ctx()).unwrap();
-        let readers = (read_to_end(open_reader(&out)), read_to_end(open_reader(&err)));
+        let readers = (
+            read_to_end(open_reader(&out)),
+            read_to_end(open_reader(&err)),
+        );
         let script = format!("cat {0} & cat {0} >&2; wait", data.display());
         runs.push((spawn(&script, stdio), pio, readers, expected));
     }
