@@ -362,6 +362,22 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_compiles_share_one_filter() {
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["acct"],"action":"SCMP_ACT_ERRNO","errnoRet":41}]}"#,
+        );
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || compile(&p).unwrap())
+            })
+            .collect();
+        let got: Vec<Arc<CompiledFilter>> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(got.iter().all(|f| Arc::ptr_eq(f, &got[0])));
+    }
+
+    #[test]
     fn bad_profiles_name_the_problem() {
         let e = compile_uncached(&profile(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#))
             .unwrap_err()
