@@ -37,6 +37,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long processes of a deleted task may take to go away before they count as leaked.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 
+/// Parents of each containerd's dirs, named `<test pid>-<n>`.
+const BASE_PARENT: &str = "/run/pelagos-shim-test";
+const ROOT_PARENT: &str = "/var/lib/pelagos-shim-test";
+/// Namespaces are `<this><test pid>-<n>`: distinct from other test fixtures' cgroup names.
+const NS_PREFIX: &str = "pshim-";
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The containerd version the tests use: `PELAGOS_CONTAINERD`, default 1.6.
@@ -118,6 +124,8 @@ pub struct Containerd {
     address: String,
     child: Mutex<Option<Child>>,
     ids: Mutex<BTreeSet<String>>,
+    /// Fifo dirs ctr made for detached execs and never removes.
+    detached_fifos: Mutex<Vec<PathBuf>>,
 }
 
 impl Containerd {
@@ -142,8 +150,9 @@ impl Containerd {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let base = PathBuf::from("/run/pelagos-test").join(&tag);
-        let root = PathBuf::from("/var/lib/pelagos-test").join(&tag);
+        sweep_stale_once();
+        let base = Path::new(BASE_PARENT).join(&tag);
+        let root = Path::new(ROOT_PARENT).join(&tag);
         for d in [&base, &root] {
             let _ = fs::remove_dir_all(d);
         }
@@ -163,18 +172,36 @@ impl Containerd {
         let cd = Containerd {
             version: version.to_owned(),
             runtime,
-            namespace: format!("pelagos-test-{tag}"),
+            namespace: format!("{NS_PREFIX}{tag}"),
             address: base.join("containerd.sock").to_string_lossy().into_owned(),
             bin_dir,
             base,
             root,
             child: Mutex::new(None),
             ids: Mutex::new(BTreeSet::new()),
+            detached_fifos: Mutex::new(Vec::new()),
         };
         fs::write(cd.config_path(), cd.config_toml()).expect("write containerd config");
         cd.spawn_daemon();
         cd.import_image();
         cd
+    }
+
+    /// A handle on the dirs of `tag` left by a test process that died without tearing down.
+    fn stale(tag: &str) -> Containerd {
+        let base = Path::new(BASE_PARENT).join(tag);
+        Containerd {
+            version: String::new(),
+            runtime: String::new(),
+            namespace: format!("{NS_PREFIX}{tag}"),
+            address: base.join("containerd.sock").to_string_lossy().into_owned(),
+            bin_dir: PathBuf::new(),
+            root: Path::new(ROOT_PARENT).join(tag),
+            base,
+            child: Mutex::new(None),
+            ids: Mutex::new(BTreeSet::new()),
+            detached_fifos: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn address(&self) -> &str {
@@ -209,7 +236,8 @@ impl Containerd {
         self.base.join("config.toml")
     }
 
-    fn major(&self) -> u32 {
+    /// The containerd major version (1 or 2).
+    pub fn major(&self) -> u32 {
         self.version
             .split('.')
             .next()
@@ -490,19 +518,45 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
         args: &[&str],
         input: Option<&[u8]>,
     ) -> Output {
-        let Some(input) = input else {
-            let argv = self.run_args(&["--rm"], id, opts, args);
-            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            return self.ctr(&argv);
-        };
-        let mut events = self.events();
         let argv = self.run_args(&["--rm"], id, opts, args);
+        match input {
+            None => {
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                self.ctr(&argv)
+            }
+            Some(input) => self.ctr_with_held_eof(&argv, input, "/tasks/start", id, None),
+        }
+    }
+
+    /// `ctr task exec` with `input` on stdin, its EOF held back until /tasks/exec-started (the
+    /// same ctr race as [`Containerd::run_input`]).
+    pub fn exec_input(
+        &self,
+        id: &str,
+        exec_id: &str,
+        opts: &[&str],
+        args: &[&str],
+        input: &[u8],
+    ) -> Output {
+        let argv = self.exec_args(id, exec_id, opts, args);
+        self.ctr_with_held_eof(&argv, input, "/tasks/exec-started", id, Some(exec_id))
+    }
+
+    fn ctr_with_held_eof(
+        &self,
+        argv: &[String],
+        input: &[u8],
+        topic: &str,
+        id: &str,
+        exec_id: Option<&str>,
+    ) -> Output {
+        let mut events = self.events();
         let mut cmd = self.ctr_command();
-        cmd.args(&argv)
+        cmd.args(argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn ctr run");
+        let mut child = cmd.spawn().expect("spawn ctr");
         let mut stdin = child.stdin.take().expect("ctr stdin");
         let (eof_tx, eof_rx) = mpsc::channel::<()>();
         let data = input.to_vec();
@@ -515,18 +569,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
         let deadline = Instant::now() + CTR_TIMEOUT;
         while Instant::now() < deadline {
             let started = events.wait_for(Duration::from_millis(200), |e| {
-                e.topic == "/tasks/start" && e.container_id() == Some(id)
+                e.topic == topic
+                    && e.container_id() == Some(id)
+                    && exec_id.is_none_or(|x| e.str_field("exec_id") == Some(x))
             });
             if started.is_some() || !matches!(child.try_wait(), Ok(None)) {
                 break;
             }
         }
         drop(eof_tx);
-        let status = wait_child_timeout(
-            &mut child,
-            deadline.saturating_duration_since(Instant::now()),
-        );
-        let Some(status) = status else {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(status) = wait_child_timeout(&mut child, left) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -568,6 +621,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
         self.ctr(&argv)
     }
 
+    /// `ctr task exec -d`: returns once the exec has started.
+    ///
+    /// ctr leaves a detached exec's fifo dir behind (the shim still writes into the fifos); it
+    /// is noted here and not counted as a leak.
+    pub fn exec_detached(&self, id: &str, exec_id: &str, args: &[&str]) {
+        let before: BTreeSet<String> = dir_entries(&self.fifo_dir()).into_iter().collect();
+        let argv = self.exec_args(id, exec_id, &["-d"], args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.ctr_ok(&argv);
+        let mut detached = self.detached_fifos.lock().unwrap();
+        for name in dir_entries(&self.fifo_dir()) {
+            if !before.contains(&name) {
+                detached.push(self.fifo_dir().join(name));
+            }
+        }
+    }
+
     pub fn exec_args(&self, id: &str, exec_id: &str, opts: &[&str], args: &[&str]) -> Vec<String> {
         let mut v: Vec<String> = vec![
             "task".into(),
@@ -585,6 +655,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
         v
     }
 
+    /// Removes the fifo dirs ctr left behind. ctr (not the shim) creates and removes them, and
+    /// it leaves them when a request fails, e.g. a refused exec.
+    pub fn clear_fifo_dirs(&self) {
+        for name in dir_entries(&self.fifo_dir()) {
+            let _ = fs::remove_dir_all(self.fifo_dir().join(name));
+        }
+    }
+
     /// (pid, status) of task `id` from `ctr task ls`, if it has a task.
     pub fn task(&self, id: &str) -> Option<(u32, String)> {
         let out = self.ctr_ok(&["task", "ls"]);
@@ -600,6 +678,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 
     pub fn task_status(&self, id: &str) -> Option<String> {
         self.task(id).map(|(_, s)| s)
+    }
+
+    /// `ctr task rm <id>` of a stopped task; returns the exit status ctr reports (it logs a
+    /// warning naming a non-zero one).
+    pub fn task_rm(&self, id: &str) -> i32 {
+        let out = self.ctr(&["task", "rm", id]);
+        self.expect_ok(&["task", "rm", id], &out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        err.split("exit code ")
+            .nth(1)
+            .and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     /// Kills and deletes the task (if any) and deletes the container.
@@ -758,6 +852,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
         for sock in self.shim_sockets() {
             leaks.push(format!("shim socket left: {}", sock.display()));
         }
+        for dir in self.detached_fifos.lock().unwrap().drain(..) {
+            let _ = fs::remove_dir_all(dir);
+        }
         let fifos = dir_entries(&self.fifo_dir());
         if !fifos.is_empty() {
             leaks.push(format!(
@@ -824,15 +921,36 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
         }
     }
 
-    /// Forcefully ends what is left: shims and container processes (by pid), mounts, cgroups,
-    /// sockets, state, dirs.
+    /// Processes that name this containerd's dirs on their command line: the daemon, ctr clients
+    /// (a panicking test drops its `Child`ren without killing them), shims.
+    fn client_pids(&self) -> Vec<i32> {
+        let base = self.base.to_string_lossy().into_owned();
+        procs()
+            .into_iter()
+            .filter(|&pid| {
+                pid != std::process::id() as i32
+                    && cmdline(pid).iter().any(|a| {
+                        under(&a.to_string_lossy(), &base)
+                            || a.to_string_lossy().contains(&format!("{base}/"))
+                    })
+            })
+            .collect()
+    }
+
+    /// Forcefully ends what is left: clients, shims and container processes (by pid), mounts,
+    /// cgroups, sockets, state, dirs.
     fn teardown(&self) {
         if self.pid().is_some() {
             self.remove_all();
         }
         self.stop_daemon();
         let deadline = Instant::now() + STOP_TIMEOUT;
-        for pid in self.shim_pids().into_iter().chain(self.container_pids()) {
+        let pids = self
+            .client_pids()
+            .into_iter()
+            .chain(self.shim_pids())
+            .chain(self.container_pids());
+        for pid in pids.collect::<BTreeSet<_>>() {
             // SAFETY: plain kill(2) of a process this test's containerd started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             wait_pid_gone(pid, deadline);
@@ -855,6 +973,28 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
         let _ = fs::remove_dir_all(&self.root);
         let _ = fs::remove_dir_all(&self.base);
     }
+}
+
+/// Tears down what earlier test processes (killed before their `Drop` ran, e.g. by a timeout)
+/// left: dirs whose test pid is gone.
+fn sweep_stale_once() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        for tag in dir_entries(Path::new(BASE_PARENT))
+            .into_iter()
+            .chain(dir_entries(Path::new(ROOT_PARENT)))
+            .collect::<BTreeSet<_>>()
+        {
+            let Some(pid) = tag.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            eprintln!("pelagos test harness: cleaning up after dead test process {pid} ({tag})");
+            Containerd::stale(&tag).teardown();
+        }
+    });
 }
 
 impl Drop for Containerd {
@@ -1411,4 +1551,46 @@ impl Containerd {
         cmd.args(args);
         PtyChild::spawn(cmd, rows, cols)
     }
+}
+
+impl Containerd {
+    /// The memory limit of container `id` read on the host: `memory.limit_in_bytes` in a v1
+    /// memory hierarchy, else `memory.max` in the v2 one. ctr asks for the cgroup `/<ns>/<id>`.
+    pub fn host_memory_limit(&self, id: &str) -> Option<String> {
+        let rel = Path::new(&self.namespace).join(id);
+        let mounts = cgroup_mounts_typed();
+        let v1 = mounts
+            .iter()
+            .filter(|(_, fstype, opts)| {
+                fstype == "cgroup" && opts.split(',').any(|o| o == "memory")
+            })
+            .map(|(mp, _, _)| mp.join(&rel).join("memory.limit_in_bytes"));
+        let v2 = mounts
+            .iter()
+            .filter(|(_, fstype, _)| fstype == "cgroup2")
+            .map(|(mp, _, _)| mp.join(&rel).join("memory.max"));
+        v1.chain(v2)
+            .find_map(|p| fs::read_to_string(p).ok())
+            .map(|s| s.trim().to_owned())
+    }
+}
+
+/// (mount point, fstype, super options) of every cgroup hierarchy.
+fn cgroup_mounts_typed() -> Vec<(PathBuf, String, String)> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|&x| x == "-")?;
+            let fstype = f.get(sep + 1)?.to_string();
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| {
+                (
+                    PathBuf::from(unescape_mount(f[4])),
+                    fstype,
+                    f.get(sep + 3).unwrap_or(&"").to_string(),
+                )
+            })
+        })
+        .collect()
 }

@@ -98,13 +98,24 @@ pub fn archive() -> &'static Path {
     ARCHIVE.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pelagos-image");
         fs::create_dir_all(&dir).expect("create the image cache dir");
-        let out = dir.join("busybox-oci.tar");
+        // The name carries a digest of what goes in, so a changed applet list is rebuilt.
+        let out = dir.join(format!("busybox-oci-{:016x}.tar", recipe_hash()));
         if !is_fresh(&out) {
             build(&dir, &out).unwrap_or_else(|e| panic!("build the busybox image archive: {e}"));
         }
         out
     })
 }
+
+fn recipe_hash() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (APPLETS, IMAGE_REF, PATH_ENV, RECIPE_VERSION).hash(&mut h);
+    h.finish()
+}
+
+/// Bump when the layout changes in a way [`APPLETS`] does not show.
+const RECIPE_VERSION: u32 = 1;
 
 /// The OCI architecture name of this machine.
 pub fn oci_arch() -> &'static str {

@@ -1,0 +1,282 @@
+//! Task lifecycle through containerd: pause/resume, update, metrics, pids, OOM, kill --all,
+//! delete of a running task, and the order of `ctr events` for a run and for an exec.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+
+use common::containerd::{describe, stdout, wait_child_timeout, Containerd, CTR_TIMEOUT};
+
+const MIB: u64 = 1 << 20;
+
+/// Reads the child's stdout until a line equal to `want`.
+fn wait_line(child: &mut Child, want: &str) {
+    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("read ctr stdout");
+        assert!(n > 0, "ctr stdout ended before {want:?}");
+        if line.trim_end() == want {
+            // Keep draining so the container never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                    sink.clear();
+                }
+            });
+            return;
+        }
+    }
+}
+
+fn exit_code(mut child: Child) -> i32 {
+    let status = wait_child_timeout(&mut child, CTR_TIMEOUT).expect("ctr did not exit");
+    status.code().unwrap_or(-1)
+}
+
+/// The memory limit as the container sees it (cgroup v1 or v2 file names).
+fn memory_limit_inside(cd: &Containerd, id: &str, exec_id: &str) -> String {
+    let script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null \
+                  || cat /sys/fs/cgroup/memory.max";
+    let out = cd.exec(id, exec_id, &[], &["sh", "-c", script]);
+    assert!(out.status.success(), "{}", describe(&out));
+    stdout(&out).trim().to_owned()
+}
+
+#[test]
+fn pause_and_resume() {
+    let cd = Containerd::start();
+    cd.run_detached("p", &[], &["sleep", "1000"]);
+    let mut events = cd.events();
+    cd.ctr_ok(&["task", "pause", "p"]);
+    assert_eq!(cd.task_status("p").as_deref(), Some("PAUSED"));
+    // A frozen container runs nothing: an exec cannot start in it.
+    let out = cd.exec("p", "frozen", &[], &["true"]);
+    assert!(
+        !out.status.success(),
+        "exec ran in a paused container: {}",
+        describe(&out)
+    );
+    cd.clear_fifo_dirs();
+    cd.ctr_ok(&["task", "resume", "p"]);
+    assert_eq!(cd.task_status("p").as_deref(), Some("RUNNING"));
+    let out = cd.exec("p", "thawed", &[], &["echo", "alive"]);
+    assert_eq!(stdout(&out), "alive\n", "{}", describe(&out));
+    events.wait_topic("/tasks/resumed", "p", None);
+    let topics = events.task_topics("p");
+    let paused = topics.iter().position(|t| t == "/tasks/paused");
+    let resumed = topics.iter().position(|t| t == "/tasks/resumed");
+    assert!(
+        matches!((paused, resumed), (Some(a), Some(b)) if a < b),
+        "want /tasks/paused then /tasks/resumed: {topics:?}"
+    );
+    cd.remove("p");
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn update_changes_the_memory_limit() {
+    let cd = Containerd::start();
+    let initial = (64 * MIB).to_string();
+    // ctr's default spec has no cgroup mount; this one shows the container its own cgroup.
+    let mount = "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:nodev:noexec";
+    cd.run_detached(
+        "u",
+        &["--memory-limit", &initial, "--mount", mount],
+        &["sleep", "1000"],
+    );
+    assert_eq!(memory_limit_inside(&cd, "u", "before"), initial);
+    assert_eq!(cd.host_memory_limit("u").as_deref(), Some(initial.as_str()));
+    let updated = 48 * MIB;
+    let out = cd.update_resources("u", &serde_json::json!({ "memory": { "limit": updated } }));
+    assert!(out.status.success(), "update: {}", describe(&out));
+    assert_eq!(memory_limit_inside(&cd, "u", "after"), updated.to_string());
+    assert_eq!(cd.host_memory_limit("u"), Some(updated.to_string()));
+    cd.remove("u");
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn metrics_report_memory_and_pids() {
+    let cd = Containerd::start();
+    cd.run_detached("m", &[], &["sleep", "1000"]);
+    let text = cd.ctr_ok(&["task", "metrics", "m"]);
+    let usage = text
+        .lines()
+        .find(|l| l.starts_with("memory.usage"))
+        .unwrap_or_else(|| panic!("no memory usage in metrics:\n{text}"));
+    let value: u64 = usage
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unparsable {usage:?}"));
+    assert!(value > 0, "memory usage is zero:\n{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("pids.current")),
+        "no pids in metrics:\n{text}"
+    );
+    cd.remove("m");
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn pids_lists_init_and_execs() {
+    let cd = Containerd::start();
+    cd.run_detached("ps", &[], &["sleep", "1000"]);
+    let init = cd.task_pid("ps");
+    cd.exec_detached("ps", "side", &["sleep", "1000"]);
+    let text = cd.ctr_ok(&["task", "ps", "ps"]);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "want the init and one exec:\n{text}");
+    assert!(
+        rows.iter().any(|r| r[0] == init.to_string()),
+        "init {init} missing:\n{text}"
+    );
+    let exec_row = rows
+        .iter()
+        .find(|r| r[0] != init.to_string())
+        .unwrap_or_else(|| panic!("no exec row:\n{text}"));
+    assert!(
+        exec_row.join(" ").contains("side"),
+        "the exec's row does not name its exec id:\n{text}"
+    );
+    cd.remove("ps");
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn oom_kill_is_137_with_an_oom_event_first() {
+    let cd = Containerd::start();
+    let mut events = cd.events();
+    let limit = (32 * MIB).to_string();
+    // dd's 256 MiB buffer is filled by read(2), far past the limit (the VM has no swap).
+    let out = cd.run(
+        "oom",
+        &["--memory-limit", &limit],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", describe(&out));
+    events.wait_for(CTR_TIMEOUT, |e| {
+        e.topic == "/containers/delete" && e.str_field("id") == Some("oom")
+    });
+    let topics = events.task_topics("oom");
+    let oom = topics.iter().position(|t| t == "/tasks/oom");
+    let exit = topics.iter().position(|t| t == "/tasks/exit:oom");
+    assert!(
+        matches!((oom, exit), (Some(a), Some(b)) if a < b),
+        "want /tasks/oom before the exit: {topics:?}"
+    );
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn kill_all_reaches_every_process() {
+    let cd = Containerd::start();
+    // The init shell has no TERM handler, so as pid 1 it ignores SIGTERM; its children do not.
+    let script = "sleep 1000 & sleep 1000 & echo ready; wait; echo children-gone";
+    let mut child = cd.spawn_run("all", &[], &["sh", "-c", script]);
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "ready");
+    cd.ctr_ok(&["task", "kill", "--all", "-s", "SIGTERM", "all"]);
+    line.clear();
+    reader.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "children-gone");
+    assert_eq!(exit_code(child), 0);
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn kill_all_sigkill_ends_the_task() {
+    let cd = Containerd::start();
+    let mut child = cd.spawn_run(
+        "all9",
+        &[],
+        &["sh", "-c", "sleep 1000 & sleep 1000 & echo ready; wait"],
+    );
+    wait_line(&mut child, "ready");
+    cd.ctr_ok(&["task", "kill", "--all", "-s", "SIGKILL", "all9"]);
+    assert_eq!(exit_code(child), 137);
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn deleting_a_running_task_is_refused() {
+    let cd = Containerd::start();
+    cd.run_detached("busy", &[], &["sleep", "1000"]);
+    let out = cd.ctr(&["task", "rm", "busy"]);
+    assert!(
+        !out.status.success(),
+        "a running task was deleted: {}",
+        describe(&out)
+    );
+    assert_eq!(cd.task_status("busy").as_deref(), Some("RUNNING"));
+    let mut events = cd.events();
+    cd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "busy"]);
+    let exit = events.wait_topic("/tasks/exit", "busy", Some("busy"));
+    assert_eq!(exit.exit_status(), Some(137), "{exit:?}");
+    cd.ctr_ok(&["task", "rm", "busy"]);
+    cd.ctr_ok(&["containers", "rm", "busy"]);
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn events_of_a_run_come_in_order() {
+    let cd = Containerd::start();
+    let mut events = cd.events();
+    let out = cd.run("ev", &[], &["sh", "-c", "exit 9"]);
+    assert_eq!(out.status.code(), Some(9), "{}", describe(&out));
+    let delete = events.wait_topic("/tasks/delete", "ev", None);
+    assert_eq!(delete.exit_status(), Some(9), "{delete:?}");
+    assert_eq!(
+        events.task_topics("ev"),
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit:ev",
+            "/tasks/delete"
+        ],
+    );
+    let exit = events.wait_topic("/tasks/exit", "ev", Some("ev"));
+    assert_eq!(exit.exit_status(), Some(9), "{exit:?}");
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn events_of_an_exec_come_in_order_and_before_the_init_exit() {
+    let cd = Containerd::start();
+    cd.run_detached("host", &[], &["sleep", "1000"]);
+    let mut events = cd.events();
+    let out = cd.exec("host", "quick", &[], &["sh", "-c", "exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let exit = events.wait_topic("/tasks/exit", "host", Some("quick"));
+    assert_eq!(exit.exit_status(), Some(4), "{exit:?}");
+    assert_eq!(
+        events.task_topics("host"),
+        [
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit:quick"
+        ],
+    );
+    // An exec still running when the init dies exits first (the pid namespace takes it down).
+    cd.exec_detached("host", "long", &["sleep", "1000"]);
+    cd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "host"]);
+    events.wait_topic("/tasks/exit", "host", Some("host"));
+    let topics = events.task_topics("host");
+    let long = topics.iter().position(|t| t == "/tasks/exit:long");
+    let init = topics.iter().position(|t| t == "/tasks/exit:host");
+    assert!(
+        matches!((long, init), (Some(a), Some(b)) if a < b),
+        "want the exec's exit before the init's: {topics:?}"
+    );
+    cd.remove("host");
+    cd.assert_no_leaks();
+}
