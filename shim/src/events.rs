@@ -79,6 +79,30 @@ impl Event {
         }
     }
 
+    /// The identifying fields, for the log.
+    pub fn summary(&self) -> String {
+        match self {
+            Event::Create(e) => format!("container={} pid={}", e.container_id, e.pid),
+            Event::Start(e) => format!("container={} pid={}", e.container_id, e.pid),
+            Event::ExecAdded(e) => format!("container={} exec={}", e.container_id, e.exec_id),
+            Event::ExecStarted(e) => format!(
+                "container={} exec={} pid={}",
+                e.container_id, e.exec_id, e.pid
+            ),
+            Event::Oom(e) => format!("container={}", e.container_id),
+            Event::Exit(e) => format!(
+                "container={} id={} pid={} status={}",
+                e.container_id, e.id, e.pid, e.exit_status
+            ),
+            Event::Paused(e) => format!("container={}", e.container_id),
+            Event::Resumed(e) => format!("container={}", e.container_id),
+            Event::Delete(e) => format!(
+                "container={} pid={} status={}",
+                e.container_id, e.pid, e.exit_status
+            ),
+        }
+    }
+
     /// The event as an `Any` whose type URL is the message's full protobuf name, which is
     /// how containerd's typeurl registry knows the `containerd.events.*` types.
     pub fn to_any(&self) -> Result<Any, EventsError> {
@@ -141,7 +165,7 @@ impl Publisher {
     /// Queues `event`, stamped now. Never blocks.
     pub fn publish(&self, event: Event) {
         let at = SystemTime::now();
-        log::debug!("event {} {:?}", event.topic(), event);
+        log::debug!("event {} {}", event.topic(), event.summary());
         if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let _ = tx.send(Queued { event, at });
         }

@@ -93,8 +93,6 @@ pub struct Proc {
     starting: bool,
     /// An exit reaped while `starting`; published once the start is.
     stashed: Option<Exit>,
-    /// Only processes started at or after this time can own an exit (pid reuse guard).
-    since: SystemTime,
 }
 
 impl Proc {
@@ -106,7 +104,6 @@ impl Proc {
             io,
             starting: false,
             stashed: None,
-            since: SystemTime::UNIX_EPOCH,
         }
     }
 }
@@ -179,8 +176,14 @@ impl Lifecycle {
         }
     }
 
+    /// No task exists (Creates in flight do not count: see [`Lifecycle::creating`]).
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.reserved.is_empty()
+        self.tasks.is_empty()
+    }
+
+    /// Whether a Create is in flight.
+    pub fn creating(&self) -> bool {
+        !self.reserved.is_empty()
     }
 
     pub fn get(&self, id: &str) -> Result<&Task, LifecycleError> {
@@ -207,7 +210,7 @@ impl Lifecycle {
         self.reserved.remove(id);
     }
 
-    /// Records a created container and queues TaskCreate. `since` is when creation began.
+    /// Records a created container and queues TaskCreate.
     #[allow(clippy::too_many_arguments)]
     pub fn created(
         &mut self,
@@ -217,11 +220,9 @@ impl Lifecycle {
         io: TaskIO,
         rootfs: Vec<Mount>,
         kill_all_on_exit: bool,
-        since: SystemTime,
     ) {
         self.reserved.remove(id);
-        let mut init = Proc::new(pid, Status::Created, io.clone());
-        init.since = since;
+        let init = Proc::new(pid, Status::Created, io.clone());
         self.sink.publish(Event::Create(TaskCreate {
             container_id: id.to_owned(),
             bundle: bundle.display().to_string(),
@@ -320,12 +321,7 @@ impl Lifecycle {
     }
 
     /// Marks an exec as starting; refused once the init has been reaped.
-    pub fn begin_exec_start(
-        &mut self,
-        id: &str,
-        exec_id: &str,
-        since: SystemTime,
-    ) -> Result<(), LifecycleError> {
+    pub fn begin_exec_start(&mut self, id: &str, exec_id: &str) -> Result<(), LifecycleError> {
         let t = task_mut(&mut self.tasks, id)?;
         if t.init_reaped || t.init.status == Status::Stopped {
             return Err(LifecycleError::InitNotRunning(id.to_owned()));
@@ -351,7 +347,6 @@ impl Lifecycle {
             });
         }
         p.starting = true;
-        p.since = since;
         t.execs_in_flight += 1;
         Ok(())
     }
@@ -391,22 +386,14 @@ impl Lifecycle {
     }
 
     /// Routes a reaped exit. Returns `None` when the pid is not ours (leave it in the reaper's
-    /// table: a Start may claim it, or it is an orphan).
+    /// table: a Start may claim it, or it is an orphan). The caller makes sure the exit is
+    /// this process's and not a recorded exit of an earlier owner of the pid.
     pub fn on_exit(
         &mut self,
         exit: Exit,
         oom: &mut dyn FnMut(&str) -> bool,
     ) -> Option<Vec<Action>> {
-        let (id, exec_id) = self.by_pid.get(&exit.pid)?.clone();
-        let since = {
-            let t = self.tasks.get(&id)?;
-            t.proc(&exec_id).ok()?.since
-        };
-        if exit.at < since {
-            // Reaped before this process was even started: an earlier owner of the pid.
-            return Some(Vec::new());
-        }
-        self.by_pid.remove(&exit.pid);
+        let (id, exec_id) = self.by_pid.remove(&exit.pid)?;
         if exec_id.is_empty() {
             let t = self.tasks.get_mut(&id)?;
             if t.init.starting {
@@ -640,7 +627,6 @@ fn exit_event(container_id: &str, id: &str, exit: Exit) -> TaskExit {
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use std::time::Duration;
 
     #[derive(Default)]
     struct Recorder(Mutex<Vec<Event>>);
@@ -669,15 +655,7 @@ mod tests {
         let rec = Arc::new(Recorder::default());
         let mut lc = Lifecycle::new(rec.clone());
         lc.reserve("c").unwrap();
-        lc.created(
-            "c",
-            "/b".into(),
-            100,
-            TaskIO::default(),
-            vec![],
-            kill_all,
-            SystemTime::now() - Duration::from_secs(1),
-        );
+        lc.created("c", "/b".into(), 100, TaskIO::default(), vec![], kill_all);
         (lc, rec)
     }
 
@@ -723,15 +701,9 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_stale_pids_are_not_claimed() {
+    fn unknown_pids_are_not_claimed() {
         let (mut lc, rec) = setup(false);
         assert_eq!(lc.on_exit(exit(999, 0), &mut no_oom), None);
-        let old = Exit {
-            pid: 100,
-            status: 1,
-            at: SystemTime::now() - Duration::from_secs(60),
-        };
-        assert_eq!(lc.on_exit(old, &mut no_oom), Some(vec![]));
         assert!(lc.owns_pid(100));
         assert_eq!(rec.topics(), vec!["create"]);
     }
@@ -742,8 +714,7 @@ mod tests {
         lc.begin_start("c").unwrap();
         lc.finish_start("c", true, &mut no_oom);
         lc.add_exec("c", "e1", TaskIO::default()).unwrap();
-        lc.begin_exec_start("c", "e1", SystemTime::now() - Duration::from_secs(1))
-            .unwrap();
+        lc.begin_exec_start("c", "e1").unwrap();
         lc.exec_started("c", "e1", 200);
         let mut oom = |_: &str| true;
         let actions = lc.on_exit(exit(100, 137), &mut oom).unwrap();
@@ -775,8 +746,7 @@ mod tests {
         lc.begin_start("c").unwrap();
         lc.finish_start("c", true, &mut no_oom);
         lc.add_exec("c", "e", TaskIO::default()).unwrap();
-        lc.begin_exec_start("c", "e", SystemTime::now() - Duration::from_secs(1))
-            .unwrap();
+        lc.begin_exec_start("c", "e").unwrap();
         assert_eq!(lc.on_exit(exit(300, 0), &mut no_oom), None);
         lc.exec_started("c", "e", 300);
         lc.on_exit(exit(300, 0), &mut no_oom).unwrap();
@@ -815,7 +785,7 @@ mod tests {
             })
         );
         assert!(matches!(
-            lc.begin_exec_start("c", "nope", SystemTime::now()),
+            lc.begin_exec_start("c", "nope"),
             Err(LifecycleError::ExecNotFound { .. })
         ));
         assert_eq!(
@@ -824,7 +794,7 @@ mod tests {
         );
         lc.on_exit(exit(100, 0), &mut no_oom).unwrap();
         assert_eq!(
-            lc.begin_exec_start("c", "e", SystemTime::now()),
+            lc.begin_exec_start("c", "e"),
             Err(LifecycleError::InitNotRunning("c".into()))
         );
     }
@@ -835,7 +805,7 @@ mod tests {
         lc.begin_start("c").unwrap();
         lc.finish_start("c", true, &mut no_oom);
         lc.add_exec("c", "e", TaskIO::default()).unwrap();
-        lc.begin_exec_start("c", "e", SystemTime::now()).unwrap();
+        lc.begin_exec_start("c", "e").unwrap();
         lc.on_exit(exit(100, 1), &mut no_oom).unwrap();
         assert_eq!(rec.topics().last().unwrap(), "exec-added");
         lc.exec_start_failed("c", "e");
@@ -891,8 +861,7 @@ mod tests {
         lc.begin_start("c").unwrap();
         lc.finish_start("c", true, &mut no_oom);
         lc.add_exec("c", "e", TaskIO::default()).unwrap();
-        lc.begin_exec_start("c", "e", SystemTime::now() - Duration::from_secs(1))
-            .unwrap();
+        lc.begin_exec_start("c", "e").unwrap();
         lc.exec_started("c", "e", 201);
         assert!(lc.delete_exec("c", "e").is_err());
         lc.on_exit(exit(201, 5), &mut no_oom).unwrap();

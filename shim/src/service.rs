@@ -186,16 +186,7 @@ impl Shim {
     /// (a Start in flight claims them, or the core's own waits take them).
     pub fn handle_exits(&self, exits: &[Exit]) {
         let mut st = self.lock();
-        let mut any = false;
-        for e in exits {
-            if !st.life.owns_pid(e.pid) {
-                continue;
-            }
-            if let Some(exit) = reaper::try_take(e.pid) {
-                self.route_exit(&mut st, exit);
-                any = true;
-            }
-        }
+        let any = self.route_reaped(&mut st, exits);
         drop(st);
         if any {
             self.changed.notify_all();
@@ -223,6 +214,37 @@ impl Shim {
                 self.stop_oom_watch(h, &id);
             }
         }
+    }
+
+    /// Claims the exit of a process that may have died before its pid was registered (the
+    /// caller registered it, then read `exited` from its pidfd, all under the lock). The
+    /// reaper's table may also hold an exit of an earlier process with the same pid (pids are
+    /// reused quickly and orphans' exits are kept a while), so: a live process claims
+    /// nothing; a dead one is reaped now if still a zombie, which replaces any older record,
+    /// and the record is then its own.
+    fn claim_early_exit(&self, st: &mut State, pid: i32, exited: bool) {
+        if !exited {
+            return;
+        }
+        self.route_reaped(st, &reaper::reap_all());
+        if let Some(exit) = reaper::try_take(pid) {
+            self.route_exit(st, exit);
+        }
+    }
+
+    /// Routes the exits of pids we own among `exits`; the rest stay in the reaper's table.
+    fn route_reaped(&self, st: &mut State, exits: &[Exit]) -> bool {
+        let mut any = false;
+        for e in exits {
+            if !st.life.owns_pid(e.pid) {
+                continue;
+            }
+            if let Some(exit) = reaper::try_take(e.pid) {
+                self.route_exit(st, exit);
+                any = true;
+            }
+        }
+        any
     }
 
     fn route_exit(&self, st: &mut State, exit: Exit) {
@@ -273,7 +295,7 @@ impl Shim {
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()).into())
     }
 
-    fn do_create(&self, req: &CreateTaskRequest, since: SystemTime) -> Res<i32> {
+    fn do_create(&self, req: &CreateTaskRequest) -> Res<i32> {
         let id = req.id.clone();
         let bundle = PathBuf::from(&req.bundle);
         let opts =
@@ -390,12 +412,16 @@ impl Shim {
             task_io(&stdio_cfg),
             req.rootfs.clone(),
             kill_all,
-            since,
         );
-        // An init killed before it was registered left its exit in the reaper's table.
-        if let Some(exit) = reaper::try_take(pid) {
-            self.route_exit(&mut st, exit);
-        }
+        // An init killed before it was registered may have left its exit in the reaper's table.
+        let init_exited = st.h.handles[&id]
+            .container
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|c| c.pidfd())
+            .is_some_and(pidfd_exited);
+        self.claim_early_exit(&mut st, pid, init_exited);
         drop(st);
         self.changed.notify_all();
         log::info!("container {id} created, pid {pid}");
@@ -435,10 +461,9 @@ impl Shim {
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Res<StartResponse> {
-        let since = SystemTime::now();
         let (cell, spec, stdio_cfg) = {
             let mut st = self.lock();
-            st.life.begin_exec_start(id, exec_id, since)?;
+            st.life.begin_exec_start(id, exec_id)?;
             let h = &st.h.handles[id];
             let e = &h.execs[exec_id];
             (h.container.clone(), e.spec.clone(), e.stdio.clone())
@@ -477,6 +502,7 @@ impl Shim {
             }
         };
         let pid = ep.pid;
+        let exited = pidfd_exited(ep.pidfd.as_fd());
         let mut st = self.lock();
         if let Some(eh) =
             st.h.handles
@@ -487,9 +513,7 @@ impl Shim {
             eh.pidfd = Some(ep.pidfd);
         }
         st.life.exec_started(id, exec_id, pid);
-        if let Some(exit) = reaper::try_take(pid) {
-            self.route_exit(&mut st, exit);
-        }
+        self.claim_early_exit(&mut st, pid, exited);
         drop(st);
         self.changed.notify_all();
         Ok(StartResponse {
@@ -636,6 +660,17 @@ fn kill_error(e: impl std::fmt::Display) -> ttrpc::Error {
     }
 }
 
+/// Whether the process behind `fd` has exited (its pidfd polls readable).
+fn pidfd_exited(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 }
+}
+
 fn pidfd_signal(fd: &OwnedFd, sig: i32) -> nix::Result<()> {
     // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo, no flags.
     let rc = unsafe {
@@ -688,15 +723,15 @@ impl Task for Shim {
                 "create: restore from a checkpoint is not supported",
             ));
         }
-        let since = SystemTime::now();
         self.lock().life.reserve(&req.id)?;
-        match self.do_create(&req, since) {
+        match self.do_create(&req) {
             Ok(pid) => Ok(CreateTaskResponse {
                 pid: pid as u32,
                 ..Default::default()
             }),
             Err(e) => {
                 self.lock().life.unreserve(&req.id);
+                self.changed.notify_all();
                 log::error!("container {}: create: {e:?}", req.id);
                 Err(e)
             }
@@ -985,7 +1020,11 @@ impl Task for Shim {
     }
 
     fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> Res<Empty> {
-        let st = self.lock();
+        let mut st = self.lock();
+        // A Create in flight decides: like the runc shim, whose Create holds its lock.
+        while st.life.creating() {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
         if !st.life.is_empty() {
             return Ok(Empty::new());
         }
