@@ -172,9 +172,7 @@ impl Container {
         let helper_pid = spawned.pid;
         undo.children.push((spawned.pid, spawned.pidfd));
         let mut chan = spawned.channel;
-        if !spawned.in_cgroup {
-            undo.cgroup.as_ref().expect("created").add_pid(helper_pid)?;
-        }
+        // The maps must be in place before the child execs (it becomes root of the userns).
         if ns.userns == Userns::AtClone {
             namespaces::write_id_maps(helper_pid, spec)?;
         }
@@ -200,6 +198,7 @@ impl Container {
             unshare: ns.unshare,
             userns: ns.userns,
             fork: ns.fork,
+            await_cgroup: !spawned.in_cgroup,
             init: Some(InitPlan {
                 spec: spec.clone(),
                 rootfs: bundle.rootfs.clone(),
@@ -209,6 +208,11 @@ impl Container {
         };
         chan.send_byte(0)?;
         chan.send(&ToHelper::Plan(Box::new(plan)))?;
+        if !spawned.in_cgroup {
+            // Overlaps the helper's exec and start-up (see Plan::await_cgroup).
+            undo.cgroup.as_ref().expect("created").add_pid(helper_pid)?;
+            chan.send(&ToHelper::CgroupJoined)?;
+        }
 
         let mut record = Record {
             state: State {
@@ -468,9 +472,6 @@ impl Container {
         let mut undo = Undo::new_processes_only();
         undo.children.push((spawned.pid, spawned.pidfd));
         let mut chan = spawned.channel;
-        if !spawned.in_cgroup {
-            cgroup.add_pid(helper_pid)?;
-        }
         let plan = Plan {
             process: process.clone(),
             preserve_fds: 0,
@@ -481,10 +482,15 @@ impl Container {
             unshare: 0,
             userns: Userns::Host,
             fork: join_flags & (libc::CLONE_NEWPID | libc::CLONE_NEWTIME) != 0,
+            await_cgroup: !spawned.in_cgroup,
             init: None,
         };
         chan.send_byte(0)?;
         chan.send(&ToHelper::Plan(Box::new(plan)))?;
+        if !spawned.in_cgroup {
+            cgroup.add_pid(helper_pid)?;
+            chan.send(&ToHelper::CgroupJoined)?;
+        }
         loop {
             match chan.recv::<FromHelper>()? {
                 None => break,

@@ -113,6 +113,15 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         None => return Ok(()), // the runtime gave up before sending it
     };
     relocate_socket(chan, &plan)?;
+    if plan.await_cgroup {
+        match chan.recv::<ToHelper>().step("wait for the cgroup")? {
+            Some(Frame::Msg(ToHelper::CgroupJoined)) => {}
+            None => return Ok(()),
+            Some(other) => {
+                return Err(fail("wait for the cgroup", format!("unexpected {other:?}")))
+            }
+        }
+    }
 
     let forked = enter_namespaces(chan, &plan)?;
     if !forked {
@@ -192,9 +201,7 @@ fn relocate_socket(chan: &mut Channel, plan: &Plan) -> Result<(), InitError> {
     }
     let moved = sys::dup_at_least(SOCKET_FD, top).step("move protocol socket")?;
     SOCKET.store(moved.as_raw_fd(), Ordering::SeqCst);
-    let old = std::mem::replace(chan, Channel::new(moved));
-    // The old Channel had nothing buffered past the plan: the runtime waits for us.
-    drop(old);
+    drop(chan.replace_fd(moved));
     sys::set_cloexec_from(3).step("mark fds close-on-exec")?;
     Ok(())
 }

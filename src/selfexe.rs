@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use crate::sys;
 
@@ -59,13 +59,33 @@ pub fn open(helper: Option<&Path>) -> Result<HelperExe, SelfExeError> {
     }
 }
 
+/// Makes the sealed copy in a background thread, so that the first container does not wait
+/// for the copy of the binary. For long-lived embedders (the shim) at start-up.
+pub fn warm_up() {
+    let spawned = std::thread::Builder::new()
+        .name("pelagos-selfexe".into())
+        .spawn(|| {
+            if let Err(e) = sealed() {
+                log::warn!("{e}");
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("sealed copy of /proc/self/exe: spawn thread: {e}");
+    }
+}
+
 /// The sealed copy of /proc/self/exe, made on first use.
 pub fn sealed() -> Result<&'static OwnedFd, SelfExeError> {
     if let Some(fd) = SEALED.get() {
         return Ok(fd);
     }
+    // One copy at a time: a second caller waits for the first instead of copying again.
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _guard = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(fd) = SEALED.get() {
+        return Ok(fd);
+    }
     let fd = make_sealed_copy()?;
-    // Two threads may race here; the loser's copy is dropped.
     Ok(SEALED.get_or_init(|| fd))
 }
 

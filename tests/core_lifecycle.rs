@@ -735,3 +735,41 @@ fn exec_with_a_terminal() {
     assert_eq!(String::from_utf8_lossy(&out).trim_end(), "exec-tty");
     kill_and_delete(c);
 }
+
+/// Not a timing assert: prints the mean create+start+wait+delete time. Run by hand with
+/// `cargo test --test core_lifecycle bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_create_start_delete() {
+    let root = TestRoot::new();
+    let mut b = Bundle::new().args(&["true"]);
+    if let Ok(drop) = std::env::var("PELAGOS_BENCH_DROP_NS") {
+        for ns in drop.split(',') {
+            b = b.without_namespace(ns);
+        }
+    }
+    let n = 50;
+    let mut phases = [std::time::Duration::ZERO; 4];
+    for _ in 0..n {
+        let t0 = std::time::Instant::now();
+        let mut c = root.create(&b, Stdio::Null).unwrap();
+        let t1 = std::time::Instant::now();
+        c.start().unwrap();
+        let t2 = std::time::Instant::now();
+        c.wait().unwrap();
+        let t3 = std::time::Instant::now();
+        c.delete(false).unwrap();
+        let t4 = std::time::Instant::now();
+        for (p, d) in phases.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3]) {
+            *p += d;
+        }
+    }
+    let names = ["create", "start", "wait", "delete"];
+    for (name, p) in names.iter().zip(phases) {
+        println!("{name:>7}: {:?}", p / n);
+    }
+    println!(
+        "  total: {:?}",
+        phases.iter().sum::<std::time::Duration>() / n
+    );
+}

@@ -53,6 +53,9 @@ pub struct Plan {
     pub userns: Userns,
     /// Fork the process (CLONE_PARENT) after entering the namespaces.
     pub fork: bool,
+    /// Wait for `CgroupJoined` before entering namespaces: the runtime moves the helper into
+    /// the cgroup while it starts up (a cgroup v1 migration can take milliseconds).
+    pub await_cgroup: bool,
     /// Container setup; `None` for exec.
     pub init: Option<InitPlan>,
 }
@@ -70,6 +73,8 @@ pub struct InitPlan {
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub enum ToHelper {
     Plan(Box<Plan>),
+    /// The helper is in the container's cgroup now.
+    CgroupJoined,
     /// The runtime wrote the uid/gid maps of the helper's new user namespace.
     MapsWritten,
     /// Runtime hooks ran; the state JSON for the container's own hooks.
@@ -135,6 +140,12 @@ impl Channel {
 
     pub fn into_fd(self) -> OwnedFd {
         self.fd
+    }
+
+    /// Continues on `fd` (a duplicate of the socket), keeping what was buffered; returns the
+    /// old fd.
+    pub fn replace_fd(&mut self, fd: OwnedFd) -> OwnedFd {
+        std::mem::replace(&mut self.fd, fd)
     }
 
     /// Writes one raw byte (the go signal the clone child waits for).
@@ -316,6 +327,23 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(b.recv::<FromHelper>().unwrap().is_none());
+    }
+
+    #[test]
+    fn replacing_the_fd_keeps_buffered_messages() {
+        let (a, mut b) = pair();
+        a.send(&ToHelper::CgroupJoined).unwrap();
+        a.send(&ToHelper::MapsWritten).unwrap();
+        assert!(matches!(
+            b.recv::<ToHelper>().unwrap(),
+            Some(Frame::Msg(ToHelper::CgroupJoined))
+        ));
+        let dup = crate::sys::dup_at_least(b.fd().as_raw_fd(), 10).unwrap();
+        drop(b.replace_fd(dup));
+        assert!(matches!(
+            b.recv::<ToHelper>().unwrap(),
+            Some(Frame::Msg(ToHelper::MapsWritten))
+        ));
     }
 
     #[test]
