@@ -35,6 +35,9 @@ pub enum Error {
     Exists(String),
     #[error("container {0} does not exist")]
     NotFound(String),
+    /// The process to signal has exited.
+    #[error("container {0} is not running: its init has exited")]
+    NotRunning(String),
     #[error("container {id} is {status}: cannot {op}")]
     WrongState {
         id: String,
@@ -226,7 +229,8 @@ impl Container {
             init_start_time: 0,
             cgroup_path,
             rootfs: bundle.rootfs.clone(),
-            own_pid_ns: ns.has(Kind::Pid),
+            // A joined pid namespace has its own init: killing ours does not end the rest.
+            own_pid_ns: ns.creates(Kind::Pid),
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
@@ -396,18 +400,26 @@ impl Container {
                 self.kill_cgroup(signal)?;
                 return Ok(());
             }
-            return Err(self.wrong_state(Status::Stopped, "kill"));
+            return Err(Error::NotRunning(self.id().to_string()));
         };
         if all {
             self.kill_cgroup(signal)?;
         }
         match sys::pidfd_send_signal(pidfd.as_fd(), signal) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // A frozen task only dies once thawed (cgroup v1 freezer).
+                if signal == libc::SIGKILL && self.status() == Status::Paused {
+                    if let Some(cg) = &self.cgroup {
+                        cg.thaw()?;
+                    }
+                }
+                Ok(())
+            }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                 if all {
                     Ok(())
                 } else {
-                    Err(self.wrong_state(Status::Stopped, "kill"))
+                    Err(Error::NotRunning(self.id().to_string()))
                 }
             }
             Err(source) => Err(Error::Sys {

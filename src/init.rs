@@ -156,11 +156,18 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         std::fs::create_dir_all(cwd).step(&format!("create cwd {}", cwd.display()))?;
     }
     std::env::set_current_dir(cwd).step(&format!("chdir to cwd {}", cwd.display()))?;
+    // Without no_new_privileges, loading a filter needs CAP_SYS_ADMIN, which finalize_identity
+    // may drop: load it first then (as runc). Otherwise as late as possible, so the profile
+    // need not allow the setup syscalls.
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    let seccomp = |when| match &plan.seccomp {
+        Some(filter) if when => crate::seccomp::load(filter).step("load seccomp filter"),
+        _ => Ok(()),
+    };
+    seccomp(!nnp)?;
     crate::user::finalize_identity(process).step("user, groups and capabilities")?;
     let exe = prepare_exec(process)?;
-    if let Some(filter) = &plan.seccomp {
-        crate::seccomp::load(filter).step("load seccomp filter")?;
-    }
+    seccomp(nnp)?;
 
     if let (Some(init), Some(_)) = (&plan.init, &state) {
         chan.send(&FromHelper::Ready).step("send ready")?;

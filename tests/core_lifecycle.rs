@@ -227,7 +227,7 @@ fn state_transitions_and_load_from_another_handle() {
     assert_eq!(c.state().status, Status::Stopped);
     assert_eq!(other.state().status, Status::Stopped);
     let err = c.kill(libc::SIGTERM, false).unwrap_err();
-    assert!(err.to_string().contains("stopped"), "{err}");
+    assert!(err.to_string().contains("is not running"), "{err}");
     let cgroup_dirs: Vec<_> = c
         .cgroup()
         .unwrap()
@@ -772,4 +772,42 @@ fn bench_create_start_delete() {
         "  total: {:?}",
         phases.iter().sum::<std::time::Duration>() / n
     );
+}
+
+#[test]
+fn sigkill_reaches_a_paused_container() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new().args(&["sleep", "100"]);
+    let c = start_sleeper(&root, &b);
+    c.pause().unwrap();
+    assert_eq!(c.state().status, Status::Paused);
+    c.kill(libc::SIGKILL, false).unwrap();
+    assert_eq!(c.wait().unwrap().status, 137);
+    c.delete(false).unwrap();
+}
+
+#[test]
+fn no_new_privileges_off_still_loads_seccomp_as_a_user() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new()
+        .user(65534, 65534)
+        .edit(|c| {
+            c["process"]["noNewPrivileges"] = json!(false);
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdirat", "mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+            });
+        })
+        .args(&["sh", "-c", "id -u; grep NoNewPrivs /proc/self/status; mkdir /tmp/x"]);
+    let out = root.run(&b);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines, ["65534", "NoNewPrivs:\t0"], "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("Operation not permitted"),
+        "{}",
+        out.stderr
+    );
+    assert_ne!(out.code, 0);
 }
