@@ -145,13 +145,12 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
     crate::user::apply_limits(process, process.oom_score_adj())
         .step("rlimits and oom_score_adj")?;
 
-    let state = match &plan.init {
-        Some(init) => Some(setup_container(chan, &plan, init)?),
-        None => None,
-    };
+    if let Some(init) = &plan.init {
+        setup_container(chan, &plan, init)?;
+    }
 
     let cwd = process.cwd();
-    if state.is_some() {
+    if plan.init.is_some() {
         // runc creates a missing cwd inside the container too.
         std::fs::create_dir_all(cwd).step(&format!("create cwd {}", cwd.display()))?;
     }
@@ -169,7 +168,7 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
     let exe = prepare_exec(process)?;
     seccomp(nnp)?;
 
-    if let (Some(init), Some(_)) = (&plan.init, &state) {
+    if let Some(init) = &plan.init {
         chan.send(&FromHelper::Ready).step("send ready")?;
         let start_state = match chan.recv::<ToHelper>().step("wait for start")? {
             Some(Frame::Msg(ToHelper::Start { state })) => state,
@@ -320,9 +319,8 @@ fn fork_sibling(chan: &mut Channel) -> Result<bool, InitError> {
     Ok(false)
 }
 
-/// Hostname, rootfs, hooks, pivot_root, sysctls, masked/readonly paths. Returns the state JSON
-/// received for the container's hooks.
-fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<String, InitError> {
+/// Hostname, rootfs, hooks, pivot_root, sysctls, masked/readonly paths.
+fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<(), InitError> {
     let spec = &init.spec;
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).step(&format!("set hostname {h:?}"))?;
@@ -338,11 +336,10 @@ fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<S
     }
     let in_userns = plan.userns != Userns::Host;
     crate::rootfs::prepare(spec, &init.rootfs, in_userns).step("prepare rootfs")?;
-    let mut state = String::new();
     if init.hooks_request {
         chan.send(&FromHelper::HooksRequest)
             .step("request runtime hooks")?;
-        state = match chan.recv::<ToHelper>().step("wait for runtime hooks")? {
+        let state = match chan.recv::<ToHelper>().step("wait for runtime hooks")? {
             Some(Frame::Msg(ToHelper::HooksDone { state })) => state,
             other => {
                 return Err(fail(
@@ -356,8 +353,7 @@ fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<S
     }
     crate::rootfs::pivot(&init.rootfs, init.no_pivot).step("pivot_root")?;
     crate::user::apply_sysctl(spec).step("sysctl")?;
-    crate::rootfs::finalize(spec).step("finalize rootfs")?;
-    Ok(state)
+    crate::rootfs::finalize(spec).step("finalize rootfs")
 }
 
 /// The hooks of one kind, empty when absent.

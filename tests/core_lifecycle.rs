@@ -811,3 +811,41 @@ fn no_new_privileges_off_still_loads_seccomp_as_a_user() {
     );
     assert_ne!(out.code, 0);
 }
+
+#[test]
+fn host_pid_namespace_exec_needs_no_fork_and_delete_kills_the_rest() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new()
+        .without_namespace("pid")
+        .edit(|c| {
+            // The host's /proc cannot be mounted afresh without a pid namespace of our own
+            // being needed; a bind of it is what runc users do.
+            let mounts = c["mounts"].as_array_mut().unwrap();
+            mounts.retain(|m| m["destination"] != "/proc");
+            mounts.insert(
+                0,
+                json!({"destination": "/proc", "type": "bind", "source": "/proc",
+                                    "options": ["rbind", "nosuid", "nodev", "noexec"]}),
+            );
+            c["linux"]["maskedPaths"] = json!([]);
+            c["linux"]["readonlyPaths"] = json!([]);
+        })
+        .args(&["sh", "-c", "sleep 100 & wait"]);
+    let c = start_sleeper(&root, &b);
+    let (code, out, err) = exec(&c, &["sh", "-c", "echo $$"]);
+    assert_eq!(code, 0, "stderr: {err}");
+    let pid: i32 = out.trim().parse().unwrap();
+    assert!(pid > 1, "exec'd shell sees host pids: {pid}");
+    let pids = c.cgroup().unwrap().pids().unwrap();
+    assert!(pids.len() >= 2, "{pids:?}");
+    let init = c.pid();
+    c.delete(true).unwrap();
+    for p in pids {
+        assert!(
+            pelagos::sys::proc_stat(p).is_none_or(|s| s.state == 'Z'),
+            "process {p} survived delete"
+        );
+    }
+    assert!(pelagos::sys::proc_stat(init).is_none());
+}
