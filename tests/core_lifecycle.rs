@@ -849,3 +849,24 @@ fn host_pid_namespace_exec_needs_no_fork_and_delete_kills_the_rest() {
     }
     assert!(pelagos::sys::proc_stat(init).is_none());
 }
+
+#[test]
+fn the_runtime_keeps_no_fds_after_delete() {
+    let _g = PROCS.write().unwrap_or_else(|e| e.into_inner());
+    let count = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let root = TestRoot::new();
+    let b = Bundle::new().args(&["sleep", "100"]);
+    // Warm up lazily opened process-wide state first.
+    kill_and_delete(start_sleeper(&root, &b));
+    let before = count();
+    let c = start_sleeper(&root, &b);
+    let (code, _, _) = exec(&c, &["true"]);
+    assert_eq!(code, 0);
+    assert!(c
+        .exec(&exec_process(&["no-such-binary"]), Stdio::Null)
+        .is_err());
+    kill_and_delete(c);
+    let failed = root.create(&Bundle::new().args(&["no-such-binary"]), Stdio::Null);
+    assert!(failed.is_err());
+    assert_eq!(count(), before, "fds leaked by the runtime");
+}
