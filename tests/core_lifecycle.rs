@@ -870,3 +870,46 @@ fn the_runtime_keeps_no_fds_after_delete() {
     assert!(failed.is_err());
     assert_eq!(count(), before, "fds leaked by the runtime");
 }
+
+#[test]
+fn new_user_namespace_while_joining_another_namespace() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let ab = Bundle::new().args(&["sleep", "100"]);
+    let a = start_sleeper(&root, &ab);
+    let uts = format!("/proc/{}/ns/uts", a.pid());
+    // The uts namespace is joined with host privileges first, then the user namespace is
+    // created by the helper, which asks us for its maps. (A hostname could not be set in a
+    // uts namespace the new user namespace does not own.)
+    let b = Bundle::new()
+        .userns(300000, 65536)
+        .namespace("uts", Some(&uts))
+        .edit(|c| {
+            c.as_object_mut()
+                .unwrap()
+                .remove("hostname")
+                .map(drop)
+                .unwrap_or(())
+        })
+        .args(&[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; readlink /proc/self/ns/uts; echo $$",
+        ]);
+    let out = root.run(&b);
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let lines: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "0 300000 65536".to_string(),
+            readlink(&uts),
+            "1".to_string()
+        ]
+    );
+    kill_and_delete(a);
+}
