@@ -142,6 +142,7 @@ pub fn prepare(spec: &Spec, rootfs: &Path, in_userns: bool) -> Result<(), Rootfs
         in_userns,
         cgroupns: has_namespace(spec, LinuxNamespaceType::Cgroup),
         bundle,
+        rootfs: rootfs.clone(),
     };
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         mounts::mount_one(&ctx, i, m)?;

@@ -25,6 +25,19 @@ pub struct Ctx<'a> {
     pub cgroupns: bool,
     /// Base of relative bind sources: the bundle when known, else the working directory.
     pub bundle: Option<PathBuf>,
+    /// The rootfs on the host side (canonical): host mounts below it are ours, not the host's.
+    pub rootfs: PathBuf,
+}
+
+impl Ctx<'_> {
+    /// The host's mounts, without those already made inside the rootfs (an rbind of /sys
+    /// brings copies of the host's cgroup mounts in).
+    fn host_mounts(&self) -> Result<Vec<MountInfo>, RootfsError> {
+        let mut mounts = mountinfo::read()
+            .map_err(|e| RootfsError::Other(format!("read /proc/self/mountinfo: {e}")))?;
+        mounts.retain(|m| !m.mount_point.starts_with(&self.rootfs));
+        Ok(mounts)
+    }
 }
 
 fn mount_err(what: &str, dest: &Path, e: Errno) -> RootfsError {
@@ -373,20 +386,21 @@ enum HostCgroups {
     },
 }
 
-fn host_cgroups() -> Result<HostCgroups, RootfsError> {
-    let mounts = mountinfo::read()
-        .map_err(|e| RootfsError::Other(format!("read /proc/self/mountinfo: {e}")))?;
+fn host_cgroups(ctx: &Ctx<'_>) -> Result<HostCgroups, RootfsError> {
+    let mounts = ctx.host_mounts()?;
     if mounts
         .iter()
         .any(|m| m.fstype == "cgroup2" && m.mount_point == Path::new("/sys/fs/cgroup"))
     {
         return Ok(HostCgroups::Unified);
     }
-    let v1: Vec<MountInfo> = mounts
-        .iter()
-        .filter(|m| m.fstype == "cgroup")
-        .cloned()
-        .collect();
+    // One mount per hierarchy: a hierarchy mounted twice on the host is bound once.
+    let mut v1: Vec<MountInfo> = Vec::new();
+    for m in mounts.iter().filter(|m| m.fstype == "cgroup") {
+        if !v1.iter().any(|x| x.super_options == m.super_options) {
+            v1.push(m.clone());
+        }
+    }
     let v2 = mounts.iter().find(|m| m.fstype == "cgroup2").cloned();
     Ok(HostCgroups::Legacy { v1, v2 })
 }
@@ -452,7 +466,7 @@ fn mount_cgroup(
     dest: &Path,
     opts: &MountOptions,
 ) -> Result<(), RootfsError> {
-    match host_cgroups()? {
+    match host_cgroups(ctx)? {
         HostCgroups::Unified => mount_cgroup2(ctx, rel, dest, opts),
         HostCgroups::Legacy { v1, v2 } => mount_cgroup_v1(ctx, rel, dest, opts, &v1, v2.as_ref()),
     }
@@ -485,8 +499,8 @@ fn mount_cgroup2(
     }
     // In a user namespace without a cgroup namespace cgroup2 cannot be mounted: bind the
     // container's own cgroup directory instead (runc does the same).
-    let v2 = mountinfo::read()
-        .map_err(|e| RootfsError::Other(format!("read /proc/self/mountinfo: {e}")))?
+    let v2 = ctx
+        .host_mounts()?
         .into_iter()
         .find(|m| m.fstype == "cgroup2")
         .ok_or_else(|| mount_err("cgroup2", dest, Errno::ENOENT))?;
