@@ -252,8 +252,34 @@ fn symlinked_destination_stays_inside_rootfs() {
     assert_eq!(host_mounts_under(&outside.0), Vec::<String>::new());
 }
 
+/// Whether the host has only the unified cgroup hierarchy (cgroup2 on /sys/fs/cgroup).
+fn host_is_unified() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&"/sys/fs/cgroup") && l.contains(" - cgroup2 ")
+        })
+}
+
 #[test]
 fn cgroup_mount_shows_own_cgroup_read_only() {
+    if host_is_unified() {
+        // runc mounts the whole cgroup2 tree without a cgroup namespace; with one (what
+        // containerd and `runc spec` use on such hosts) only the container's own cgroup shows.
+        let (_, out) = sh(
+            Bundle::new().namespace("cgroup", None),
+            "grep -x 1 /sys/fs/cgroup/cgroup.procs; mkdir /sys/fs/cgroup/x 2>/dev/null || echo cg-ro",
+        );
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (0, "1\ncg-ro\n"),
+            "{}",
+            out.stderr
+        );
+        return;
+    }
     let (_, out) = sh(
         Bundle::new(),
         "ls /sys/fs/cgroup | tr '\\n' ' '; echo; \
@@ -263,15 +289,7 @@ fn cgroup_mount_shows_own_cgroup_read_only() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let mut lines = out.stdout.lines();
     let dirs = lines.next().unwrap();
-    let hierarchies = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    if hierarchies.contains(" /sys/fs/cgroup rw")
-        && hierarchies.contains(" - cgroup2 ")
-        && !hierarchies.contains(" - cgroup ")
-    {
-        assert!(dirs.contains("cgroup.procs"), "{dirs}");
-    } else {
-        assert!(dirs.contains("pids") && dirs.contains("memory"), "{dirs}");
-    }
+    assert!(dirs.contains("pids") && dirs.contains("memory"), "{dirs}");
     // Only the container's own cgroup is visible: its processes are the shell and its pipe.
     let pids: Vec<u32> = lines
         .next()
@@ -531,14 +549,22 @@ fn sysfs_without_own_network_namespace_in_a_user_namespace() {
 #[test]
 fn cgroup_namespace_mounts_cgroupfs_directly() {
     let b = Bundle::new().namespace("cgroup", None);
+    let probe = if host_is_unified() {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/pids"
+    };
     let (_, out) = sh(
         b,
-        "cat /proc/self/cgroup | cut -d: -f3 | sort -u; grep -c ' /sys/fs/cgroup/pids ' /proc/self/mountinfo; \
-         grep -x 1 /sys/fs/cgroup/pids/cgroup.procs",
+        &format!(
+            "cat /proc/self/cgroup | cut -d: -f3 | sort -u; \
+             awk '$5 == \"{probe}\" {{print $4}}' /proc/self/mountinfo; grep -x 1 {probe}/cgroup.procs"
+        ),
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    // In its own cgroup namespace the container is at the root of every hierarchy.
-    assert_eq!(out.stdout, "/\n1\n1\n");
+    // In its own cgroup namespace the container is at the root of every hierarchy, and the
+    // cgroup filesystem is mounted (root "/"), not bound from a host directory.
+    assert_eq!(out.stdout, "/\n/\n1\n");
 }
 
 #[test]
