@@ -273,8 +273,8 @@ fn mount_bind(
 ) -> Result<(), RootfsError> {
     let meta = std::fs::metadata(src).map_err(|e| {
         RootfsError::sys(
-            "bind source",
-            src,
+            format!("bind source {} for", src.display()),
+            dest,
             Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
         )
     })?;
