@@ -167,6 +167,24 @@ ptmx pts/ptmx
 }
 
 #[test]
+fn read_only_dev_still_gets_devices() {
+    let b = Bundle::new().edit(|c| {
+        c["mounts"][1]["options"] =
+            json!(["nosuid", "strictatime", "mode=755", "size=65536k", "ro"]);
+    });
+    let (_, out) = sh(
+        b,
+        "stat -c '%t:%T' /dev/null; touch /dev/x 2>/dev/null || echo dev-ro",
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "1:3\ndev-ro\n"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn masked_paths_show_nothing() {
     let b = Bundle::new().edit(|c| {
         let m = c["linux"]["maskedPaths"].as_array_mut().unwrap();

@@ -262,9 +262,9 @@ pub fn finalize(spec: &Spec) -> Result<(), RootfsError> {
     .map_err(|e| RootfsError::sys("open", "/", e))?;
     // Devices were created in /dev after its mount: a read-only /dev is remounted only now.
     for m in spec.mounts().iter().flatten() {
-        if clean_relative(m.destination()) == Path::new("dev")
-            && m.options().iter().flatten().any(|o| o == "ro")
-        {
+        let ro = options::parse(m.options().as_deref().unwrap_or(&[]), true)
+            .is_ok_and(|o| o.flags & libc::MS_RDONLY != 0);
+        if ro && clean_relative(m.destination()) == Path::new("dev") {
             let fd = open_in_root(root.as_fd(), Path::new("dev"), OFlag::empty())
                 .map_err(|e| RootfsError::sys("open", "/dev", e))?;
             mounts::remount_bind(fd.as_fd(), libc::MS_RDONLY, 0, Path::new("/dev"))?;

@@ -201,6 +201,10 @@ pub fn mount_one(ctx: &Ctx<'_>, index: usize, m: &Mount) -> Result<(), RootfsErr
         mount_bind(ctx, &src, &rel, dest, &opts)?;
     } else {
         check_proc_destination(&rel, typ, false, None).map_err(invalid)?;
+        if rel == Path::new("dev") {
+            // Devices are created in /dev after this: finalize makes it read-only later.
+            opts.flags &= !libc::MS_RDONLY;
+        }
         match typ {
             "cgroup" => mount_cgroup(ctx, &rel, dest, &opts)?,
             "cgroup2" => mount_cgroup2(ctx, &rel, dest, &opts)?,
