@@ -1,0 +1,46 @@
+# Pelagos: containerd shim v2 with an in-process container core.
+#
+#   make demo    install deps, build, run "echo hello from pelagos" through a private containerd
+#   make test    install deps, build, run every test (containerd 1.6), then the shim tests on 2.1
+#   make lint    rustfmt check and clippy with warnings as errors
+#   make install install the shim (release build) into $(PREFIX)/bin
+
+CARGO ?= cargo
+PREFIX ?= /usr/local
+SHIM := containerd-shim-pelagos-v2
+# Every tests/shim_*.rs, as cargo --test arguments.
+SHIM_TESTS := $(foreach t,$(basename $(notdir $(wildcard tests/shim_*.rs))),--test $(t))
+# The shim tests start one containerd per test; two at a time suits the 2-core machines.
+TEST_THREADS ?= 2
+
+.PHONY: all setup build demo test test-shim-2.1 lint install bench
+
+all: build
+
+setup:
+	@bash scripts/install-deps.sh
+
+build:
+	$(CARGO) build --workspace
+
+demo: setup build
+	@bash scripts/demo.sh
+
+test: setup build
+	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+	$(MAKE) --no-print-directory test-shim-2.1
+
+test-shim-2.1:
+	@bash scripts/fetch-containerd.sh 2.1 >/dev/null
+	PELAGOS_CONTAINERD=2.1 $(CARGO) test -p pelagos $(SHIM_TESTS) -- --test-threads=$(TEST_THREADS)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+install:
+	$(CARGO) build --release -p $(SHIM)
+	install -D -m 0755 target/release/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+
+bench:
+	@echo "make bench: not yet (benchmarks are another issue)"
