@@ -26,6 +26,8 @@ use crate::service::{ExitSignal, Shim};
 use crate::start::LISTENER_FD;
 
 const SIGNAL_KEY: u64 = 0;
+/// Longest wait for containerd to hang up after Shutdown (it allows 3 s for the call).
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 const WAKE_KEY: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -143,13 +145,14 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
         }
     }
 
-    // containerd closes its connection right after Shutdown answers; the reply is already
-    // on its way. Remove the socket so no new connection finds a dying shim.
+    // No new connection may find a dying shim; containerd closes its own once it has the
+    // Shutdown answer, which we must not cut off by exiting first.
     let path = flags.socket.trim_start_matches("unix://");
     if !path.is_empty() {
         let _ = std::fs::remove_file(path);
     }
     publisher.flush_and_stop();
+    exit.linger(SHUTDOWN_LINGER);
     log::info!("shim exiting");
     Ok(())
 }

@@ -301,13 +301,15 @@ impl Lifecycle {
             });
         }
         match t.init.status {
-            Status::Paused | Status::Pausing | Status::Stopped => {
+            _ if t.init_reaped || t.init.status == Status::Stopped => {
+                return Err(LifecycleError::InitNotRunning(id.to_owned()))
+            }
+            Status::Paused | Status::Pausing => {
                 return Err(LifecycleError::BadState {
                     action: "exec in",
                     state: t.init.status.name(),
                 })
             }
-            _ if t.init_reaped => return Err(LifecycleError::InitNotRunning(id.to_owned())),
             _ => {}
         }
         t.execs

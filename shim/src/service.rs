@@ -86,11 +86,15 @@ pub fn api_status(s: Status) -> ApiStatus {
 pub struct ExitSignal {
     requested: AtomicBool,
     wake: EventFd,
+    /// A duplicate of the connection that asked: the daemon lingers until its peer hangs up,
+    /// which containerd does once it has the Shutdown answer (ttrpc has no graceful stop).
+    conn: Mutex<Option<OwnedFd>>,
 }
 
 impl ExitSignal {
     pub fn new() -> nix::Result<ExitSignal> {
         Ok(ExitSignal {
+            conn: Mutex::new(None),
             requested: AtomicBool::new(false),
             wake: EventFd::from_flags(
                 nix::sys::eventfd::EfdFlags::EFD_CLOEXEC
@@ -103,9 +107,26 @@ impl ExitSignal {
         self.wake.as_fd()
     }
 
-    pub fn trigger(&self) {
+    pub fn trigger(&self, conn: Option<OwnedFd>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
         self.requested.store(true, Ordering::SeqCst);
         let _ = self.wake.write(1);
+    }
+
+    /// Waits (at most `timeout`) until the peer of the connection that asked for the exit has
+    /// closed it, so the answer is not cut off by our exit.
+    pub fn linger(&self, timeout: Duration) {
+        let Some(fd) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd; a duplicate we own keeps the socket open meanwhile.
+        unsafe { libc::poll(&mut p, 1, ms) };
     }
 
     pub fn requested(&self) -> bool {
@@ -1019,7 +1040,7 @@ impl Task for Shim {
         })
     }
 
-    fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> Res<Empty> {
+    fn shutdown(&self, ctx: &TtrpcContext, _: ShutdownRequest) -> Res<Empty> {
         let mut st = self.lock();
         // A Create in flight decides: like the runc shim, whose Create holds its lock.
         while st.life.creating() {
@@ -1030,7 +1051,13 @@ impl Task for Shim {
         }
         drop(st);
         log::info!("shutdown: no containers left");
-        self.exit.trigger();
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on the connection's fd, which ttrpc keeps open for
+        // the duration of this call; the duplicate is ours.
+        let conn = unsafe {
+            let fd = libc::fcntl(ctx.fd, libc::F_DUPFD_CLOEXEC, 3);
+            (fd >= 0).then(|| std::os::fd::FromRawFd::from_raw_fd(fd))
+        };
+        self.exit.trigger(conn);
         Ok(Empty::new())
     }
 }
