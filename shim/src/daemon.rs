@@ -70,6 +70,9 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     crate::logger::init(&cwd, flags.debug);
     reaper::enable_loop();
+    // The sealed copy of this binary (the containers' setup helper) is made while containerd
+    // prepares the first Create, not during it.
+    pelagos::selfexe::warm_up();
 
     let sfd = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(sys("signalfd"))?;
