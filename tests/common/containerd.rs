@@ -31,7 +31,7 @@ const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// The pelagos shim keeps container state under `<this>/<namespace>`.
 const PELAGOS_STATE_ROOT: &str = "/run/pelagos";
 /// Generous: the CI machine has two cores shared with the build.
-pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long processes of a deleted task may take to go away before they count as leaked.
