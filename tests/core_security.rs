@@ -351,7 +351,6 @@ fn bad_seccomp_profiles_are_refused() {
 }
 
 #[test]
-#[ignore = "init.rs must load seccomp before finalize_identity when noNewPrivileges is false (runc order)"]
 fn seccomp_without_no_new_privileges_for_a_non_root_user() {
     // Without NNP, loading a filter needs CAP_SYS_ADMIN: runc loads it before dropping
     // privileges in that case.
