@@ -69,6 +69,8 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
 
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     crate::logger::init(&cwd, flags.debug);
+    // stderr is /dev/null: a panic would otherwise leave no trace.
+    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
     reaper::enable_loop();
     // The sealed copy of this binary (the containers' setup helper) is made while containerd
     // prepares the first Create, not during it.

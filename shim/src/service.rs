@@ -159,6 +159,15 @@ struct Handled {
     oom_keys: HashMap<u64, String>,
 }
 
+impl Handled {
+    /// The handles of a task the lifecycle knows (both are updated under one lock).
+    fn of(&self, id: &str) -> Res<&Handles> {
+        self.handles
+            .get(id)
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()).into())
+    }
+}
+
 struct State {
     life: Lifecycle,
     h: Handled,
@@ -435,13 +444,14 @@ impl Shim {
             kill_all,
         );
         // An init killed before it was registered may have left its exit in the reaper's table.
-        let init_exited = st.h.handles[&id]
-            .container
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|c| c.pidfd())
-            .is_some_and(pidfd_exited);
+        let init_exited =
+            st.h.of(&id)?
+                .container
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|c| c.pidfd())
+                .is_some_and(pidfd_exited);
         self.claim_early_exit(&mut st, pid, init_exited);
         drop(st);
         self.changed.notify_all();
@@ -453,7 +463,7 @@ impl Shim {
         let (pid, cell) = {
             let mut st = self.lock();
             let pid = st.life.begin_start(id)?;
-            (pid, st.h.handles[id].container.clone())
+            (pid, st.h.of(id)?.container.clone())
         };
         let result = {
             let mut guard = cell.write().unwrap_or_else(|e| e.into_inner());
@@ -485,8 +495,13 @@ impl Shim {
         let (cell, spec, stdio_cfg) = {
             let mut st = self.lock();
             st.life.begin_exec_start(id, exec_id)?;
-            let h = &st.h.handles[id];
-            let e = &h.execs[exec_id];
+            let h = st.h.of(id)?;
+            let e = h.execs.get(exec_id).ok_or_else(|| {
+                ttrpc::Error::from(LifecycleError::ExecNotFound {
+                    id: id.to_owned(),
+                    exec_id: exec_id.to_owned(),
+                })
+            })?;
             (h.container.clone(), e.spec.clone(), e.stdio.clone())
         };
         let fail = |e: ttrpc::Error| {
@@ -814,7 +829,7 @@ impl Task for Shim {
         let cell = {
             let mut st = self.lock();
             st.life.begin_pause(&req.id)?;
-            st.h.handles[&req.id].container.clone()
+            st.h.of(&req.id)?.container.clone()
         };
         let result = cell
             .read()
@@ -832,7 +847,7 @@ impl Task for Shim {
         let cell = {
             let st = self.lock();
             st.life.check_resume(&req.id)?;
-            st.h.handles[&req.id].container.clone()
+            st.h.of(&req.id)?.container.clone()
         };
         cell.read()
             .unwrap_or_else(|e| e.into_inner())
@@ -887,7 +902,7 @@ impl Task for Shim {
             if t.init_reaped() || t.init.status == Status::Stopped {
                 return Err(status(Code::NOT_FOUND, "process already finished"));
             }
-            st.h.handles[&req.id].container.clone()
+            st.h.of(&req.id)?.container.clone()
         };
         let guard = cell.read().unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
@@ -937,7 +952,7 @@ impl Task for Shim {
     fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> Res<Empty> {
         let st = self.lock();
         st.life.get(&req.id)?.proc(&req.exec_id)?;
-        let h = &st.h.handles[&req.id];
+        let h = st.h.of(&req.id)?;
         let io = if req.exec_id.is_empty() {
             h.init_io.as_ref()
         } else {
@@ -953,7 +968,7 @@ impl Task for Shim {
     fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> Res<Empty> {
         let st = self.lock();
         st.life.get(&req.id)?.proc(&req.exec_id)?;
-        let h = &st.h.handles[&req.id];
+        let h = st.h.of(&req.id)?;
         let io = if req.exec_id.is_empty() {
             h.init_io.as_ref()
         } else {
@@ -981,7 +996,7 @@ impl Task for Shim {
             if t.init.status == Status::Stopped || t.init_reaped() {
                 return Err(status(Code::UNKNOWN, "cannot update a stopped container"));
             }
-            st.h.handles[&req.id].container.clone()
+            st.h.of(&req.id)?.container.clone()
         };
         let guard = cell.read().unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
