@@ -334,3 +334,75 @@ impl Drop for BlockSignals {
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn spawn_blocked(cgroup: Option<BorrowedFd<'_>>, flags: libc::c_int) -> Spawned {
+        // Never exec'd: the child is dropped before the go byte.
+        let exe = std::fs::File::open("/proc/self/exe").unwrap();
+        spawn(Spawn {
+            helper: exe.as_fd(),
+            stdio: Stdio::Null,
+            preserve_fds: Vec::new(),
+            extra_fds: Vec::new(),
+            clone_flags: flags,
+            cgroup,
+            become_root: false,
+        })
+        .unwrap()
+    }
+
+    /// Kills the child still waiting for its go byte. (Not EOF: a child cloned concurrently by
+    /// another test holds a copy of the socket until it execs, which these never do.)
+    fn finish(s: Spawned) -> i32 {
+        crate::sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGKILL).unwrap();
+        crate::reaper::wait(s.pid, None).unwrap().status
+    }
+
+    #[test]
+    fn clone_into_a_cgroup2_directory() {
+        let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(std::path::Path::new)
+            .find(|p| p.join("cgroup.procs").exists() && !p.join("tasks").exists());
+        let Some(unified) = unified else {
+            eprintln!("no cgroup2 mount: skipped");
+            return;
+        };
+        let dir = unified.join(format!("pelagos-clone-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let fd = std::fs::File::open(&dir).unwrap();
+        let s = spawn_blocked(Some(fd.as_fd()), 0);
+        assert!(s.in_cgroup);
+        let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", s.pid)).unwrap();
+        let want = format!("0::/{}", dir.strip_prefix(unified).unwrap().display());
+        assert!(cg.lines().any(|l| l == want), "{cg}");
+        assert_eq!(finish(s), 137);
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn clone_with_new_namespaces_and_pidfd() {
+        let s = spawn_blocked(None, libc::CLONE_NEWPID | libc::CLONE_NEWNET);
+        assert!(!s.in_cgroup);
+        let theirs = std::fs::read_link(format!("/proc/{}/ns/net", s.pid)).unwrap();
+        assert_ne!(theirs, std::fs::read_link("/proc/self/ns/net").unwrap());
+        assert!(!crate::sys::pidfd_exited(s.pidfd.as_fd()));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid)).unwrap();
+        // Every signal stays blocked until the helper resets the mask.
+        let blocked = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+        let mask = u64::from_str_radix(blocked.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        let term = 1u64 << (libc::SIGTERM - 1);
+        assert_eq!(mask & term, term, "{blocked}");
+        assert_eq!(finish(s), 137);
+    }
+
+    #[test]
+    fn step_names() {
+        assert_eq!(step::name(step::EXEC), "execveat of the setup helper");
+        assert_eq!(step::name(99), "unknown step");
+    }
+}
