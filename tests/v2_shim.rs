@@ -1,0 +1,222 @@
+//! The shim on a pure cgroup v2 host, through a private containerd and `ctr`: v2 metrics in
+//! `ctr task metrics`, io.stat reaching the metrics, pause through cgroup.freeze, and a nested
+//! cgroupsPath. They need a pure cgroup v2 host (scripts/vm/run-tests.sh boots one); anywhere
+//! else each test prints why and returns.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::containerd::{describe, Containerd};
+use pelagos::cgroups::{self, Mode};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+fn pure_v2(test: &str) -> bool {
+    let mode = cgroups::mode();
+    if mode == Mode::Unified {
+        return true;
+    }
+    println!(
+        "skipped {test}: needs a pure cgroup v2 host, this one is {} (run scripts/vm/run-tests.sh)",
+        mode.name()
+    );
+    false
+}
+
+fn cgroup_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split(' ').next() == Some("cgroup2"))
+                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
+        })
+        .expect("a cgroup2 mount")
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()))
+        .trim()
+        .to_string()
+}
+
+fn frozen(dir: &Path) -> Option<String> {
+    read(dir, "cgroup.events")
+        .lines()
+        .find_map(|l| l.strip_prefix("frozen ").map(str::to_string))
+}
+
+/// `ctr task metrics --format json` of `id`, parsed.
+fn metrics_json(cd: &Containerd, id: &str) -> Value {
+    let text = cd.ctr_ok(&["task", "metrics", "--format", "json", id]);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("metrics json: {e}\n{text}"))
+}
+
+/// The value of `name` in `ctr task metrics`' table.
+fn table_value<'a>(table: &'a str, name: &str) -> Option<&'a str> {
+    table.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some(name)).then(|| f.next()).flatten()
+    })
+}
+
+#[test]
+fn task_metrics_are_v2_metrics() {
+    if !pure_v2("task_metrics_are_v2_metrics") {
+        return;
+    }
+    let cd = Containerd::start();
+    let limit = (64 * MIB).to_string();
+    cd.run_detached("m", &["--memory-limit", &limit], &["sleep", "1000"]);
+    let table = cd.ctr_ok(&["task", "metrics", "m"]);
+    // ctr prints the v2 table only for io.containerd.cgroups.v2.Metrics.
+    assert_eq!(
+        table_value(&table, "memory.usage_limit"),
+        Some(limit.as_str()),
+        "{table}"
+    );
+    assert_eq!(table_value(&table, "pids.current"), Some("1"), "{table}");
+    for name in ["cpu.usage_usec", "cpu.nr_throttled", "memory.swap_limit"] {
+        assert!(table_value(&table, name).is_some(), "no {name}:\n{table}");
+    }
+    assert!(
+        table_value(&table, "memory.usage_in_bytes").is_none(),
+        "v1 metrics on a v2 host:\n{table}"
+    );
+    let json = metrics_json(&cd, "m");
+    assert!(
+        json["memory"]["usage"].as_u64().unwrap_or(0) > 0,
+        "memory usage: {json:#}"
+    );
+    assert_eq!(json["pids"]["current"].as_u64(), Some(1), "{json:#}");
+    cd.remove("m");
+    cd.assert_no_leaks();
+}
+
+/// The first disk of the host with a size (the VM's virtio disk), as (name, "major:minor").
+fn disk() -> Option<(String, String)> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !["loop", "ram", "zram", "nbd", "dm-", "md"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|n| {
+        let sys = Path::new("/sys/block").join(&n);
+        let size: u64 = read(&sys, "size").parse().ok()?;
+        (size > 0 && Path::new("/dev").join(&n).exists()).then(|| (n.clone(), read(&sys, "dev")))
+    })
+}
+
+#[test]
+fn io_stat_reaches_task_metrics() {
+    if !pure_v2("io_stat_reaches_task_metrics") {
+        return;
+    }
+    let Some((name, dev)) = disk() else {
+        println!("skipped io_stat_reaches_task_metrics: no block device");
+        return;
+    };
+    let cd = Containerd::start();
+    let node = format!("/dev/{name}");
+    cd.run_detached("io", &["--device", &node], &["sleep", "1000"]);
+    // O_DIRECT reads reach the disk, so the container's io.stat counts them.
+    let out = cd.exec(
+        "io",
+        "dd",
+        &[],
+        &[
+            "dd",
+            &format!("if={node}"),
+            "of=/dev/null",
+            "bs=64k",
+            "count=32",
+            "iflag=direct",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "dd in the container: {}",
+        describe(&out)
+    );
+    let json = metrics_json(&cd, "io");
+    let (major, minor) = dev.split_once(':').unwrap();
+    let (major, minor): (u64, u64) = (major.parse().unwrap(), minor.parse().unwrap());
+    // ctr's JSON leaves out zero fields (minor 0 included).
+    let field = |e: &Value, name: &str| e[name].as_u64().unwrap_or(0);
+    let entry = json["io"]["usage"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|e| field(e, "major") == major && field(e, "minor") == minor)
+        })
+        .unwrap_or_else(|| panic!("no io entry for {dev}: {json:#}"));
+    assert!(
+        entry["rbytes"].as_u64().unwrap_or(0) >= 2 * MIB,
+        "{entry:#}"
+    );
+    assert!(entry["rios"].as_u64().unwrap_or(0) >= 32, "{entry:#}");
+    cd.remove("io");
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn pause_and_resume_use_cgroup_freeze() {
+    if !pure_v2("pause_and_resume_use_cgroup_freeze") {
+        return;
+    }
+    let cd = Containerd::start();
+    cd.run_detached("p", &[], &["sleep", "1000"]);
+    let dir = cgroup_root().join(&cd.namespace).join("p");
+    cd.ctr_ok(&["task", "pause", "p"]);
+    assert_eq!(read(&dir, "cgroup.freeze"), "1");
+    assert_eq!(frozen(&dir).as_deref(), Some("1"));
+    assert_eq!(cd.task_status("p").as_deref(), Some("PAUSED"));
+    cd.ctr_ok(&["task", "resume", "p"]);
+    assert_eq!(read(&dir, "cgroup.freeze"), "0");
+    assert_eq!(frozen(&dir).as_deref(), Some("0"));
+    assert_eq!(cd.task_status("p").as_deref(), Some("RUNNING"));
+    cd.remove("p");
+    cd.assert_no_leaks();
+}
+
+#[test]
+fn nested_cgroups_path_from_ctr() {
+    if !pure_v2("nested_cgroups_path_from_ctr") {
+        return;
+    }
+    let cd = Containerd::start();
+    let pod = format!("/{}/pod", cd.namespace);
+    let path = format!("{pod}/n");
+    let limit = (48 * MIB).to_string();
+    cd.run_detached(
+        "n",
+        &["--cgroup", &path, "--memory-limit", &limit],
+        &["sleep", "1000"],
+    );
+    let dir = cgroup_root().join(path.trim_start_matches('/'));
+    assert_eq!(read(&dir, "memory.max"), limit);
+    let init = cd.task_pid("n");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap(),
+        format!("0::{path}\n")
+    );
+    let out = cd.exec("n", "cg", &[], &["cat", "/proc/self/cgroup"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("0::{path}\n"));
+    cd.remove("n");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    // Like runc, the shim leaves the parent it did not create.
+    let pod_dir = cgroup_root().join(pod.trim_start_matches('/'));
+    std::fs::remove_dir(&pod_dir).unwrap_or_else(|e| panic!("remove {}: {e}", pod_dir.display()));
+    cd.assert_no_leaks();
+}
