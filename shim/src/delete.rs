@@ -23,6 +23,28 @@ pub enum DeleteError {
     Bundle(std::io::Error),
 }
 
+/// Removes the shim socket named in `<bundle>/address` when no shim answers on it any more
+/// (the shim was killed). A live socket is left alone: with grouping it serves others.
+fn remove_dead_socket(bundle: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = Path::new(address.trim().trim_start_matches("unix://"));
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return;
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("remove dead shim socket {}: {e}", path.display());
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The state root of a namespace's containers (shared by the daemon and `delete`).
 pub fn state_root(namespace: &str) -> PathBuf {
     Path::new("/run/pelagos").join(namespace)
@@ -54,6 +76,7 @@ pub fn run(flags: &Flags) -> Result<Vec<u8>, DeleteError> {
     if let Err(e) = mount::unmount_recursive(&bundle.join("rootfs")) {
         log::warn!("delete {}: {e}", flags.id);
     }
+    remove_dead_socket(&bundle);
     let resp = DeleteResponse {
         pid: pid.max(0) as u32,
         exit_status: 128 + libc::SIGKILL as u32,

@@ -549,7 +549,22 @@ fn shutdown_is_ignored_while_a_task_remains() {
     d.shutdown().unwrap();
     // Still serving: the next call is answered.
     assert_eq!(d.state("c4", "").unwrap().id, "c4");
+    // The delete action of another container of the group keeps the live socket.
+    let other = Bundle::new(&["true"]);
+    std::fs::write(
+        other.dir.join("address"),
+        format!("unix://{}", d.sock.display()),
+    )
+    .unwrap();
+    let out = Command::new(SHIM)
+        .args(["-namespace", &d.namespace, "-id", "other", "delete"])
+        .current_dir(&other.dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     assert!(UnixStream::connect(&d.sock).is_ok());
+    assert_eq!(d.state("c4", "").unwrap().id, "c4");
     d.delete("c4", "").unwrap();
     assert_eq!(d.shutdown_and_disconnect(), Some(0));
 }
@@ -579,6 +594,11 @@ fn not_running(pid: i32) -> bool {
 fn delete_action_cleans_up_after_a_killed_shim() {
     let mut d = Daemon::start();
     let b = Bundle::new(&["sleep", "100"]);
+    std::fs::write(
+        b.dir.join("address"),
+        format!("unix://{}", d.sock.display()),
+    )
+    .unwrap();
     let pid = d.create("c5", &b).unwrap() as i32;
     d.start_task("c5", "").unwrap();
     // The shim dies without a word, as containerd sees a crash.
@@ -605,6 +625,7 @@ fn delete_action_cleans_up_after_a_killed_shim() {
     assert!(not_running(pid), "init {pid} survived the delete action");
     assert!(!d.state_dir("c5").exists());
     assert!(!b.cgroup_exists());
+    assert!(!d.sock.exists(), "the dead shim's socket is left");
 
     // Again: nothing left to do, still a well-formed answer.
     let again = Command::new(SHIM)
