@@ -68,6 +68,9 @@ pub fn loop_enabled() -> bool {
 /// Reaps every exited child without blocking, records each exit for [`wait`] and
 /// [`try_take`], and returns them.
 pub fn reap_all() -> Vec<Exit> {
+    // The table lock is held across the waitpid loop, so that a waiter holding it sees a child
+    // either still waitable or recorded, never in between.
+    let mut guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
     let mut reaped = Vec::new();
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -82,7 +85,6 @@ pub fn reap_all() -> Vec<Exit> {
         }
     }
     let now = Instant::now();
-    let mut guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
     let table = guard.get_or_insert_with(|| Table {
         exits: HashMap::new(),
     });
@@ -121,33 +123,33 @@ pub fn wait(pid: i32, timeout: Option<Duration>) -> Option<Exit> {
         if let Some((exit, _)) = guard.as_mut().and_then(|t| t.exits.remove(&pid)) {
             return Some(exit);
         }
-        // A fallback in case the loop missed a SIGCHLD: peek without reaping others.
-        guard = match deadline {
+        // Under the lock the loop is not between reaping and recording, so a pid that is
+        // neither recorded nor a waitable child was never ours or was taken by someone else.
+        if !child_exists(pid) {
+            return None;
+        }
+        // The timed wait also covers a SIGCHLD the loop has not handled yet.
+        let slice = Duration::from_millis(500);
+        let wait_for = match deadline {
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
                     return None;
                 }
-                CHANGED
-                    .wait_timeout(guard, (d - now).min(Duration::from_millis(500)))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
+                (d - now).min(slice)
             }
-            None => {
-                CHANGED
-                    .wait_timeout(guard, Duration::from_millis(500))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
+            None => slice,
         };
-        if !child_exists(pid) && !guard.as_ref().is_some_and(|t| t.exits.contains_key(&pid)) {
-            return None;
-        }
+        guard = CHANGED
+            .wait_timeout(guard, wait_for)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 
 /// Whether `pid` is still a (possibly zombie) child of this process.
 fn child_exists(pid: i32) -> bool {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid with WNOWAIT only inspects the child and writes into `info`.
     let rc = unsafe {
