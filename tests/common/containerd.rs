@@ -126,6 +126,8 @@ pub struct Containerd {
     ids: Mutex<BTreeSet<String>>,
     /// Fifo dirs ctr made for detached execs and never removes.
     detached_fifos: Mutex<Vec<PathBuf>>,
+    /// The CRI plugin's config section when the plugin is on (see [`Containerd::start_cri`]).
+    cri: Option<String>,
 }
 
 impl Containerd {
@@ -135,8 +137,20 @@ impl Containerd {
     }
 
     pub fn start_version(version: &str) -> Containerd {
+        Containerd::start_inner(version, None)
+    }
+
+    /// Starts containerd of [`containerd_version`] with the CRI plugin on, configured by
+    /// `cri_section` (TOML appended to the config: the plugin's tables, in the syntax of the
+    /// version's config). The namespace is CRI's `k8s.io`, which holds the imported image; the
+    /// shim is on containerd's PATH whatever the runtime, as CRI picks it per pod.
+    pub fn start_cri(cri_section: &str) -> Containerd {
+        Containerd::start_inner(&containerd_version(), Some(cri_section.to_owned()))
+    }
+
+    fn start_inner(version: &str, cri: Option<String>) -> Containerd {
         let runtime = runtime();
-        if runtime == PELAGOS_RUNTIME {
+        if runtime == PELAGOS_RUNTIME || cri.is_some() {
             let shim = shim_binary();
             assert!(
                 shim.is_file(),
@@ -164,7 +178,7 @@ impl Containerd {
         ] {
             fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
         }
-        if runtime == PELAGOS_RUNTIME {
+        if runtime == PELAGOS_RUNTIME || cri.is_some() {
             let link = base.join("bin").join(SHIM_NAME);
             std::os::unix::fs::symlink(shim_binary(), &link)
                 .unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
@@ -172,7 +186,11 @@ impl Containerd {
         let cd = Containerd {
             version: version.to_owned(),
             runtime,
-            namespace: format!("{NS_PREFIX}{tag}"),
+            namespace: if cri.is_some() {
+                "k8s.io".to_owned()
+            } else {
+                format!("{NS_PREFIX}{tag}")
+            },
             address: base.join("containerd.sock").to_string_lossy().into_owned(),
             bin_dir,
             base,
@@ -180,6 +198,7 @@ impl Containerd {
             child: Mutex::new(None),
             ids: Mutex::new(BTreeSet::new()),
             detached_fifos: Mutex::new(Vec::new()),
+            cri,
         };
         fs::write(cd.config_path(), cd.config_toml()).expect("write containerd config");
         cd.spawn_daemon();
@@ -201,6 +220,7 @@ impl Containerd {
             child: Mutex::new(None),
             ids: Mutex::new(BTreeSet::new()),
             detached_fifos: Mutex::new(Vec::new()),
+            cri: None,
         }
     }
 
@@ -250,18 +270,24 @@ impl Containerd {
         let state = self.state_dir();
         let state = state.display();
         let addr = &self.address;
-        if self.major() >= 2 {
-            format!(
-                r#"version = 3
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
+        let cri = self.cri.as_deref().unwrap_or("");
+        let text = if self.major() >= 2 {
+            let disabled = if self.cri.is_some() {
+                r#"disabled_plugins = ["io.containerd.nri.v1.nri"]"#
+            } else {
+                r#"disabled_plugins = [
   "io.containerd.grpc.v1.cri",
   "io.containerd.cri.v1.images",
   "io.containerd.cri.v1.runtime",
   "io.containerd.podsandbox.controller.v1.podsandbox",
   "io.containerd.nri.v1.nri",
-]
+]"#
+            };
+            format!(
+                r#"version = 3
+root = "{root}"
+state = "{state}"
+{disabled}
 
 [grpc]
   address = "{addr}"
@@ -280,11 +306,16 @@ disabled_plugins = [
 "#
             )
         } else {
+            let disabled = if self.cri.is_some() {
+                r#"disabled_plugins = ["io.containerd.nri.v1.nri"]"#
+            } else {
+                r#"disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]"#
+            };
             format!(
                 r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
+{disabled}
 
 [grpc]
   address = "{addr}"
@@ -302,7 +333,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
   path = "{root}/opt"
 "#
             )
-        }
+        };
+        format!("{text}{cri}")
     }
 
     /// Starts the daemon and waits until it says it booted (its log line, not a poll).

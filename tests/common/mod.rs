@@ -2,4 +2,5 @@
 
 pub mod bundle;
 pub mod containerd;
+pub mod cri;
 pub mod image;

@@ -1,0 +1,193 @@
+//! Pods through containerd's CRI with the `pelagos` runtime handler, and the same scenarios
+//! with the `runc` handler as a control: one shim per pod, logs, ExecSync, namespaces shared by
+//! path, exits inside a running pod, and nothing left after RemovePodSandbox.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::cri::{Cri, PELAGOS, RUNC};
+use k8s_cri::v1::*;
+
+/// Waits until the CRI log file of a container holds `want` (containerd copies the fifos
+/// into it asynchronously).
+fn wait_log(path: &std::path::Path, want: &[(&str, &str)]) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines = if path.exists() {
+            Cri::log_lines(path)
+        } else {
+            Vec::new()
+        };
+        let has_all = want
+            .iter()
+            .all(|(s, c)| lines.iter().any(|(ls, lc)| ls == s && lc == c));
+        if has_all {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log {} has {lines:?}, want {want:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ns_link(pid: u32, ns: &str) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .unwrap_or_else(|e| panic!("readlink /proc/{pid}/ns/{ns}: {e}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn pod_lifecycle(handler: &str) {
+    let cri = Cri::start(handler);
+    let pod = cri.pod_config("web");
+    let pod_id = cri.run_pod_ok(&pod);
+    let status = cri.pod_status(&pod_id);
+    assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
+    assert_eq!(status.runtime_handler, handler);
+
+    let app = Cri::container_config(
+        "app",
+        &[
+            "sh",
+            "-c",
+            "echo hello-out; echo hello-err >&2; exec sleep 1000",
+        ],
+    );
+    let app_id = cri.run_container(&pod_id, &pod, &app);
+    let short = Cri::container_config("short", &["sh", "-c", "echo bye; exit 3"]);
+    let short_id = cri.run_container(&pod_id, &pod, &short);
+
+    // One shim serves the sandbox and both containers.
+    let shims = cri.shims();
+    assert_eq!(shims.len(), 1, "shims of one pod: {shims:?}");
+
+    // An exit leaves the rest of the pod running.
+    let st = cri.wait_exited(&short_id);
+    assert_eq!(st.exit_code, 3, "short container status: {st:?}");
+    assert_eq!(st.reason, "Error");
+    assert_eq!(
+        cri.container_status(&app_id).state,
+        ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(
+        cri.pod_status(&pod_id).state,
+        PodSandboxState::SandboxReady as i32
+    );
+
+    // Logs in CRI format, from the container's stdout and stderr.
+    wait_log(
+        &Cri::log_path(&pod, &app),
+        &[("stdout", "hello-out"), ("stderr", "hello-err")],
+    );
+    wait_log(&Cri::log_path(&pod, &short), &[("stdout", "bye")]);
+
+    // ExecSync: output, error output and exit code.
+    let (code, out, err) = cri
+        .exec_sync(&app_id, &["sh", "-c", "echo x; echo y >&2; exit 7"])
+        .expect("ExecSync");
+    assert_eq!((code, out.as_str(), err.as_str()), (7, "x\n", "y\n"));
+
+    // Host network; pod ipc joined by path; a pid namespace per container.
+    let sandbox_pid = cri.container_pid(&pod_id);
+    let app_pid = cri.container_pid(&app_id);
+    assert_eq!(
+        cri.exec_ok(&app_id, &["readlink", "/proc/self/ns/net"])
+            .trim(),
+        ns_link(std::process::id(), "net")
+    );
+    assert_eq!(ns_link(app_pid, "ipc"), ns_link(sandbox_pid, "ipc"));
+    assert_ne!(ns_link(app_pid, "ipc"), ns_link(std::process::id(), "ipc"));
+    assert_ne!(ns_link(app_pid, "pid"), ns_link(sandbox_pid, "pid"));
+    // pid 1 of the app's own pid namespace is its command.
+    assert_eq!(
+        cri.exec_ok(&app_id, &["cat", "/proc/1/cmdline"]),
+        "sleep\u{0}1000\u{0}"
+    );
+
+    // Containers are in cgroups under the pod's cgroup parent.
+    let parent = &pod.linux.as_ref().unwrap().cgroup_parent;
+    let cg = fs::read_to_string(format!("/proc/{app_pid}/cgroup")).expect("read cgroup");
+    assert!(
+        cg.lines()
+            .any(|l| l.ends_with(&format!("{parent}/{app_id}"))),
+        "app cgroups {cg:?} not under {parent}/{app_id}"
+    );
+
+    cri.stop_container(&app_id, 2);
+    let st = cri.wait_exited(&app_id);
+    assert_eq!(st.reason, "Error", "{st:?}");
+    cri.remove_container(&short_id);
+    cri.stop_pod(&pod_id);
+    assert_eq!(
+        cri.pod_status(&pod_id).state,
+        PodSandboxState::SandboxNotready as i32
+    );
+    cri.remove_pod(&pod_id);
+    cri.assert_no_leaks();
+}
+
+#[test]
+fn pelagos_pod_lifecycle() {
+    pod_lifecycle(PELAGOS);
+}
+
+#[test]
+fn runc_pod_lifecycle() {
+    pod_lifecycle(RUNC);
+}
+
+/// A pod with its own network (loopback CNI), uts and a shared pid namespace: app containers
+/// join the sandbox's namespaces by path.
+fn pod_namespaces(handler: &str) {
+    let cri = Cri::start(handler);
+    let mut pod = cri.pod_config("ns");
+    pod.hostname = "podhost".into();
+    Cri::set_namespaces(
+        &mut pod,
+        NamespaceMode::Pod,
+        NamespaceMode::Pod,
+        NamespaceMode::Pod,
+    );
+    let pod_id = cri.run_pod_ok(&pod);
+    let app_id = cri.run_container(
+        &pod_id,
+        &pod,
+        &Cri::container_config("app", &["sleep", "1000"]),
+    );
+    let sandbox_pid = cri.container_pid(&pod_id);
+    let app_pid = cri.container_pid(&app_id);
+    let me = std::process::id();
+    for ns in ["net", "ipc", "uts", "pid"] {
+        assert_eq!(
+            ns_link(app_pid, ns),
+            ns_link(sandbox_pid, ns),
+            "{ns} namespace of the app vs the sandbox"
+        );
+        assert_ne!(ns_link(app_pid, ns), ns_link(me, ns), "{ns} is the host's");
+    }
+    assert_eq!(cri.exec_ok(&app_id, &["hostname"]).trim(), "podhost");
+    // shareProcessNamespace: the pause process is visible to the app.
+    let ps = cri.exec_ok(&app_id, &["ps", "-o", "args"]);
+    assert!(ps.contains("sleep infinity"), "ps in the app: {ps}");
+    let ip = cri.exec_ok(&app_id, &["cat", "/proc/net/dev"]);
+    assert!(ip.contains("lo:"), "{ip}");
+    assert_eq!(cri.shims().len(), 1);
+    cri.stop_pod(&pod_id);
+    cri.remove_pod(&pod_id);
+    cri.assert_no_leaks();
+}
+
+#[test]
+fn pelagos_pod_namespaces() {
+    pod_namespaces(PELAGOS);
+}
+
+#[test]
+fn runc_pod_namespaces() {
+    pod_namespaces(RUNC);
+}
