@@ -98,7 +98,9 @@ pub enum Stdio {
         stdout: Option<OwnedFd>,
         stderr: Option<OwnedFd>,
     },
-    /// A pty slave that becomes 0, 1, 2 and the controlling terminal.
+    /// Either a pty slave that becomes 0, 1, 2 and the controlling terminal, or (like runc's
+    /// --console-socket) a unix socket from [`console_socket`]: the pty is then allocated in
+    /// the container's own devpts, so `tty` names it, and its master is sent back there.
     Terminal(OwnedFd),
     /// Inherit the caller's 0, 1, 2.
     Inherit,
@@ -160,14 +162,20 @@ impl Container {
         )?);
 
         let ns = &bundle.namespaces;
-        let terminal = matches!(opts.stdio, Stdio::Terminal(_));
+        let (stdio, console) = split_console(opts.stdio)?;
+        let terminal = matches!(stdio, Stdio::Terminal(_));
         let preserve_count = opts.preserve_fds.len() as u32;
         let kinds: Vec<Kind> = ns_fds.iter().map(|(k, _)| *k).collect();
+        let mut extra_fds: Vec<OwnedFd> = ns_fds.into_iter().map(|(_, fd)| fd).collect();
+        let console_index = console.map(|c| {
+            extra_fds.push(c);
+            extra_fds.len() - 1
+        });
         let spawned = process::spawn(Spawn {
             helper: helper.fd(),
-            stdio: opts.stdio,
+            stdio,
             preserve_fds: opts.preserve_fds,
-            extra_fds: ns_fds.into_iter().map(|(_, fd)| fd).collect(),
+            extra_fds,
             clone_flags: ns.clone_flags,
             cgroup: undo.cgroup.as_ref().and_then(Cgroup::unified_dir_fd),
             become_root: ns.userns == Userns::AtClone,
@@ -191,6 +199,7 @@ impl Container {
             process: spec.process().clone().expect("validated"),
             preserve_fds: preserve_count,
             terminal,
+            console: console_index.map(|i| spawned.extra_fd_base + i as i32),
             seccomp: seccomp.as_deref().cloned(),
             join: kinds
                 .into_iter()
@@ -271,6 +280,12 @@ impl Container {
                         step: process::step::name(step).into(),
                         message: sys::errno_text(errno),
                     });
+                }
+                Some(Frame::Msg(other)) => {
+                    return Err(Error::Init {
+                        step: "setup helper".into(),
+                        message: format!("unexpected message {other:?}"),
+                    })
                 }
                 None => {
                     return Err(Error::Init {
@@ -470,12 +485,16 @@ impl Container {
                 op: "dup init pidfd".into(),
                 source,
             })?;
+        let (stdio, console) = split_console(stdio)?;
         let terminal = matches!(stdio, Stdio::Terminal(_));
+        let mut extra_fds = vec![pidfd_copy];
+        extra_fds.extend(console);
+        let has_console = extra_fds.len() > 1;
         let spawned = process::spawn(Spawn {
             helper: helper.fd(),
             stdio,
             preserve_fds: Vec::new(),
-            extra_fds: vec![pidfd_copy],
+            extra_fds,
             clone_flags: 0,
             cgroup: cgroup.unified_dir_fd(),
             become_root: false,
@@ -488,6 +507,7 @@ impl Container {
             process: process.clone(),
             preserve_fds: 0,
             terminal,
+            console: has_console.then_some(spawned.extra_fd_base + 1),
             seccomp: seccomp.as_deref().cloned(),
             join: Vec::new(),
             join_pidfd: Some((spawned.extra_fd_base, join_flags)),
@@ -663,6 +683,65 @@ impl Container {
             id: self.id().to_string(),
             status,
             op,
+        }
+    }
+}
+
+/// Separates a console socket (see [`Stdio::Terminal`]) from the stdio: the helper gets
+/// /dev/null until it has made the pty.
+fn split_console(stdio: Stdio) -> Result<(Stdio, Option<OwnedFd>), Error> {
+    match stdio {
+        Stdio::Terminal(fd) => {
+            let st = nix::sys::stat::fstat(&fd).map_err(|e| Error::Sys {
+                op: "fstat of the terminal fd".into(),
+                source: e.into(),
+            })?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+                Ok((Stdio::Null, Some(fd)))
+            } else {
+                Ok((Stdio::Terminal(fd), None))
+            }
+        }
+        other => Ok((other, None)),
+    }
+}
+
+/// The caller's end of a console socket: pass the other end as [`Stdio::Terminal`] to
+/// `create` or `exec`; once that returned, [`ConsoleSocket::receive`] yields the pty master.
+#[derive(Debug)]
+pub struct ConsoleSocket {
+    chan: Channel,
+}
+
+/// A socketpair for [`Stdio::Terminal`]'s console-socket mode: (our end, the container's).
+pub fn console_socket() -> Result<(ConsoleSocket, OwnedFd), Error> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::Sys {
+        op: "console socketpair".into(),
+        source: e.into(),
+    })?;
+    Ok((
+        ConsoleSocket {
+            chan: Channel::new(ours),
+        },
+        theirs,
+    ))
+}
+
+impl ConsoleSocket {
+    /// The pty master sent by the container's setup (already there once create/exec returned).
+    pub fn receive(mut self) -> Result<OwnedFd, Error> {
+        match self.chan.recv::<FromHelper>()? {
+            Some(Frame::Msg(FromHelper::Console)) => Ok(self.chan.take_fd()?),
+            other => Err(Error::Other(format!(
+                "console socket: expected the pty master, got {other:?}"
+            ))),
         }
     }
 }

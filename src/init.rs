@@ -145,8 +145,13 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
     crate::user::apply_limits(process, process.oom_score_adj())
         .step("rlimits and oom_score_adj")?;
 
-    if let Some(init) = &plan.init {
-        setup_container(chan, &plan, init)?;
+    match &plan.init {
+        Some(init) => setup_container(chan, &plan, init)?,
+        None => {
+            if let Some(sock) = plan.console {
+                make_console(sock, process)?;
+            }
+        }
     }
 
     let cwd = process.cwd();
@@ -203,6 +208,9 @@ fn relocate_socket(chan: &mut Channel, plan: &Plan) -> Result<(), InitError> {
         top = top.max(fd + 1);
     }
     if let Some((fd, _)) = plan.join_pidfd {
+        top = top.max(fd + 1);
+    }
+    if let Some(fd) = plan.console {
         top = top.max(fd + 1);
     }
     let moved = sys::dup_at_least(SOCKET_FD, top).step("move protocol socket")?;
@@ -352,8 +360,86 @@ fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<(
         run_hooks("createContainer hooks", &hooks, &state)?;
     }
     crate::rootfs::pivot(&init.rootfs, init.no_pivot).step("pivot_root")?;
+    // After pivot_root, so the pty comes from the container's devpts; before the read-only
+    // remounts of finalize (runc's order).
+    if let Some(sock) = plan.console {
+        make_console(sock, &plan.process)?;
+    }
     crate::user::apply_sysctl(spec).step("sysctl")?;
     crate::rootfs::finalize(spec).step("finalize rootfs")
+}
+
+/// Allocates a pty in the container's devpts, sends the master over the console socket at
+/// `sock`, and makes the slave fds 0-2 and our controlling terminal.
+fn make_console(sock: RawFd, process: &Process) -> Result<(), InitError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")
+        .step("console: open /dev/ptmx")?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from a live stack value.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(fail("console: unlock pty", std::io::Error::last_os_error()));
+    }
+    // TIOCGPTPEER opens the slave through the master, with no path lookup to race with.
+    // SAFETY: returns a new fd or -1.
+    let raw = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(fail(
+            "console: open pty slave",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the kernel just returned this fd.
+    let slave = unsafe { OwnedFd::from_raw_fd(raw) };
+    if let Some(size) = process.console_size() {
+        let ws = libc::winsize {
+            ws_row: size.height().min(u16::MAX as u64) as u16,
+            ws_col: size.width().min(u16::MAX as u64) as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize from a live stack value.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(fail("console: set size", std::io::Error::last_os_error()));
+        }
+    }
+    let user = process.user();
+    nix::unistd::fchown(&slave, Some(user.uid().into()), Some(user.gid().into()))
+        .step("console: chown pty slave")?;
+    // SAFETY: the runtime placed the console socket at this fd for us; we own it from here.
+    let console = Channel::new(unsafe { OwnedFd::from_raw_fd(sock) });
+    console
+        .send_with_fd(&FromHelper::Console, Some(master.as_fd()))
+        .step("console: send pty master")?;
+    drop(console);
+    for target in 0..3 {
+        // SAFETY: dup2 of an fd we own onto stdio.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(fail(
+                "console: dup2 pty slave",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    // SAFETY: fd 0 is now our pty slave and we lead a new session.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(fail(
+            "console: set controlling terminal",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// The hooks of one kind, empty when absent.

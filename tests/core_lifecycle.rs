@@ -913,3 +913,58 @@ fn new_user_namespace_while_joining_another_namespace() {
     );
     kill_and_delete(a);
 }
+
+/// Reads a pty master until the slave side is gone (EIO), without the \r the tty adds.
+fn read_master(master: OwnedFd) -> String {
+    let mut master = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n @ 1..) = master.read(&mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).replace('\r', "")
+}
+
+#[test]
+fn console_socket_gives_a_pty_of_the_containers_own_devpts() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new()
+        .terminal(true)
+        .user(65534, 65534)
+        .edit(|c| c["process"]["consoleSize"] = json!({"height": 33, "width": 111}))
+        .args(&[
+            "sh",
+            "-c",
+            "tty; stty size; stat -c %u /dev/pts/0; cut -d' ' -f7 /proc/self/stat",
+        ]);
+    let (sock, theirs) = pelagos::container::console_socket().unwrap();
+    let mut c = root.create(&b, Stdio::Terminal(theirs)).unwrap();
+    let master = sock.receive().unwrap();
+    c.start().unwrap();
+    let out = read_master(master);
+    assert_eq!(c.wait().unwrap().status, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["/dev/pts/0", "33 111", "65534"], "{out}");
+    assert_ne!(lines[3], "0", "no controlling terminal");
+    c.delete(false).unwrap();
+}
+
+#[test]
+fn exec_with_a_console_socket() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new().args(&["sleep", "100"]);
+    let c = start_sleeper(&root, &b);
+    let (sock, theirs) = pelagos::container::console_socket().unwrap();
+    let mut p = exec_process(&["sh", "-c", "tty; stty size"]);
+    p.set_terminal(Some(true));
+    p.set_console_size(Some(
+        serde_json::from_value(json!({"height": 20, "width": 70})).unwrap(),
+    ));
+    let e = c.exec(&p, Stdio::Terminal(theirs)).unwrap();
+    let out = read_master(sock.receive().unwrap());
+    assert_eq!(reaper::wait(e.pid, None).unwrap().status, 0, "{out}");
+    assert_eq!(out, "/dev/pts/0\n20 70\n");
+    kill_and_delete(c);
+}

@@ -43,6 +43,9 @@ pub struct Plan {
     pub preserve_fds: u32,
     /// fds 0-2 are a pty slave that becomes the controlling terminal.
     pub terminal: bool,
+    /// A console socket at this fd: allocate a pty in the container's devpts, send the master
+    /// there and make the slave fds 0-2 and the controlling terminal.
+    pub console: Option<RawFd>,
     pub seccomp: Option<CompiledFilter>,
     /// Namespaces to join: (type, fd in the helper), user first.
     pub join: Vec<(Kind, RawFd)>,
@@ -103,6 +106,8 @@ pub enum FromHelper {
         step: String,
         message: String,
     },
+    /// On a console socket: the pty master (attached).
+    Console,
 }
 
 /// A received frame.
