@@ -4,18 +4,27 @@
 Every metric alternates the runtime round by round (runc first in even rounds, pelagos first in
 odd ones), so whatever else the machine does falls on both. Measurements go through `ctr`, as a
 user would drive containerd. Prints a table (metric / runc / pelagos / ratio / target) and writes
-JSON. A runtime that fails a metric is recorded as failed with the command and its stderr, and the
-bench goes on with the next metric.
+JSON. A failed round is recorded with the command, its stderr and, for a hang, where every
+thread of the shims waits; after MAX_FAILURES a runtime is dropped from that metric and the bench
+goes on.
 
 How the shim side is seen:
 - memory: the shim daemons of this containerd and their descendants that are not container
-  processes (a process in a cgroup below /<namespace> is the container's), Rss and Pss from
-  /proc/<pid>/smaps_rollup;
+  processes (a process in a cgroup below /<namespace> is the container's): Rss and Pss from
+  /proc/<pid>/smaps_rollup, plus memfds they hold open without mapping them (shmem that no
+  smaps shows, e.g. a sealed copy of the shim binary);
 - CPU: containerd runs under a small reaper process that is a child subreaper, so each shim
   daemon, orphaned by its `start` process, is re-parented to the reaper, which reaps it with
   wait4() and reports its rusage: the daemon plus everything it reaped (runc, runc init, the
-  container). The `start` process itself is reaped by containerd and shows up in containerd's
-  cutime/cstime.
+  setup helper, the container). The `start` process is reaped by containerd and shows up in
+  containerd's cutime/cstime;
+- the part containerd sees: `ctr` itself costs ~15-30 ms of CPU per call, the same for both
+  runtimes, so run-to-exit and exec are also timed between the events containerd publishes
+  (/containers/create or /tasks/exec-added, then /tasks/exit) as one `ctr events` receives them.
+
+`--profile DIR` replaces the table by a profile: perf record -a around N lifecycles and N execs
+per runtime, CPU per operation by process group (only processes descended from this bench count,
+from perf's fork records), the pelagos shim's symbols, and strace -c of a pelagos daemon.
 
 Standard library only (Python 3.11), run as root. scripts/bench.sh builds the release shim and
 calls this script; `bench.py --help` lists the knobs.
@@ -229,6 +238,34 @@ def smaps_rollup(pid: int) -> tuple[int, int]:
         elif line.startswith("Pss:"):
             pss = int(line.split()[1])
     return rss, pss
+
+
+def held_memfds(pid: int) -> dict[tuple[int, int], int]:
+    """memfds that `pid` holds open but has not mapped, (dev, ino) -> bytes.
+
+    Their pages are shmem that no smaps_rollup shows, yet they stay resident as long as the fd
+    is open (e.g. a sealed copy of a binary kept for later execs).
+    """
+    mapped = set()
+    for line in read_text(f"/proc/{pid}/maps").splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[4] != "0":
+            mapped.add(int(f[4]))
+    out = {}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                continue
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if st.st_ino not in mapped:
+            out[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    return out
 
 
 def in_namespace_cgroup(pid: int, namespace: str) -> bool:
@@ -615,21 +652,28 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 
     # -- the shim side of the process tree --------------------------------------------------------
 
+    def runtime_of(self, pid: int) -> str | None:
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return None
+        if exe == self.args.shim:
+            return PELAGOS
+        if os.path.basename(exe) == SHIM_BINARY[RUNC]:
+            return RUNC
+        return None
+
+    def orphans(self) -> dict[int, list[str]]:
+        """Everything re-parented to the reaper but containerd: shim daemons, or leaks."""
+        rpid = self.reaper.proc.pid
+        return {pid: cmdline(pid) for pid in all_pids()
+                if pid != self.reaper.containerd_pid and (proc_stat(pid) or [0, 0])[1] == str(rpid)}
+
     def shims(self, runtime: str | None = None) -> dict[int, list[str]]:
         """Shim daemons of this containerd (children of the reaper), by pid."""
-        out = {}
-        rpid = self.reaper.proc.pid
-        for pid in all_pids():
-            st = proc_stat(pid)
-            if not st or int(st[1]) != rpid or pid == self.reaper.containerd_pid:
-                continue
-            argv = cmdline(pid)
-            if not argv or "containerd-shim" not in argv[0]:
-                continue
-            if runtime and not os.path.basename(argv[0]).startswith(SHIM_BINARY[runtime]):
-                continue
-            out[pid] = argv
-        return out
+        return {pid: argv for pid, argv in self.orphans().items()
+                if self.runtime_of(pid) is not None
+                and (runtime is None or self.runtime_of(pid) == runtime)}
 
     def shim_of(self, cid: str, runtime: str) -> int | None:
         for pid, argv in self.shims(runtime).items():
@@ -690,8 +734,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
     def leftovers(self) -> list[str]:
         """What is left after every container was deleted: a leak of the runtime."""
         out = []
-        for pid, argv in self.shims().items():
-            out.append(f"shim process {pid} still running: {' '.join(argv)}")
+        for pid, argv in self.orphans().items():
+            out.append(f"process {pid} still running: {' '.join(argv)}")
         for pid in all_pids():
             if in_namespace_cgroup(pid, self.namespace):
                 out.append(f"container process {pid} still running: {' '.join(cmdline(pid))}")
@@ -714,7 +758,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
                 pass
             self.reaper.wait_pids({self.reaper.containerd_pid}, 15)
         # Shims and containers that outlived containerd were started by it: end them by pid.
-        victims = set(self.shims()) | {p for p in all_pids()
+        victims = set(self.orphans()) | {p for p in all_pids()
                                          if in_namespace_cgroup(p, self.namespace)}
         for pid in victims:
             try:
@@ -946,8 +990,12 @@ class Bench:
         p90 = self.res.metric("run_to_exit_p90", "run-to-exit p90", "ms", stat="p90")
         cpu = self.res.metric("cpu_lifecycle", "shim-side CPU per run-to-exit lifecycle",
                               "ms", stat="mean")
+        inner = self.res.metric("run_to_exit_events",
+                                "run-to-exit seen by containerd, /containers/create -> "
+                                "/tasks/exit, median", "ms")
         procs = self.res.metric("reaped_per_lifecycle", "processes orphaned per lifecycle",
                                 "count", stat="mean")
+        ev = self.cd.events
         rounds = self.args.warmup + self.args.rounds
         for rnd in range(rounds):
             for rt in self.order(rnd):
@@ -955,6 +1003,7 @@ class Bench:
                     continue
                 cid = self.cid("rte", rt)
                 mark = self.cd.reaper.mark()
+                ev_mark = ev.mark()
                 child0 = self.cd.containerd_child_cpu()
                 try:
                     r = self.cd.ctr_ok(self.cd.run_args(rt, cid, "--rm", ("/bin/true",)),
@@ -962,8 +1011,12 @@ class Bench:
                     reaps = self.cd.reaper.wait_new(mark, 30)
                     if not reaps:
                         raise Failure("no shim process exited within 30s of ctr run --rm")
+                    created = ev.wait(ev_mark, "/containers/create", 10, id=cid)
+                    exited = ev.wait(ev_mark, "/tasks/exit", 10, container_id=cid, id=cid)
+                    if created is None or exited is None:
+                        raise Failure(f"no /containers/create or /tasks/exit event for {cid}")
                 except Failure as f:
-                    for x in (m, p90, cpu):
+                    for x in (m, p90, cpu, inner):
                         self.res.fail(x, rt, f)
                     self.cd.cleanup([cid])
                     continue
@@ -972,6 +1025,7 @@ class Bench:
                 ms = r.seconds * 1e3
                 m.samples[rt].append(ms)
                 p90.samples[rt].append(ms)
+                inner.samples[rt].append((exited.t - created.t) / 1e6)
                 start_cpu = self.cd.containerd_child_cpu() - child0
                 cpu.samples[rt].append((sum(x.cpu for x in reaps) + start_cpu) * 1e3)
                 procs.samples[rt].append(len(reaps))
@@ -1012,6 +1066,9 @@ class Bench:
     def exec_latency(self) -> None:
         m = self.res.metric("exec", "exec, ctr task exec /bin/true, median", "ms")
         p90 = self.res.metric("exec_p90", "exec p90", "ms", stat="p90")
+        inner = self.res.metric("exec_events", "exec seen by containerd, /tasks/exec-added -> "
+                                "/tasks/exit, median", "ms")
+        ev = self.cd.events
         boxes = {}
         for rt in RUNTIMES:
             cid = self.cid("exec", rt)
@@ -1019,24 +1076,32 @@ class Bench:
                 self.cd.run_detached(rt, cid)
                 boxes[rt] = cid
             except Failure as f:
-                self.res.fail(m, rt, f, fatal=True)
-                self.res.fail(p90, rt, f, fatal=True)
+                for x in (m, p90, inner):
+                    self.res.fail(x, rt, f, fatal=True)
                 self.cd.cleanup([cid])
         for rnd in range(self.args.warmup + self.args.rounds):
             for rt in self.order(rnd):
                 if rt not in boxes or m.gave_up(rt):
                     continue
-                args = ["task", "exec", "--exec-id", f"e{rnd}", "--fifo-dir",
+                xid = f"e{rnd}"
+                args = ["task", "exec", "--exec-id", xid, "--fifo-dir",
                         str(self.cd.fifo_dir), boxes[rt], "/bin/true"]
+                mark = ev.mark()
                 try:
-                    r = self.cd.ctr_ok(args, 30, what="ctr task exec /bin/true failed")
+                    r = self.cd.ctr_ok(args, what="ctr task exec /bin/true failed")
+                    added = ev.wait(mark, "/tasks/exec-added", 10, container_id=boxes[rt],
+                                    exec_id=xid)
+                    exited = ev.wait(mark, "/tasks/exit", 10, container_id=boxes[rt], id=xid)
+                    if added is None or exited is None:
+                        raise Failure(f"no /tasks/exec-added or /tasks/exit event for {xid}")
                 except Failure as f:
-                    self.res.fail(m, rt, f)
-                    self.res.fail(p90, rt, f)
+                    for x in (m, p90, inner):
+                        self.res.fail(x, rt, f)
                     continue
                 if rnd >= self.args.warmup:
                     m.samples[rt].append(r.seconds * 1e3)
                     p90.samples[rt].append(r.seconds * 1e3)
+                    inner.samples[rt].append((exited.t - added.t) / 1e6)
         for rt, cid in boxes.items():
             shim = self.cd.shim_of(cid, rt)
             try:
@@ -1049,14 +1114,16 @@ class Bench:
     # 4 + 7: memory with K containers, density -------------------------------------------------
 
     def measure_shim_side(self, rt: str) -> tuple[int, int, int, int]:
-        """(Rss KiB, Pss KiB, shim-side processes, container processes) of runtime `rt`."""
-        side, container = self.cd.shim_side(rt)
+        """(Rss KiB, Pss KiB, held memfd KiB, shim-side processes) of runtime `rt`."""
+        side, _ = self.cd.shim_side(rt)
         rss = pss = 0
+        memfds: dict[tuple[int, int], int] = {}
         for pid in side:
             r, p = smaps_rollup(pid)
             rss += r
             pss += p
-        return rss, pss, len(side), len(container)
+            memfds.update(held_memfds(pid))
+        return rss, pss, sum(memfds.values()) // 1024, len(side)
 
     def start_many(self, rt: str, n: int, what: str, group: str | None) -> tuple[list[str], float]:
         cids = []
@@ -1101,13 +1168,17 @@ class Bench:
                     else f"{k} containers in one group")
             metrics[mode] = (
                 self.res.metric(f"rss_{mode}", f"shim RSS per container, {desc}", "MiB"),
-                self.res.metric(f"pss_{mode}", f"shim PSS per container, {desc}", "MiB"),
+                self.res.metric(f"pss_smaps_{mode}", f"shim PSS per container, {desc}", "MiB"),
+                self.res.metric(f"memfd_{mode}", f"shim memfds held per container, {desc}",
+                                "MiB"),
+                self.res.metric(f"pss_{mode}", f"shim PSS + memfds per container, {desc}",
+                                "MiB"),
                 self.res.metric(f"procs_{mode}", f"shim-side processes per container, {desc}",
                                 "count"),
             )
         for rnd in range(self.args.mem_rounds):
             for mode in ("single", "pod"):
-                rss_m, pss_m, procs_m = metrics[mode]
+                rss_m, smaps_m, memfd_m, pss_m, procs_m = metrics[mode]
                 for rt in self.order(rnd):
                     if pss_m.gave_up(rt):
                         continue
@@ -1118,9 +1189,11 @@ class Bench:
                         for x in metrics[mode]:
                             self.res.fail(x, rt, f)
                         continue
-                    rss, pss, nside, _ = self.measure_shim_side(rt)
+                    rss, pss, memfd, nside = self.measure_shim_side(rt)
                     rss_m.samples[rt].append(rss / 1024 / k)
-                    pss_m.samples[rt].append(pss / 1024 / k)
+                    smaps_m.samples[rt].append(pss / 1024 / k)
+                    memfd_m.samples[rt].append(memfd / 1024 / k)
+                    pss_m.samples[rt].append((pss + memfd) / 1024 / k)
                     procs_m.samples[rt].append(nside / k)
                     try:
                         self.remove_many(rt, cids)
@@ -1132,7 +1205,8 @@ class Bench:
         n = self.args.density
         wall = self.res.metric("density_wall", f"density: {n} x ctr run -d in sequence, wall",
                                "s")
-        pss = self.res.metric("density_pss", f"density: total shim PSS with {n} running", "MiB")
+        pss = self.res.metric("density_pss", f"density: total shim PSS + memfds with {n} running",
+                              "MiB")
         rss = self.res.metric("density_rss", f"density: total shim RSS with {n} running", "MiB")
         rm = self.res.metric("density_remove", f"density: removing the {n}, wall", "s")
         for rnd in range(self.args.density_rounds):
@@ -1145,9 +1219,9 @@ class Bench:
                     for x in (wall, pss, rss, rm):
                         self.res.fail(x, rt, f)
                     continue
-                r_kib, p_kib, _, _ = self.measure_shim_side(rt)
+                r_kib, p_kib, memfd_kib, _ = self.measure_shim_side(rt)
                 wall.samples[rt].append(took)
-                pss.samples[rt].append(p_kib / 1024)
+                pss.samples[rt].append((p_kib + memfd_kib) / 1024)
                 rss.samples[rt].append(r_kib / 1024)
                 try:
                     rm.samples[rt].append(self.remove_many(rt, cids))
@@ -1309,6 +1383,195 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------------------------
+# --profile: where the CPU goes, per process, per operation
+
+
+PERF_HZ = 2000
+
+
+def process_group(comm: str, shim_comm: str) -> str:
+    """Buckets perf's comm names: whose CPU it is."""
+    if comm == "ctr":
+        return "ctr"
+    if comm == "containerd":
+        return "containerd"
+    if comm in ("true", "sleep"):
+        return "container process"
+    if comm.startswith("python"):
+        return "bench (python)"
+    if comm.startswith("runc") or comm == "exe":
+        return "runc (+ runc init)"
+    if comm == "pelagos-init" or comm.startswith("memfd:pelagos"):
+        return "pelagos setup helper"
+    shim_threads = ("containerd-shim", "client_handler", "listener_loop", "events", "reaper",
+                    shim_comm)
+    if comm in shim_threads or comm.startswith("pelagos"):
+        return "shim (start + daemon)"
+    return "other"
+
+
+class Profiler:
+    """perf record -a around N operations per runtime; strace -c of one pelagos daemon."""
+
+    def __init__(self, cd: Containerd, args: argparse.Namespace):
+        self.cd = cd
+        self.args = args
+        self.dir = Path(args.profile)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.n = args.rounds
+        self.shim_comm = os.path.basename(args.shim)[:15]
+        self.seq = 0
+
+    def record(self, name: str, op) -> Path:
+        data = self.dir / f"{name}.data"
+        p = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-F", str(PERF_HZ),
+                              "-o", str(data)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # perf prints nothing when ready: give it the time to open its events on every CPU.
+        time.sleep(1)
+        try:
+            for i in range(self.n):
+                op(i)
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.wait()
+        return data
+
+    def cpu_by_group(self, data: Path) -> tuple[dict[str, float], set[int]]:
+        """CPU ms per operation of the processes descended from this bench, by group.
+
+        The machine is shared: only samples of processes that the bench, its ctr calls, its
+        containerd, the shims and the containers forked count. perf's FORK records (also
+        synthesized for processes alive at the start) give the tree.
+        """
+        out = subprocess.run(["perf", "script", "-i", str(data), "--show-task-events",
+                              "-F", "comm,pid,tid", "--hide-call-graph"],
+                             capture_output=True, text=True, errors="replace").stdout
+        parent: dict[int, int] = {}
+        samples: dict[tuple[int, str], int] = {}
+        fork = re.compile(r"PERF_RECORD_FORK\((\d+):\d+\):\((\d+):\d+\)")
+        sample = re.compile(r"^\s*(.*?)\s+(\d+)/\d+\s*$")
+        for line in out.splitlines():
+            if "PERF_RECORD_" in line:
+                m = fork.search(line)
+                if m and m.group(1) != m.group(2):
+                    parent[int(m.group(1))] = int(m.group(2))
+                continue
+            m = sample.match(line)
+            if m:
+                key = (int(m.group(2)), m.group(1))
+                samples[key] = samples.get(key, 0) + 1
+        root = os.getpid()
+        ours: dict[int, bool] = {}
+
+        def descends(pid: int) -> bool:
+            chain = []
+            while pid not in ours and pid > 1 and pid != root and len(chain) < 64:
+                chain.append(pid)
+                pid = parent.get(pid, 0)
+            verdict = pid == root or ours.get(pid, False)
+            for p in chain:
+                ours[p] = verdict
+            return verdict
+
+        groups: dict[str, float] = {}
+        shim_pids = set()
+        for (pid, comm), n in samples.items():
+            if pid == 0 or not descends(pid):
+                continue
+            g = process_group(comm, self.shim_comm)
+            groups[g] = groups.get(g, 0.0) + n * 1000 / PERF_HZ / self.n
+            if g in ("shim (start + daemon)", "pelagos setup helper"):
+                shim_pids.add(pid)
+        return groups, shim_pids
+
+    def symbols(self, data: Path, pids: set[int], dest: Path) -> None:
+        """Where the pelagos shim and helper spend CPU, callers included (`--children`)."""
+        if not pids:
+            return
+        out = subprocess.run(["perf", "report", "-i", str(data), "--children", "--sort", "sym",
+                              "-g", "none", "-q", "--stdio", "--percentage", "relative",
+                              "--pid", ",".join(map(str, sorted(pids)))],
+                             capture_output=True, text=True).stdout
+        dest.write_text(out)
+
+    def lifecycle(self, rt: str, i: int, group: str | None = None) -> None:
+        self.seq += 1
+        mark = self.cd.reaper.mark()
+        self.cd.ctr_ok(self.cd.run_args(rt, f"prof-{SHORT[rt]}-{self.seq}", "--rm",
+                                        ("/bin/true",), group))
+        if group is None:
+            self.cd.reaper.wait_new(mark, 30)
+
+    def run(self) -> None:
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        for rt in RUNTIMES:
+            short = SHORT[rt]
+            for i in range(2):
+                self.lifecycle(rt, i)
+            log(f"profile: {self.n} run-to-exit lifecycles of {short}")
+            data = self.record(f"run-{short}", lambda i, rt=rt: self.lifecycle(rt, i))
+            groups, pids = self.cpu_by_group(data)
+            table.setdefault("ctr run --rm /bin/true", {})[short] = groups
+            if rt == PELAGOS:
+                self.symbols(data, pids, self.dir / "pelagos-run-symbols.txt")
+            box = f"prof-box-{short}"
+            self.cd.run_detached(rt, box)
+
+            def exec_once(i: int, box=box) -> None:
+                self.cd.ctr_ok(["task", "exec", "--exec-id", f"p{i}", "--fifo-dir",
+                                str(self.cd.fifo_dir), box, "/bin/true"])
+
+            exec_once(-1)
+            log(f"profile: {self.n} execs into a {short} container")
+            data = self.record(f"exec-{short}", exec_once)
+            groups, pids = self.cpu_by_group(data)
+            table.setdefault("ctr task exec /bin/true", {})[short] = groups
+            if rt == PELAGOS:
+                self.symbols(data, pids, self.dir / "pelagos-exec-symbols.txt")
+                self.strace_daemon(box, exec_once, "strace-pelagos-exec.txt")
+                group = "prof-pod"
+                self.cd.run_detached(rt, "prof-anchor", group)
+                self.strace_daemon("prof-anchor",
+                                   lambda i: self.lifecycle(rt, i, group),
+                                   "strace-pelagos-lifecycle-in-pod.txt")
+                self.cd.remove("prof-anchor")
+            self.cd.remove(box)
+        text = self.format(table)
+        (self.dir / "cpu-by-process.txt").write_text(text)
+        print(text)
+        log(f"profile written to {self.dir}")
+
+    def strace_daemon(self, cid: str, op, name: str) -> None:
+        """strace -f -c of the daemon serving `cid` (and its helpers) across N operations."""
+        pid = self.cd.shim_of(cid, PELAGOS)
+        if pid is None or not shutil.which("strace"):
+            return
+        p = subprocess.Popen(["strace", "-f", "-c", "-S", "calls", "-o", str(self.dir / name),
+                              "-p", str(pid)], stderr=subprocess.PIPE)
+        p.stderr.readline()  # "strace: Process N attached"
+        try:
+            for i in range(self.n):
+                op(1000 + i)
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.wait()
+
+    def format(self, table) -> str:
+        lines = [f"CPU ms per operation by process group (perf record -a, {self.n} operations "
+                 f"per runtime, {PERF_HZ} Hz)", ""]
+        for op, by_rt in table.items():
+            lines.append(op)
+            groups = sorted({g for v in by_rt.values() for g in v})
+            lines.append(f"  {'':52} {'runc':>8} {'pelagos':>8}")
+            for g in groups:
+                row = [by_rt.get(SHORT[r], {}).get(g, 0.0) for r in RUNTIMES]
+                lines.append(f"  {g:52} {row[0]:8.1f} {row[1]:8.1f}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def machine_info(cd: Containerd, args: argparse.Namespace) -> dict:
@@ -1342,6 +1605,7 @@ def machine_info(cd: Containerd, args: argparse.Namespace) -> dict:
         "pelagos_commit": commit,
         "shim": str(args.shim),
         "python": platform.python_version(),
+        "loadavg_at_start": read_text("/proc/loadavg").split()[:3],
     }
 
 
@@ -1357,7 +1621,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--containerd-dir", default=os.path.dirname(shutil.which("containerd") or
                                                                "/usr/bin/containerd"),
                    help="directory holding containerd and ctr")
-    p.add_argument("--rounds", type=int, default=20,
+    p.add_argument("--rounds", type=int, default=30,
                    help="measured rounds per runtime of the latency metrics")
     p.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
     p.add_argument("--k", type=int, default=10, help="running containers for the memory metric")
@@ -1377,6 +1641,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep-logs", default="", help="copy containerd's log (with the shims' "
                    "logs) here before tearing down")
     p.add_argument("--debug", action="store_true", help="containerd and shims log at debug")
+    p.add_argument("--profile", default="", metavar="DIR",
+                   help="instead of the table: perf record -a around --rounds lifecycles and "
+                   "execs per runtime, CPU per process group, pelagos symbols (build the shim "
+                   "with symbols for those), strace -c of a pelagos daemon; files go to DIR")
     a = p.parse_args(argv)
     if a.full:
         a.rounds *= 3
@@ -1409,6 +1677,9 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     try:
         cd.start()
+        if args.profile:
+            Profiler(cd, args).run()
+            return 0
         info = machine_info(cd, args)
         bench = Bench(cd, args, res)
         phases = {
@@ -1441,6 +1712,7 @@ def main(argv: list[str]) -> int:
     if report:
         print("* some rounds failed; the value is of the rounds that worked\n")
         print(report)
+    info["loadavg_at_end"] = read_text("/proc/loadavg").split()[:3]
     doc = {
         "machine": info,
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "markdown")},
