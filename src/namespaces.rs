@@ -8,7 +8,6 @@
 //! after joining a user namespace must be owned by it, so nothing is created at clone time then.
 
 use std::fmt;
-use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -380,11 +379,6 @@ pub fn flag_names(flags: libc::c_int) -> String {
         .map(Kind::proc_name)
         .collect();
     names.join("+")
-}
-
-/// The open file of /proc/self/ns/<kind> (used by tests and callers comparing namespaces).
-pub fn self_ns(kind: Kind) -> std::io::Result<File> {
-    File::open(Path::new("/proc/self/ns").join(kind.proc_name()))
 }
 
 #[cfg(test)]

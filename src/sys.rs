@@ -273,12 +273,7 @@ pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
     Some(ProcStat { state, start_time })
 }
 
-/// The errno of an io::Error, or EIO when it has none.
-pub fn errno_of(err: &io::Error) -> i32 {
-    err.raw_os_error().unwrap_or(libc::EIO)
-}
-
-/// "ENOENT (No such file or directory)"-style rendering of a raw errno.
+/// "ENOENT: No such file or directory"-style rendering of a raw errno.
 pub fn errno_text(errno: i32) -> String {
     let name = nix::errno::Errno::from_raw(errno);
     format!("{name:?}: {}", name.desc())
