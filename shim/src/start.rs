@@ -15,7 +15,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use containerd_shim::StartOpts;
 
 use crate::args::Flags;
 use crate::options::{self, StartInput};
@@ -164,6 +163,9 @@ pub fn group_of(annotations: &HashMap<String, String>, id: &str) -> String {
         .unwrap_or_else(|| id.to_owned())
 }
 
+/// Where shims put their sockets unless containerd (≥2.3) names another directory.
+const DEFAULT_SOCKET_DIR: &str = "/run/containerd/s";
+
 /// `unix://<dir>/<sha256("<address>/<ns>/<group>")>`, the socket containerd's shims use.
 pub fn socket_address(
     containerd_address: &str,
@@ -171,13 +173,17 @@ pub fn socket_address(
     group: &str,
     socket_dir: Option<String>,
 ) -> String {
-    let o = StartOpts {
-        address: containerd_address.to_owned(),
-        namespace: namespace.to_owned(),
-        socket_dir,
-        ..Default::default()
-    };
-    o.socket_address(group)
+    use std::fmt::Write;
+    use sha2::Digest;
+
+    let joined = Path::new(containerd_address).join(namespace).join(group);
+    let digest = sha2::Sha256::digest(joined.as_os_str().as_encoded_bytes());
+    let hex = digest.iter().fold(String::with_capacity(64), |mut h, b| {
+        let _ = write!(h, "{b:02x}");
+        h
+    });
+    let dir = socket_dir.unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_owned());
+    format!("unix://{}/{hex}", dir.trim_end_matches('/'))
 }
 
 /// Binds the socket at `path` (0600, in a directory made if needed), replacing a stale one.
