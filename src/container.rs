@@ -250,12 +250,8 @@ impl Container {
             match chan.recv::<FromHelper>()? {
                 Some(Frame::Msg(FromHelper::Ready)) => break,
                 Some(Frame::Msg(FromHelper::Forked { pid })) => {
-                    let pidfd = chan.take_fd()?;
-                    undo.children.push((pid, pidfd));
                     record.state.pid = pid;
-                    // The helper exits right after reporting; the sibling carries on.
-                    reaper::wait(helper_pid, None);
-                    undo.children.remove(0);
+                    adopt_sibling(&mut chan, &mut undo, pid)?;
                 }
                 Some(Frame::Msg(FromHelper::MapRequest)) => {
                     namespaces::write_id_maps(helper_pid, spec)?;
@@ -272,27 +268,7 @@ impl Container {
                     run_hooks("createRuntime", &create_runtime, &state)?;
                     chan.send(&ToHelper::HooksDone { state })?;
                 }
-                Some(Frame::Msg(FromHelper::Error { step, message })) => {
-                    return Err(Error::Init { step, message });
-                }
-                Some(Frame::ChildFailure { step, errno }) => {
-                    return Err(Error::Init {
-                        step: process::step::name(step).into(),
-                        message: sys::errno_text(errno),
-                    });
-                }
-                Some(Frame::Msg(other)) => {
-                    return Err(Error::Init {
-                        step: "setup helper".into(),
-                        message: format!("unexpected message {other:?}"),
-                    })
-                }
-                None => {
-                    return Err(Error::Init {
-                        step: "setup helper".into(),
-                        message: "exited before the container was ready".into(),
-                    })
-                }
+                other => return Err(helper_failure(other, "before the container was ready")),
             }
         }
         record.init_start_time = sys::proc_stat(record.state.pid)
@@ -382,17 +358,10 @@ impl Container {
         };
         let state = String::from_utf8(self.record.state.to_json()).expect("json is utf-8");
         chan.send(&ToHelper::Start { state })?;
+        // EOF: the user process was exec'd (the socket is close-on-exec).
         match chan.recv::<FromHelper>()? {
             None => {}
-            Some(Frame::Msg(FromHelper::Error { step, message })) => {
-                return Err(Error::Init { step, message })
-            }
-            Some(other) => {
-                return Err(Error::Init {
-                    step: "start".into(),
-                    message: format!("unexpected message {other:?}"),
-                })
-            }
+            other => return Err(helper_failure(other, "at start")),
         }
         self.record.state.status = Status::Running;
         self.record.save(&self.dir)?;
@@ -523,30 +492,14 @@ impl Container {
             cgroup.add_pid(helper_pid)?;
             chan.send(&ToHelper::CgroupJoined)?;
         }
+        // EOF: the process exec'd (the socket is close-on-exec).
         loop {
             match chan.recv::<FromHelper>()? {
                 None => break,
                 Some(Frame::Msg(FromHelper::Forked { pid })) => {
-                    let pidfd = chan.take_fd()?;
-                    undo.children.push((pid, pidfd));
-                    reaper::wait(helper_pid, None);
-                    undo.children.remove(0);
+                    adopt_sibling(&mut chan, &mut undo, pid)?
                 }
-                Some(Frame::Msg(FromHelper::Error { step, message })) => {
-                    return Err(Error::Init { step, message })
-                }
-                Some(Frame::ChildFailure { step, errno }) => {
-                    return Err(Error::Init {
-                        step: process::step::name(step).into(),
-                        message: sys::errno_text(errno),
-                    })
-                }
-                Some(Frame::Msg(other)) => {
-                    return Err(Error::Init {
-                        step: "exec".into(),
-                        message: format!("unexpected message {other:?}"),
-                    })
-                }
+                other => return Err(helper_failure(other, "before exec")),
             }
         }
         let (pid, pidfd) = undo.children.pop().expect("the exec'd process");
@@ -684,6 +637,37 @@ impl Container {
             status,
             op,
         }
+    }
+}
+
+/// The helper forked `pid` (its pidfd attached to the message) and exits: reap the helper,
+/// track the sibling instead.
+fn adopt_sibling(chan: &mut Channel, undo: &mut Undo, pid: i32) -> Result<(), Error> {
+    let pidfd = chan.take_fd()?;
+    let (helper, helper_pidfd) = undo.children.remove(0);
+    undo.children.push((pid, pidfd));
+    if sys::pidfd_is_unreaped_child(helper_pidfd.as_fd()) {
+        reaper::wait(helper, None);
+    }
+    Ok(())
+}
+
+/// The error for a frame that is not the expected next step.
+fn helper_failure(frame: Option<Frame<FromHelper>>, when: &str) -> Error {
+    match frame {
+        Some(Frame::Msg(FromHelper::Error { step, message })) => Error::Init { step, message },
+        Some(Frame::ChildFailure { step, errno }) => Error::Init {
+            step: process::step::name(step).into(),
+            message: sys::errno_text(errno),
+        },
+        Some(Frame::Msg(other)) => Error::Init {
+            step: "setup helper".into(),
+            message: format!("unexpected message {other:?} {when}"),
+        },
+        None => Error::Init {
+            step: "setup helper".into(),
+            message: format!("exited {when}"),
+        },
     }
 }
 
