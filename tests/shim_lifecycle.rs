@@ -6,7 +6,9 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::Child;
 
-use common::containerd::{describe, stdout, wait_child_timeout, Containerd, CTR_TIMEOUT};
+use common::containerd::{
+    describe, stdout, testing_pelagos, wait_child_timeout, Containerd, CTR_TIMEOUT,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -168,10 +170,16 @@ fn oom_kill_is_137_with_an_oom_event_first() {
     let topics = events.task_topics("oom");
     let oom = topics.iter().position(|t| t == "/tasks/oom");
     let exit = topics.iter().position(|t| t == "/tasks/exit:oom");
-    assert!(
-        matches!((oom, exit), (Some(a), Some(b)) if a < b),
-        "want /tasks/oom before the exit: {topics:?}"
-    );
+    // runc's shim watches cgroup v1 OOM through an eventfd that races with the exit (it is a
+    // SHOULD in the shim protocol); pelagos must order them.
+    if testing_pelagos() {
+        assert!(
+            matches!((oom, exit), (Some(a), Some(b)) if a < b),
+            "want /tasks/oom before the exit: {topics:?}"
+        );
+    } else {
+        assert!(exit.is_some(), "no exit event: {topics:?}");
+    }
     cd.assert_no_leaks();
 }
 

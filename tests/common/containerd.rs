@@ -605,7 +605,7 @@ state = "{state}"
                     && e.container_id() == Some(id)
                     && exec_id.is_none_or(|x| e.str_field("exec_id") == Some(x))
             });
-            if started.is_some() || !matches!(child.try_wait(), Ok(None)) {
+            if started.is_some() || events.ended() || !matches!(child.try_wait(), Ok(None)) {
                 break;
             }
         }
@@ -1091,6 +1091,7 @@ pub struct Events {
     child: Child,
     rx: Receiver<String>,
     seen: Vec<Event>,
+    ended: bool,
 }
 
 impl Events {
@@ -1115,6 +1116,7 @@ impl Events {
             child,
             rx,
             seen: Vec::new(),
+            ended: false,
         };
         // The subscription has no readiness signal: publish namespace updates until one comes
         // back through it.
@@ -1129,10 +1131,12 @@ impl Events {
                 events.seen.clear();
                 return events;
             }
+            assert!(!events.ended, "ctr events exited:\n{}", cd.log_tail(20));
         }
         panic!("ctr events never showed a /namespaces/update event");
     }
 
+    /// Takes one line, waiting at most `timeout`; false on timeout or when `ctr events` ended.
     fn pump(&mut self, timeout: Duration) -> bool {
         match self.rx.recv_timeout(timeout) {
             Ok(line) => {
@@ -1141,8 +1145,17 @@ impl Events {
                 }
                 true
             }
-            Err(_) => false,
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.ended = true;
+                false
+            }
         }
+    }
+
+    /// Whether `ctr events` has exited (e.g. containerd went away): nothing more will come.
+    pub fn ended(&self) -> bool {
+        self.ended
     }
 
     /// Waits for the first event (seen or to come) matching `pred`.
@@ -1155,7 +1168,7 @@ impl Events {
             }
             checked = self.seen.len();
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || (!self.pump(left) && Instant::now() >= deadline) {
+            if left.is_zero() || !self.pump(left) {
                 return None;
             }
         }
