@@ -968,3 +968,32 @@ fn exec_with_a_console_socket() {
     assert_eq!(out, "/dev/pts/0\n20 70\n");
     kill_and_delete(c);
 }
+
+#[test]
+fn exec_joins_the_time_namespace() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let year = 365 * 24 * 3600u64;
+    let b = Bundle::new()
+        .namespace("time", None)
+        .edit(|c| c["linux"]["timeOffsets"] = json!({"boottime": {"secs": year, "nanosecs": 0}}))
+        .args(&["sleep", "100"]);
+    let c = start_sleeper(&root, &b);
+    let (code, out, err) = exec(
+        &c,
+        &[
+            "sh",
+            "-c",
+            "cut -d. -f1 /proc/uptime; readlink /proc/self/ns/time",
+        ],
+    );
+    assert_eq!(code, 0, "stderr: {err}");
+    let mut lines = out.lines();
+    let uptime: u64 = lines.next().unwrap().parse().unwrap();
+    assert!(uptime >= year, "uptime {uptime}");
+    assert_eq!(
+        lines.next().unwrap(),
+        readlink(format!("/proc/{}/ns/time", c.pid()))
+    );
+    kill_and_delete(c);
+}
