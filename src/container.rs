@@ -6,6 +6,10 @@
 //! the id with mkdir of the state dir, creates the cgroup, clones the setup helper (see
 //! [`crate::process`]) and serves it (id maps, hooks) until it reports Ready. Any failure undoes
 //! all of it: the processes are killed and reaped, the cgroup and the state dir removed.
+//!
+//! Processes are tracked by pidfd, so signals never reach a recycled pid. Kernel needs: pidfds
+//! and waitid(P_PIDFD) (5.4), setns through a pidfd for exec (5.8); clone3 with
+//! CLONE_INTO_CGROUP (5.7) is used on cgroup v2 hosts when available.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -80,7 +84,7 @@ pub enum Error {
 /// Where state lives and how the setup helper is started.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// State root: `<root>/<id>/state.json` per container (e.g. /run/pelagos/<namespace>).
+    /// State root: `<root>/<id>/state.json` per container (e.g. `/run/pelagos/<namespace>`).
     pub root: PathBuf,
     /// The binary re-executed as the setup helper; it must call `init::run_if_helper()` first
     /// thing. `None`: this process's own executable, sealed (see `selfexe`).

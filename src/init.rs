@@ -1,4 +1,4 @@
-//! The setup helper's side: entered in a re-executed copy of the binary (argv[0] =
+//! The setup helper's side: entered in a re-executed copy of the binary (`argv[0]` =
 //! "pelagos-init") that the runtime cloned. It is a fresh single-threaded process, so it may do
 //! anything: it reads its [`Plan`] from fd 3, enters the namespaces, builds the container (runc's
 //! order), reports `Ready`, waits for `Start` and execs the user process. Exec'd processes take

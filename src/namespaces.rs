@@ -92,7 +92,7 @@ impl Kind {
         }
     }
 
-    /// The name under /proc/<pid>/ns/.
+    /// The name under `/proc/<pid>/ns/`.
     pub fn proc_name(self) -> &'static str {
         match self {
             Kind::User => "user",
@@ -292,7 +292,7 @@ fn open_ns(kind: Kind, path: &Path) -> Result<OwnedFd, NsError> {
     Ok(file.into())
 }
 
-/// Writes /proc/<pid>/uid_map and gid_map from the spec (one write each, as the kernel
+/// Writes `/proc/<pid>/uid_map` and `gid_map` from the spec (one write each, as the kernel
 /// requires).
 pub fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), NsError> {
     let linux = spec.linux().as_ref();

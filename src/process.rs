@@ -25,7 +25,7 @@ use protocol::Channel;
 pub const SOCKET_FD: RawFd = 3;
 /// The first preserved fd in the helper (it becomes 3 in the container process).
 pub const FIRST_PRESERVED_FD: RawFd = 4;
-/// argv[0] that marks a process as the setup helper.
+/// `argv[0]` that marks a process as the setup helper.
 pub const HELPER_ARGV0: &str = "pelagos-init";
 
 #[derive(Debug, thiserror::Error)]

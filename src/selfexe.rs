@@ -1,5 +1,5 @@
 //! The setup helper's executable. By default it is a sealed in-memory copy of this process's own
-//! binary, made once per process: a container that could write through /proc/<helper>/exe would
+//! binary, made once per process: a container that could write through `/proc/<helper>/exe` would
 //! otherwise overwrite the host binary (CVE-2019-5736). The copy is never written again and is
 //! executed by fd (execveat with AT_EMPTY_PATH), so no path lookup happens after clone.
 

@@ -70,7 +70,7 @@ impl State {
 pub struct Record {
     #[serde(flatten)]
     pub state: State,
-    /// Start time of the init (field 22 of /proc/<pid>/stat): tells a recycled pid apart.
+    /// Start time of the init (field 22 of `/proc/<pid>/stat`): tells a recycled pid apart.
     pub init_start_time: u64,
     /// The container's cgroup path (see `cgroups::resolve_path`).
     pub cgroup_path: String,

@@ -210,8 +210,9 @@ pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
 
 /// The CLONE_NEW* type of a namespace fd (ioctl NS_GET_NSTYPE).
 pub fn ns_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
-    const NS_GET_NSTYPE: libc::c_ulong = 0xb703; // _IO(0xb7, 0x3)
-                                                 // SAFETY: NS_GET_NSTYPE takes no argument and returns the type or -1.
+    // _IO(0xb7, 0x3)
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type or -1.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
@@ -247,7 +248,7 @@ pub fn memfd_create_exec(name: &CStr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Fields of /proc/<pid>/stat the core needs.
+/// Fields of `/proc/<pid>/stat` the core needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
     /// The state letter (R, S, D, Z, T, t, X, I …).
@@ -256,7 +257,7 @@ pub struct ProcStat {
     pub start_time: u64,
 }
 
-/// Parses /proc/<pid>/stat; `None` when the process does not exist.
+/// Parses `/proc/<pid>/stat`; `None` when the process does not exist.
 pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_proc_stat(&text)
