@@ -149,15 +149,35 @@ pub fn runtimes_table(major: u32) -> &'static str {
     }
 }
 
+/// A runtime handler `name` for the pelagos shim with pelagos' TOML settings `options`: the
+/// handler's `options` table on containerd 2.x (CRI sends it as the TOML body), a file named by
+/// `ConfigPath` in `dir` on 1.x (CRI 1.x passes on only `TypeUrl` and `ConfigPath`).
+pub fn pelagos_handler(major: u32, dir: &Path, name: &str, options: &str) -> String {
+    let t = runtimes_table(major);
+    let mut s = format!(
+        "    [{t}.{name}]\n      runtime_type = \"io.containerd.pelagos.v2\"\n    [{t}.{name}.options]\n"
+    );
+    if major >= 2 {
+        for line in options.lines() {
+            s.push_str(&format!("      {line}\n"));
+        }
+    } else {
+        let file = dir.join(format!("{name}.toml"));
+        fs::write(&file, options).expect("write runtime options file");
+        s.push_str(&format!("      ConfigPath = \"{}\"\n", file.display()));
+    }
+    s
+}
+
 impl Cri {
     /// Starts containerd with CRI; the test's pods use runtime handler `handler`.
     pub fn start(handler: &str) -> Cri {
-        Cri::start_with(handler, |_| String::new())
+        Cri::start_with(handler, |_, _| String::new())
     }
 
-    /// Like [`Cri::start`], with more runtime handler tables: `extra(major)` is TOML appended
-    /// inside the CRI section (see [`runtimes_table`]).
-    pub fn start_with(handler: &str, extra: impl Fn(u32) -> String) -> Cri {
+    /// Like [`Cri::start`], with more runtime handler tables: `extra(major, work dir)` is TOML
+    /// appended inside the CRI section (see [`runtimes_table`] and [`pelagos_handler`]).
+    pub fn start_with(handler: &str, extra: impl Fn(u32, &Path) -> String) -> Cri {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let tag = format!(
             "{}-{}",
@@ -187,7 +207,7 @@ impl Cri {
             .next()
             .and_then(|m| m.parse().ok())
             .unwrap_or(1);
-        let cd = Containerd::start_cri(&cri_section(major, &cni_bin, &net_d, &extra(major)));
+        let cd = Containerd::start_cri(&cri_section(major, &cni_bin, &net_d, &extra(major, &work)));
         cd.ctr_ok(&[
             "images",
             "import",

@@ -1,0 +1,92 @@
+//! Runtime options of a CRI runtime handler reach the pelagos shim as
+//! `runtimeoptions.v1.Options` and are decoded; bad ones fail pod creation with an error naming
+//! the problem, in the CRI response and in containerd's log, and leave nothing behind.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::cri::{pelagos_handler, Cri};
+
+fn handlers(major: u32, dir: &Path) -> String {
+    [
+        (
+            "pelagos-opts",
+            "LogLevel = \"debug\"\nNoPivotRoot = false\n",
+        ),
+        ("pelagos-typo", "Sytemdcgroup = true\n"),
+        ("pelagos-systemd", "SystemdCgroup = true\n"),
+        ("pelagos-badlevel", "LogLevel = \"loud\"\n"),
+    ]
+    .iter()
+    .map(|(name, opts)| pelagos_handler(major, dir, name, opts))
+    .collect()
+}
+
+/// The pod is refused with every piece of `want` in the CRI error and in one error line of
+/// containerd's log (which escapes quotes).
+fn refused(cri: &mut Cri, handler: &str, want: &[&str]) {
+    cri.handler = handler.to_owned();
+    let pod = cri.pod_config(handler);
+    let err = cri
+        .run_pod(&pod)
+        .expect_err("RunPodSandbox with bad runtime options succeeded");
+    assert!(
+        want.iter().all(|w| err.message().contains(w)),
+        "CRI error {:?} does not say {want:?}",
+        err.message()
+    );
+    let log = fs::read_to_string(cri.cd.log_path()).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("level=error") && want.iter().all(|w| l.contains(w))),
+        "containerd log has no error saying {want:?}:\n{}",
+        cri.cd.log_tail(30)
+    );
+    cri.assert_no_leaks();
+}
+
+#[test]
+fn pelagos_runtime_options() {
+    let mut cri = Cri::start_with("pelagos-opts", handlers);
+    let pod = cri.pod_config("opts");
+    let pod_id = cri.run_pod_ok(&pod);
+    let id = cri.run_container(
+        &pod_id,
+        &pod,
+        &Cri::container_config("app", &["sleep", "1000"]),
+    );
+    assert_eq!(cri.exec_ok(&id, &["echo", "ok"]), "ok\n");
+    cri.stop_pod(&pod_id);
+    cri.remove_pod(&pod_id);
+    cri.assert_no_leaks();
+
+    let origin = if cri.major() >= 2 {
+        "CRI config body"
+    } else {
+        "pelagos-typo.toml"
+    };
+    refused(
+        &mut cri,
+        "pelagos-typo",
+        &[
+            origin,
+            "unknown key",
+            "Sytemdcgroup",
+            "known: SystemdCgroup",
+        ],
+    );
+    refused(
+        &mut cri,
+        "pelagos-badlevel",
+        &["LogLevel = ", "loud", "is not one of error, warn"],
+    );
+    if !Path::new("/run/systemd/system").is_dir() {
+        refused(
+            &mut cri,
+            "pelagos-systemd",
+            &["SystemdCgroup = true but systemd is not running"],
+        );
+    }
+}
