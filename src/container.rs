@@ -160,6 +160,7 @@ impl Container {
 
         let dir = claim_state_dir(&config.root, &opts.id)?;
         let mut undo = Undo::new(dir.clone());
+        let start_fifo = make_start_fifo(&dir)?;
         undo.cgroup = Some(Cgroup::create(
             &cgroup_path,
             Some(&cgroups::spec_resources(&linux)),
@@ -171,6 +172,8 @@ impl Container {
         let preserve_count = opts.preserve_fds.len() as u32;
         let kinds: Vec<Kind> = ns_fds.iter().map(|(k, _)| *k).collect();
         let mut extra_fds: Vec<OwnedFd> = ns_fds.into_iter().map(|(_, fd)| fd).collect();
+        extra_fds.push(start_fifo);
+        let fifo_index = extra_fds.len() - 1;
         let console_index = console.map(|c| {
             extra_fds.push(c);
             extra_fds.len() - 1
@@ -204,6 +207,7 @@ impl Container {
             preserve_fds: preserve_count,
             terminal,
             console: console_index.map(|i| spawned.extra_fd_base + i as i32),
+            start_fifo: Some(spawned.extra_fd_base + fifo_index as i32),
             seccomp: seccomp.as_deref().cloned(),
             join: kinds
                 .into_iter()
@@ -354,20 +358,24 @@ impl Container {
         if status != Status::Created {
             return Err(self.wrong_state(status, "start"));
         }
-        let Some(mut chan) = self.channel.take() else {
-            return Err(Error::Other(format!(
-                "container {} was created by another process; start it there",
-                self.id()
-            )));
-        };
+        let mut running = self.record.clone();
+        running.state.status = Status::Running;
         let state = String::from_utf8(self.record.state.to_json()).expect("json is utf-8");
-        chan.send(&ToHelper::Start { state })?;
-        // EOF: the user process was exec'd (the socket is close-on-exec).
-        match chan.recv::<FromHelper>()? {
-            None => {}
-            other => return Err(helper_failure(other, "at start")),
+        match self.channel.take() {
+            Some(mut chan) => {
+                chan.send(&ToHelper::Start { state })?;
+                // EOF: the user process was exec'd (the socket is close-on-exec).
+                match chan.recv::<FromHelper>()? {
+                    None => {}
+                    other => return Err(helper_failure(other, "at start")),
+                }
+                let _ = std::fs::remove_file(self.dir.join(START_FIFO));
+            }
+            // Created by another process: release the init through the start fifo (no exec
+            // acknowledgement on this path; exec errors end the init).
+            None => self.start_through_fifo(&state)?,
         }
-        self.record.state.status = Status::Running;
+        self.record = running;
         self.record.save(&self.dir)?;
         // runtime-spec: a failing poststart hook is logged; the container keeps running.
         let poststart = hooks_of(&self.record.spec, |h| h.poststart().clone());
@@ -375,6 +383,37 @@ impl Container {
             log::warn!("container {}: {e}", self.id());
         }
         Ok(())
+    }
+
+    fn start_through_fifo(&self, state: &str) -> Result<(), Error> {
+        let fifo = self.dir.join(START_FIFO);
+        // The rename claims the start: of two concurrent starts, one finds no fifo.
+        let claimed = self
+            .dir
+            .join(format!("{START_FIFO}.{}", std::process::id()));
+        std::fs::rename(&fifo, &claimed).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => self.wrong_state(Status::Running, "start"),
+            _ => Error::StateDir {
+                path: fifo.clone(),
+                source: e,
+            },
+        })?;
+        let sent = (|| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(&claimed)?;
+            let body = serde_json::to_vec(&ToHelper::Start {
+                state: state.to_string(),
+            })?;
+            let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            w.write_all(&frame)
+        })();
+        let _ = std::fs::remove_file(&claimed);
+        sent.map_err(|source| Error::StateDir { path: fifo, source })
     }
 
     /// Sends `signal` to the init, or to every process in the cgroup when `all`.
@@ -481,6 +520,7 @@ impl Container {
             preserve_fds: 0,
             terminal,
             console: has_console.then_some(spawned.extra_fd_base + 1),
+            start_fifo: None,
             seccomp: seccomp.as_deref().cloned(),
             join: Vec::new(),
             join_pidfd: Some((spawned.extra_fd_base, join_flags)),
@@ -528,7 +568,8 @@ impl Container {
         if !alive {
             return Status::Stopped;
         }
-        if self.record.state.status == Status::Created {
+        // The start fifo lives from create to start, whichever process starts the container.
+        if self.dir.join(START_FIFO).exists() {
             return Status::Created;
         }
         if self
@@ -765,6 +806,32 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
         return bad("only letters, digits, '_', '-', '+' and '.' are allowed");
     }
     Ok(())
+}
+
+/// The fifo in the state dir on which a created init waits for a start from any process.
+const START_FIFO: &str = "start.fifo";
+
+/// Makes `<dir>/start.fifo` and opens it read-write for the init: it never sees EOF there, and
+/// a starter can open it for writing while the init waits.
+fn make_start_fifo(dir: &Path) -> Result<OwnedFd, Error> {
+    let path = dir.join(START_FIFO);
+    let err = |source| Error::StateDir {
+        path: path.clone(),
+        source,
+    };
+    nix::unistd::mkfifo(
+        &path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .map_err(|e| err(e.into()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(err)?;
+    Ok(f.into())
 }
 
 /// mkdir of `<root>/<id>`: the atomic claim of the id.

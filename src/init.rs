@@ -175,11 +175,8 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
 
     if let Some(init) = &plan.init {
         chan.send(&FromHelper::Ready).step("send ready")?;
-        let start_state = match chan.recv::<ToHelper>().step("wait for start")? {
-            Some(Frame::Msg(ToHelper::Start { state })) => state,
-            Some(other) => return Err(fail("wait for start", format!("unexpected {other:?}"))),
-            // The runtime went away (container deleted before start).
-            None => return Ok(()),
+        let Some(start_state) = wait_for_start(chan, plan.start_fifo)? else {
+            return Ok(()); // the runtime went away and there is no start fifo
         };
         let hooks = hooks_of(&init.spec, |h| h.start_container().clone());
         run_hooks("startContainer hooks", &hooks, &start_state)?;
@@ -200,6 +197,71 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
     ))
 }
 
+/// Waits for `Start` on the socket or, once the creating process has gone away (or from any
+/// other process), on the start fifo. Returns the state JSON for startContainer hooks.
+fn wait_for_start(chan: &mut Channel, fifo: Option<RawFd>) -> Result<Option<String>, InitError> {
+    let step = "wait for start";
+    let mut socket_open = true;
+    let mut from_fifo: Vec<u8> = Vec::new();
+    loop {
+        let mut fds = Vec::with_capacity(2);
+        if socket_open {
+            fds.push(libc::pollfd {
+                fd: chan.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let Some(fd) = fifo {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if fds.is_empty() {
+            return Ok(None);
+        }
+        // SAFETY: polls live pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(fail(step, e));
+        }
+        if socket_open && fds[0].revents != 0 {
+            match chan.recv::<ToHelper>().step(step)? {
+                Some(Frame::Msg(ToHelper::Start { state })) => return Ok(Some(state)),
+                Some(other) => return Err(fail(step, format!("unexpected {other:?}"))),
+                None => socket_open = false,
+            }
+            continue;
+        }
+        if let Some(fd) = fifo {
+            let mut buf = [0u8; 4096];
+            // SAFETY: reads into a stack buffer from the fifo we own (non-blocking).
+            let got = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if got > 0 {
+                from_fifo.extend_from_slice(&buf[..got as usize]);
+            }
+            if from_fifo.len() >= 4 {
+                let len = u32::from_le_bytes(from_fifo[..4].try_into().expect("4 bytes")) as usize;
+                if from_fifo.len() >= 4 + len {
+                    return match serde_json::from_slice(&from_fifo[4..4 + len]).step(step)? {
+                        ToHelper::Start { state } => Ok(Some(state)),
+                        other => Err(fail(
+                            step,
+                            format!("unexpected {other:?} on the start fifo"),
+                        )),
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// Moves the socket above every planned fd so the preserved fds can slide down onto 3.., and
 /// marks everything from 3 on close-on-exec (hooks we spawn must not inherit them).
 fn relocate_socket(chan: &mut Channel, plan: &Plan) -> Result<(), InitError> {
@@ -210,7 +272,7 @@ fn relocate_socket(chan: &mut Channel, plan: &Plan) -> Result<(), InitError> {
     if let Some((fd, _)) = plan.join_pidfd {
         top = top.max(fd + 1);
     }
-    if let Some(fd) = plan.console {
+    for fd in plan.console.iter().chain(plan.start_fifo.iter()) {
         top = top.max(fd + 1);
     }
     let moved = sys::dup_at_least(SOCKET_FD, top).step("move protocol socket")?;

@@ -484,7 +484,7 @@ fn terminal_becomes_the_controlling_tty() {
 #[derive(Debug, PartialEq)]
 struct Leftovers {
     children: BTreeSet<i32>,
-    mounts: usize,
+    mounts: Vec<String>,
     state_entries: Vec<String>,
     cgroups: Vec<String>,
 }
@@ -504,10 +504,18 @@ fn leftovers(root: &TestRoot) -> Leftovers {
             }
         }
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+    // Only mounts of this test process's bundles and state roots: other test binaries on the
+    // host may mount and unmount meanwhile.
+    let ours = [
+        format!("pelagos-bundle-{me}-"),
+        format!("pelagos-test-{me}-"),
+    ];
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .count();
+        .filter(|l| ours.iter().any(|o| l.contains(o.as_str())))
+        .map(str::to_string)
+        .collect();
     let mut state_entries: Vec<String> = std::fs::read_dir(root.root())
         .map(|d| {
             d.flatten()
@@ -996,4 +1004,46 @@ fn exec_joins_the_time_namespace() {
         readlink(format!("/proc/{}/ns/time", c.pid()))
     );
     kill_and_delete(c);
+}
+
+#[test]
+fn start_from_another_handle_after_the_creator_is_gone() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new().args(&["sh", "-c", "echo started-elsewhere"]);
+    let id = unique_id("fifo");
+    let (stdio, pipes) = Pipes::new();
+    let creator = root.create_id(&id, &b, stdio).unwrap();
+    let pid = creator.pid();
+    // The creating handle goes away (as a `create` CLI process would exit): the init waits on.
+    drop(creator);
+    let mut other = Container::load(&root.config, &id).unwrap();
+    assert_eq!(other.state().status, Status::Created);
+    assert_eq!(other.pid(), pid);
+    other.start().unwrap();
+    assert_eq!(
+        Container::load(&root.config, &id).unwrap().state().status,
+        Status::Running
+    );
+    let (out, _) = pipes.collect();
+    assert_eq!(out, "started-elsewhere\n");
+    assert_eq!(other.wait().unwrap().status, 0);
+    let err = other.start().unwrap_err();
+    assert!(err.to_string().contains("cannot start"), "{err}");
+    other.delete(false).unwrap();
+}
+
+#[test]
+fn a_started_container_is_running_for_every_handle() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new().args(&["sleep", "100"]);
+    let id = unique_id("handles");
+    let creator = root.create_id(&id, &b, Stdio::Null).unwrap();
+    let mut other = Container::load(&root.config, &id).unwrap();
+    other.start().unwrap();
+    assert_eq!(creator.state().status, Status::Running);
+    let mut again = Container::load(&root.config, &id).unwrap();
+    assert!(again.start().is_err());
+    kill_and_delete(creator);
 }

@@ -46,6 +46,8 @@ pub struct Plan {
     /// A console socket at this fd: allocate a pty in the container's devpts, send the master
     /// there and make the slave fds 0-2 and the controlling terminal.
     pub console: Option<RawFd>,
+    /// The start fifo (read-write): `Start` may also arrive there, from another process.
+    pub start_fifo: Option<RawFd>,
     pub seccomp: Option<CompiledFilter>,
     /// Namespaces to join: (type, fd in the helper), user first.
     pub join: Vec<(Kind, RawFd)>,
