@@ -1,7 +1,8 @@
 //! The setup helper's side: entered in a re-executed copy of the binary (`argv[0]` =
 //! "pelagos-init") that the runtime cloned. It is a fresh single-threaded process, so it may do
 //! anything: it reads its [`Plan`] from fd 3, enters the namespaces, builds the container (runc's
-//! order), reports `Ready`, waits for `Start` and execs the user process. Exec'd processes take
+//! order), reports `Ready`, waits for `Start` (on the socket, or on the start fifo when another
+//! process starts the container) and execs the user process. Exec'd processes take
 //! the same path without Ready/Start. Every failure is sent back as `Error { step, message }`
 //! before the helper exits; the socket is close-on-exec, so the runtime reads EOF once the exec
 //! happened.
