@@ -22,5 +22,7 @@ pub mod state;
 pub mod sys;
 pub mod user;
 
-pub use container::{Config, Container, CreateOptions, ExecProcess, Stdio};
+pub use container::{
+    console_socket, Config, ConsoleSocket, Container, CreateOptions, ExecProcess, Stdio,
+};
 pub use state::{State, Status};
