@@ -191,3 +191,98 @@ fn pelagos_pod_namespaces() {
 fn runc_pod_namespaces() {
     pod_namespaces(RUNC);
 }
+
+/// A cgroup parent ending in `.slice` makes CRI write the systemd form `slice:cri-containerd:id`:
+/// pelagos lays it out as systemd would (`<slice>/cri-containerd-<id>.scope`, no systemd
+/// needed); runc's cgroupfs driver takes the string as a literal path. Either way the pod's
+/// containers are in a cgroup named after their parent and id, and removing the pod leaves none.
+fn systemd_cgroup_path(handler: &str) {
+    let cri = Cri::start(handler);
+    let mut pod = cri.pod_config("slice");
+    let slice = cri.slice_parent();
+    pod.linux.as_mut().unwrap().cgroup_parent = slice.clone();
+    let pod_id = cri.run_pod_ok(&pod);
+    let id = cri.run_container(
+        &pod_id,
+        &pod,
+        &Cri::container_config("app", &["sleep", "1000"]),
+    );
+    let pid = cri.container_pid(&id);
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read cgroup");
+    let want = if handler == PELAGOS {
+        format!("/{slice}/cri-containerd-{id}.scope")
+    } else {
+        format!("/{slice}:cri-containerd:{id}")
+    };
+    let pids_line = cg
+        .lines()
+        .find(|l| l.split(':').nth(1) == Some("pids") || l.starts_with("0::"))
+        .unwrap_or_else(|| panic!("no pids or v2 line in {cg}"));
+    assert!(pids_line.ends_with(&want), "{pids_line} is not {want}");
+    cri.stop_pod(&pod_id);
+    cri.remove_pod(&pod_id);
+    cri.assert_no_leaks();
+}
+
+#[test]
+fn pelagos_systemd_cgroup_path() {
+    systemd_cgroup_path(PELAGOS);
+}
+
+#[test]
+fn runc_systemd_cgroup_path() {
+    systemd_cgroup_path(RUNC);
+}
+
+/// Without `restrict_oom_score_adj`, CRI asks for oom_score_adj -998 for the sandbox, which
+/// this host refuses when CAP_SYS_RESOURCE is withheld: RunPodSandbox fails (pelagos names
+/// oom_score_adj) rather than hangs, and leaves nothing. Where the capability is there, the
+/// sandbox gets the value.
+fn unrestricted_oom_score_adj(handler: &str) {
+    let cri = Cri::start_full(handler, false, |_, _| String::new());
+    let pod = cri.pod_config("oomadj");
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    const CAP_SYS_RESOURCE: u64 = 1 << 24;
+    match cri.run_pod(&pod) {
+        Ok(id) => {
+            assert_ne!(
+                eff & CAP_SYS_RESOURCE,
+                0,
+                "pod ran without CAP_SYS_RESOURCE"
+            );
+            let pid = cri.container_pid(&id);
+            let adj = fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+            assert_eq!(adj.trim(), "-998");
+            cri.stop_pod(&id);
+            cri.remove_pod(&id);
+        }
+        Err(e) => {
+            assert_eq!(eff & CAP_SYS_RESOURCE, 0, "RunPodSandbox failed: {e}");
+            if handler == PELAGOS {
+                assert!(
+                    e.message().contains("oom_score_adj -998")
+                        && e.message().contains("CAP_SYS_RESOURCE"),
+                    "{}",
+                    e.message()
+                );
+            }
+            // CRI removes the failed sandbox itself.
+        }
+    }
+    cri.assert_no_leaks();
+}
+
+#[test]
+fn pelagos_unrestricted_oom_score_adj() {
+    unrestricted_oom_score_adj(PELAGOS);
+}
+
+#[test]
+fn runc_unrestricted_oom_score_adj() {
+    unrestricted_oom_score_adj(RUNC);
+}

@@ -75,6 +75,8 @@ pub struct Cri {
     pub handler: String,
     /// The cgroupfs parent of this test's pods, e.g. `/pelagos-cri-123-0`.
     pub cgroup_parent: String,
+    /// `pelagos_cri_<pid>_<n>`: [`Cri::slice_parent`] without `.slice`.
+    slice_stem: String,
     /// Pod log dirs and profiles.
     pub work: PathBuf,
     _serial: MutexGuard<'static, ()>,
@@ -178,6 +180,16 @@ impl Cri {
     /// Like [`Cri::start`], with more runtime handler tables: `extra(major, work dir)` is TOML
     /// appended inside the CRI section (see [`runtimes_table`] and [`pelagos_handler`]).
     pub fn start_with(handler: &str, extra: impl Fn(u32, &Path) -> String) -> Cri {
+        Cri::start_full(handler, true, extra)
+    }
+
+    /// Like [`Cri::start_with`]; `restrict_oom_score_adj = false` makes CRI ask for a negative
+    /// oom_score_adj for sandboxes, as on a default node.
+    pub fn start_full(
+        handler: &str,
+        restrict_oom_score_adj: bool,
+        extra: impl Fn(u32, &Path) -> String,
+    ) -> Cri {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let tag = format!(
             "{}-{}",
@@ -207,7 +219,12 @@ impl Cri {
             .next()
             .and_then(|m| m.parse().ok())
             .unwrap_or(1);
-        let cd = Containerd::start_cri(&cri_section(major, &cni_bin, &net_d, &extra(major, &work)));
+        let cd = Containerd::start_cri(
+            &cri_section(major, &cni_bin, &net_d, &extra(major, &work)).replace(
+                "restrict_oom_score_adj = true",
+                &format!("restrict_oom_score_adj = {restrict_oom_score_adj}"),
+            ),
+        );
         cd.ctr_ok(&[
             "images",
             "import",
@@ -241,12 +258,35 @@ impl Cri {
             channel,
             handler: handler.to_owned(),
             cgroup_parent: format!("/pelagos-cri-{tag}"),
+            slice_stem: format!("pelagos_cri_{}", tag.replace('-', "_")),
             work,
             _serial: serial,
         };
         cri.wait_image(PAUSE_REF);
         cri.wait_image(image::IMAGE_REF);
         cri
+    }
+
+    /// A pod cgroup parent in the systemd driver's form (ends in `.slice`), unique to the test.
+    pub fn slice_parent(&self) -> String {
+        format!("{}.slice", self.slice_stem)
+    }
+
+    /// Cgroup dirs of the slice parent at the top of each hierarchy: `<slice>` itself and what
+    /// a cgroupfs driver makes of `<slice>:cri-containerd:<id>`.
+    fn slice_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for m in containerd::cgroup_mounts() {
+            for e in fs::read_dir(&m).into_iter().flatten().flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&self.slice_parent())
+                {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
     }
 
     pub fn major(&self) -> u32 {
@@ -639,9 +679,10 @@ impl Cri {
         self.cd.task_pid(id)
     }
 
-    /// Processes in a cgroup under this test's cgroup parent, in any hierarchy.
+    /// Processes in a cgroup under this test's cgroup parents, in any hierarchy.
     pub fn pod_cgroup_pids(&self) -> Vec<i32> {
         let prefix = self.cgroup_parent.clone();
+        let slice = format!("/{}", self.slice_parent());
         fs::read_dir("/proc")
             .map(|rd| {
                 rd.flatten()
@@ -651,7 +692,9 @@ impl Cri {
                             .map(|t| {
                                 t.lines().any(|l| {
                                     let p = l.splitn(3, ':').nth(2).unwrap_or("");
-                                    p == prefix || p.starts_with(&format!("{prefix}/"))
+                                    p == prefix
+                                        || p.starts_with(&format!("{prefix}/"))
+                                        || p.starts_with(&slice)
                                 })
                             })
                             .unwrap_or(false)
@@ -675,7 +718,11 @@ impl Cri {
             for e in fs::read_dir(dir).into_iter().flatten().flatten() {
                 if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    let id = name
+                        .strip_prefix("cri-containerd-")
+                        .and_then(|n| n.strip_suffix(".scope"))
+                        .unwrap_or(&name);
+                    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
                         out.push(e.path());
                     }
                     walk(&e.path(), out);
@@ -688,6 +735,14 @@ impl Cri {
                 &m.join(self.cgroup_parent.trim_start_matches('/')),
                 &mut out,
             );
+        }
+        for d in self.slice_dirs() {
+            if d.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(':'))
+            {
+                out.push(d.clone());
+            }
+            walk(&d, &mut out);
         }
         out
     }
@@ -768,6 +823,9 @@ impl Drop for Cri {
         // Containerd's own Drop then ends what is left; the pod cgroups and work dir are ours.
         for m in containerd::cgroup_mounts() {
             remove_tree(&m.join(self.cgroup_parent.trim_start_matches('/')));
+        }
+        for d in self.slice_dirs() {
+            remove_tree(&d);
         }
         let _ = fs::remove_dir_all(&self.work);
     }
