@@ -833,6 +833,11 @@ state = "{state}"
     /// Waits (on pidfds, bounded) for processes that are already on their way out. Removes the
     /// empty `/<namespace>` cgroup parents, which runc leaves too.
     pub fn leaks(&self) -> Vec<String> {
+        self.leaks_within(EXIT_GRACE)
+    }
+
+    /// [`Containerd::leaks`] with `grace` for processes to go away.
+    pub fn leaks_within(&self, grace: Duration) -> Vec<String> {
         let mut leaks = Vec::new();
         let containers = self.ctr(&["containers", "ls", "-q"]);
         let containers = String::from_utf8_lossy(&containers.stdout);
@@ -844,7 +849,7 @@ state = "{state}"
         if !tasks.trim().is_empty() {
             leaks.push(format!("tasks not deleted: {}", tasks.trim()));
         }
-        let deadline = Instant::now() + EXIT_GRACE;
+        let deadline = Instant::now() + grace;
         for pid in self.shim_pids() {
             if !wait_pid_gone(pid, deadline) {
                 leaks.push(format!(
