@@ -927,3 +927,162 @@ pub fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// A minimal websocket client for the CRI streaming server's `v4.channel.k8s.io` protocol:
+/// every binary message starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 status).
+pub struct ChannelStream {
+    sock: std::net::TcpStream,
+    pending: Vec<u8>,
+}
+
+/// What a stream delivered: stdout, stderr, status (channel 3, the exit status as JSON).
+#[derive(Debug, Default)]
+pub struct Streamed {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: String,
+}
+
+impl ChannelStream {
+    /// Upgrades a GET of `url` (from an Exec/Attach response) to a websocket.
+    pub fn connect(url: &str) -> ChannelStream {
+        use std::io::{Read, Write};
+        let rest = url
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("streaming URL {url} is not http://"));
+        let (host, path) = rest.split_at(rest.find('/').expect("URL path"));
+        let sock = std::net::TcpStream::connect(host)
+            .unwrap_or_else(|e| panic!("connect to streaming server {host}: {e}"));
+        sock.set_read_timeout(Some(CALL_TIMEOUT)).unwrap();
+        let mut s = ChannelStream {
+            sock,
+            pending: Vec::new(),
+        };
+        write!(
+            s.sock,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: cGVsYWdvcy1jcmktdGVzdA==\r\n\
+             Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
+        )
+        .expect("send upgrade request");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = s.sock.read(&mut byte).expect("read upgrade response");
+            assert_eq!(n, 1, "streaming server closed during the upgrade: {head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "websocket upgrade refused: {head}"
+        );
+        s
+    }
+
+    fn read_exact(&mut self, n: usize) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut buf = vec![0u8; n];
+        self.sock.read_exact(&mut buf).ok()?;
+        Some(buf)
+    }
+
+    /// The next data message as (channel, payload); `None` once the server closes.
+    pub fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            let h = self.read_exact(2)?;
+            let (fin, opcode) = (h[0] & 0x80 != 0, h[0] & 0x0f);
+            let masked = h[1] & 0x80 != 0;
+            let len = match h[1] & 0x7f {
+                126 => u16::from_be_bytes(self.read_exact(2)?.try_into().ok()?) as usize,
+                127 => u64::from_be_bytes(self.read_exact(8)?.try_into().ok()?) as usize,
+                n => n as usize,
+            };
+            let mask = if masked { self.read_exact(4) } else { None };
+            let mut payload = self.read_exact(len)?;
+            if let Some(m) = mask {
+                payload
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, b)| *b ^= m[i % 4]);
+            }
+            match opcode {
+                8 => return None,
+                9 => self.send_frame(10, &payload),
+                0..=2 => {
+                    self.pending.extend_from_slice(&payload);
+                    if fin {
+                        let msg = std::mem::take(&mut self.pending);
+                        if let Some((&ch, data)) = msg.split_first() {
+                            return Some((ch, data.to_vec()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        use std::io::Write;
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        // Clients must mask; any key will do.
+        let key = [0x5a, 0x13, 0xc7, 0x2e];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        self.sock.write_all(&f).expect("send websocket frame");
+    }
+
+    /// Sends `data` on the stdin channel.
+    pub fn send_stdin(&mut self, data: &[u8]) {
+        let mut msg = vec![0u8];
+        msg.extend_from_slice(data);
+        self.send_frame(2, &msg);
+    }
+
+    /// Reads until stdout contains `want` (or the stream ends); returns what arrived.
+    pub fn read_until_stdout(&mut self, want: &str) -> Streamed {
+        let mut got = Streamed::default();
+        while !got.stdout.contains(want) {
+            let Some((ch, data)) = self.recv() else { break };
+            got.add(ch, &data);
+        }
+        got
+    }
+
+    /// Reads everything until the server closes the stream.
+    pub fn read_to_end(&mut self) -> Streamed {
+        let mut got = Streamed::default();
+        while let Some((ch, data)) = self.recv() {
+            got.add(ch, &data);
+        }
+        got
+    }
+
+    pub fn close(mut self) {
+        self.send_frame(8, &1000u16.to_be_bytes());
+    }
+}
+
+impl Streamed {
+    fn add(&mut self, ch: u8, data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        match ch {
+            1 => self.stdout.push_str(&text),
+            2 => self.stderr.push_str(&text),
+            3 => self.status.push_str(&text),
+            _ => {}
+        }
+    }
+}
