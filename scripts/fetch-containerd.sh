@@ -31,7 +31,7 @@ esac
 dest="$repo/.work/containerd-$ver"
 bindir="$dest/usr/bin"
 
-version_ok() { [ -x "$bindir/containerd" ] && "$bindir/containerd" --version 2>/dev/null | grep -q " v\?$ver\."; }
+version_ok() { [ -x "$bindir/containerd" ] && "$bindir/containerd" --version 2>/dev/null | grep -q " v\?${ver%%.*}\."; }
 
 if version_ok; then
     echo "$bindir"
@@ -78,26 +78,29 @@ tmp="$(mktemp -d)"
 chmod 755 "$tmp"
 chown _apt "$tmp" 2>/dev/null || true
 trap 'rm -rf "$tmp"' EXIT
-got=""
-for suite in $suites; do
-    cand="$(apt-cache madison containerd | awk -v s="$suite" '$0 ~ "/" s "/" || $0 ~ " " s "/" {print $3; exit}')"
-    case "$cand" in
-        "$ver".*)
-            log "downloading containerd $cand from $suite"
-            (cd "$tmp" && apt-get download -qq "containerd/$suite" >/dev/null)
-            got="$suite"
-            break
-            ;;
-        *) log "$suite has containerd '${cand:-none}', not $ver.x" ;;
-    esac
-done
-[ -n "$got" ] || { log "no suite offers containerd $ver.x"; exit 1; }
+# The exact minor version when a suite has it; otherwise (the archive moved on) the same major
+# version, with a warning, so the config-version and API coverage stays.
+pick() { # PREFIX -> "suite version" of the first suite offering PREFIX*
+    local suite cand
+    for suite in $suites; do
+        cand="$(apt-cache madison containerd | awk -v s="$suite" '$0 ~ " " s "/" {print $3; exit}')"
+        case "$cand" in "$1"*) echo "$suite $cand"; return 0 ;; esac
+    done
+    return 1
+}
+if ! found="$(pick "$ver.")"; then
+    found="$(pick "${ver%%.*}.")" || { log "no suite ($suites) offers containerd $ver.x"; exit 1; }
+    log "warning: no containerd $ver.x in $suites; using ${found#* }"
+fi
+suite="${found%% *}"
+log "downloading containerd ${found#* } from $suite"
+(cd "$tmp" && apt-get download -qq "containerd/$suite" >/dev/null)
 
 rm -rf "$dest"
 mkdir -p "$dest"
 dpkg-deb -x "$tmp"/containerd_*.deb "$dest"
 if ! version_ok; then
-    log "$bindir/containerd does not run here or is not $ver.x:"
+    log "$bindir/containerd does not run here or is not ${ver%%.*}.x:"
     "$bindir/containerd" --version >&2 || true
     exit 1
 fi
