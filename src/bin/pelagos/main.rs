@@ -1,0 +1,116 @@
+//! `pelagos`: runc's command line over the pelagos core, usable wherever a runc is expected
+//! (containerd's runc shim with `BinaryName`, podman `--runtime`, conformance suites).
+//!
+//! Global flags come before the command (`pelagos --root R --log L --log-format json create
+//! ...`), as go-runc passes them. State lives under `--root` and outlives this process: a
+//! container's liveness is read from the kernel (pidfd and start time), so no process stays
+//! behind per container. The binary is also the core's setup helper (see
+//! `pelagos::init::run_if_helper`).
+
+mod args;
+mod commands;
+mod logger;
+mod template;
+
+use std::path::PathBuf;
+use std::process::exit;
+
+use args::{switch, value, Flag};
+
+const USAGE: &str = "usage: pelagos [--root DIR] [--log FILE] [--log-format text|json] [--debug] \
+[--systemd-cgroup] COMMAND [OPTIONS] [ID]\n\ncommands: create, start, state, kill, delete, run, \
+exec, ps, pause, resume, update, list, spec, features";
+
+/// What every command gets from the global flags.
+pub struct Global {
+    pub root: PathBuf,
+}
+
+const GLOBAL_FLAGS: &[Flag] = &[
+    value(&["root"]),
+    value(&["log"]),
+    value(&["log-format"]),
+    switch(&["debug"]),
+    switch(&["systemd-cgroup"]),
+    value(&["criu"]),
+    value(&["rootless"]),
+    switch(&["help", "h"]),
+    switch(&["version", "v"]),
+];
+
+fn main() {
+    pelagos::init::run_if_helper();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // Global flags end at the command name.
+    let parsed = match args::parse(&argv, GLOBAL_FLAGS, true) {
+        Ok(p) => p,
+        Err(e) => fail_early(&e.to_string()),
+    };
+    if parsed.on("version") {
+        println!(
+            "pelagos version {}\nspec: {}",
+            env!("CARGO_PKG_VERSION"),
+            template::SPEC_VERSION
+        );
+        return;
+    }
+    let json = match parsed.get("log-format").unwrap_or("text") {
+        "json" => true,
+        "text" => false,
+        other => fail_early(&format!(
+            "invalid --log-format {other:?}: expected text or json"
+        )),
+    };
+    let log_path = parsed
+        .get("log")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if let Err(e) = logger::init(log_path.as_deref(), json, parsed.on("debug")) {
+        fail_early(&format!(
+            "open log file {}: {e}",
+            log_path.unwrap_or_default().display()
+        ));
+    }
+    let Some((command, rest)) = parsed.positionals.split_first() else {
+        if parsed.on("help") {
+            println!("{USAGE}");
+            return;
+        }
+        fail(log_path.is_some(), &format!("no command given\n{USAGE}"));
+    };
+    if parsed.on("systemd-cgroup") {
+        let msg = if std::path::Path::new("/run/systemd/system").exists() {
+            "--systemd-cgroup: the systemd cgroup driver is not supported by pelagos; use \
+             cgroupfs paths"
+        } else {
+            "--systemd-cgroup: systemd is not running on this host (no /run/systemd/system)"
+        };
+        fail(log_path.is_some(), msg);
+    }
+    let global = Global {
+        root: parsed
+            .get("root")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/run/pelagos")),
+    };
+    match commands::run(&global, command, rest) {
+        Ok(code) => exit(code),
+        Err(e) => fail(log_path.is_some(), &e.to_string()),
+    }
+}
+
+/// Reports `msg` as runc does (the log file, and stderr) and exits 1.
+fn fail(logged_to_file: bool, msg: &str) -> ! {
+    if logged_to_file {
+        log::error!("{msg}");
+        log::logger().flush();
+    }
+    eprintln!("pelagos: {msg}");
+    exit(1)
+}
+
+/// Before the logger exists.
+fn fail_early(msg: &str) -> ! {
+    eprintln!("pelagos: {msg}");
+    exit(1)
+}
