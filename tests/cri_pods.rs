@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::cri::{Cri, PELAGOS, RUNC};
+use common::cri::{map, Cri, PELAGOS, RUNC};
 use k8s_cri::v1::*;
 
 /// Waits until the CRI log file of a container holds `want` (containerd copies the fifos
@@ -147,6 +147,8 @@ fn pod_namespaces(handler: &str) {
     let cri = Cri::start(handler);
     let mut pod = cri.pod_config("ns");
     pod.hostname = "podhost".into();
+    // A network sysctl: set in the sandbox's network namespace, seen by the app joining it.
+    pod.linux.as_mut().unwrap().sysctls = map(&[("net.ipv4.ip_unprivileged_port_start", "81")]);
     Cri::set_namespaces(
         &mut pod,
         NamespaceMode::Pod,
@@ -171,6 +173,14 @@ fn pod_namespaces(handler: &str) {
         assert_ne!(ns_link(app_pid, ns), ns_link(me, ns), "{ns} is the host's");
     }
     assert_eq!(cri.exec_ok(&app_id, &["hostname"]).trim(), "podhost");
+    assert_eq!(
+        cri.exec_ok(
+            &app_id,
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]
+        )
+        .trim(),
+        "81"
+    );
     // shareProcessNamespace: the pause process is visible to the app.
     let ps = cri.exec_ok(&app_id, &["ps", "-o", "args"]);
     assert!(ps.contains("sleep infinity"), "ps in the app: {ps}");

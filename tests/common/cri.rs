@@ -191,6 +191,7 @@ impl Cri {
         extra: impl Fn(u32, &Path) -> String,
     ) -> Cri {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        sweep_stale_once();
         let tag = format!(
             "{}-{}",
             std::process::id(),
@@ -829,6 +830,65 @@ impl Drop for Cri {
         }
         let _ = fs::remove_dir_all(&self.work);
     }
+}
+
+/// Ends what CRI tests killed before their `Drop` ran left in their pod cgroups (the private
+/// containerd and its shims are swept by the containerd harness): processes, by pid, then the
+/// cgroups and the work dir.
+fn sweep_stale_once() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        for e in fs::read_dir(WORK_PARENT).into_iter().flatten().flatten() {
+            let tag = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = tag.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            eprintln!("pelagos CRI tests: cleaning up after dead test process {pid} ({tag})");
+            let parents = [
+                format!("pelagos-cri-{tag}"),
+                format!("pelagos_cri_{}.slice", tag.replace('-', "_")),
+            ];
+            let mut dirs = Vec::new();
+            for m in containerd::cgroup_mounts() {
+                for d in fs::read_dir(&m).into_iter().flatten().flatten() {
+                    let name = d.file_name().to_string_lossy().into_owned();
+                    if parents.iter().any(|p| name.starts_with(p.as_str())) {
+                        dirs.push(d.path());
+                    }
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for d in &dirs {
+                for pid in cgroup_tree_pids(d) {
+                    // SAFETY: plain kill(2) of a process in a cgroup of a dead CRI test.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    containerd::wait_pid_gone(pid, deadline);
+                }
+            }
+            for d in &dirs {
+                remove_tree(d);
+            }
+            let _ = fs::remove_dir_all(e.path());
+        }
+    });
+}
+
+/// Pids in `dir` and its descendant cgroups.
+fn cgroup_tree_pids(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            pids.extend(cgroup_tree_pids(&e.path()));
+        }
+    }
+    pids
 }
 
 fn remove_tree(dir: &Path) {
