@@ -1,0 +1,598 @@
+//! The `pelagos` CLI driven the way runc's users drive runc: separate processes for create,
+//! start, state, kill and delete; pid files; console sockets; `run` exit codes; exec into a
+//! running container. Needs root.
+
+mod common;
+
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::bundle::{unique_id, Bundle};
+use serde_json::Value;
+
+const PELAGOS: &str = env!("CARGO_BIN_EXE_pelagos");
+
+/// A private `--root`; on drop every container left in it is force-deleted, then it is removed.
+struct Cli {
+    root: PathBuf,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli {
+            root: PathBuf::from(format!("/run/{}", unique_id("pelagos-cli-test"))),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(PELAGOS);
+        c.arg("--root").arg(&self.root).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a command that leaves no process holding its stdout/stderr.
+    fn out(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("spawn pelagos")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.out(args);
+        assert!(
+            out.status.success(),
+            "pelagos {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command expected to fail with exit code 1; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.out(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "pelagos {args:?} should fail; stdout {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// `create` (or `run --detach`), whose container keeps our stdout/stderr: they go to files.
+    fn detached(&self, args: &[&str], log: &Path) {
+        let f = fs::File::create(log).unwrap();
+        let status = self
+            .cmd(args)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "pelagos {args:?} failed: {}",
+            fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
+    fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.ok(&["list", "-q"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.out(&["delete", "--force", &id]);
+            }
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Waits until `pid` has exited (it is not our child: the CLI that started it has exited).
+fn wait_exit(pidfd: &OwnedFd) {
+    assert!(pelagos::sys::pidfd_wait_exit(pidfd.as_fd(), -1));
+}
+
+fn pidfd(pid: i64) -> OwnedFd {
+    pelagos::sys::pidfd_open(pid as i32).expect("pidfd_open of the container's init")
+}
+
+fn cgroup_exists(b: &Bundle) -> bool {
+    let path = b.cgroup_path().expect("fixture sets a cgroups path");
+    let rel = path.trim_start_matches('/');
+    ["pids", "memory", "unified", "freezer", ""]
+        .iter()
+        .any(|c| Path::new("/sys/fs/cgroup").join(c).join(rel).exists())
+}
+
+#[test]
+fn create_start_kill_delete_in_separate_processes() {
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("life");
+    let pid_file = b.path().join("init.pid");
+    let log = b.path().join("out.log");
+    let bundle = b.path().to_str().unwrap();
+    cli.detached(
+        &[
+            "create",
+            "--bundle",
+            bundle,
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            &id,
+        ],
+        &log,
+    );
+
+    let st = cli.state(&id);
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], id.as_str());
+    assert_eq!(st["bundle"], bundle);
+    let pid = st["pid"].as_i64().unwrap();
+    assert_eq!(fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    // The init outlived the CLI that created it, blocked before exec of the user process.
+    let init = pidfd(pid);
+    assert!(!pelagos::sys::pidfd_exited(init.as_fd()));
+    assert_eq!(cli.ids(), vec![id.clone()]);
+
+    cli.ok(&["start", &id]);
+    assert_eq!(cli.state(&id)["status"], "running");
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"sleep\x001000\x00");
+    assert!(cli.fails(&["start", &id]).contains("running"));
+    assert!(cli.fails(&["delete", &id]).contains("running"));
+
+    cli.ok(&["kill", &id, "KILL"]);
+    wait_exit(&init);
+    let st = cli.state(&id);
+    assert_eq!(st["status"], "stopped");
+    assert_eq!(st["pid"], 0);
+    let err = cli.fails(&["kill", &id, "TERM"]);
+    assert!(err.contains("not running"), "{err}");
+
+    cli.ok(&["delete", &id]);
+    assert!(cli.fails(&["state", &id]).contains("does not exist"));
+    assert!(cli.ids().is_empty());
+    assert!(!cgroup_exists(&b), "cgroup left behind");
+}
+
+#[test]
+fn delete_of_a_created_container_needs_no_force() {
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("created");
+    cli.detached(
+        &["create", "-b", b.path().to_str().unwrap(), &id],
+        &b.path().join("log"),
+    );
+    let init = pidfd(cli.state(&id)["pid"].as_i64().unwrap());
+    cli.ok(&["delete", &id]);
+    assert!(pelagos::sys::pidfd_exited(init.as_fd()));
+    assert!(cli.ids().is_empty());
+    assert!(!cgroup_exists(&b));
+}
+
+#[test]
+fn run_returns_the_exit_code_and_cleans_up() {
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    let out = cli.out(&[
+        "run",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &unique_id("run"),
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert!(cli.ids().is_empty());
+    assert!(!cgroup_exists(&b));
+
+    // A signal to the run process reaches the container's process (as runc forwards it).
+    let b = Bundle::new().args(&[
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; echo ready; sleep 1000 & wait",
+    ]);
+    let (code, _) = run_until_ready(&cli, &b, &unique_id("run"), |run, _| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(run.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap()
+    });
+    assert_eq!(code, Some(42));
+    // Killed by a signal: 128 + the signal.
+    let b = Bundle::new().args(&["sh", "-c", "echo ready; sleep 1000"]);
+    let (code, _) = run_until_ready(&cli, &b, &unique_id("run"), |_, id| {
+        cli.ok(&["kill", id, "9"]);
+    });
+    assert_eq!(code, Some(128 + 9));
+    assert!(cli.ids().is_empty());
+}
+
+/// Starts `pelagos run` of `b`, waits for the container to print "ready", calls `then`, and
+/// returns run's exit code and the rest of the output.
+fn run_until_ready(
+    cli: &Cli,
+    b: &Bundle,
+    id: &str,
+    then: impl FnOnce(&std::process::Child, &str),
+) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    let mut run = cli
+        .cmd(&["run", "--bundle", b.path().to_str().unwrap(), id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(run.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    then(&run, id);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    (run.wait().unwrap().code(), rest)
+}
+
+#[test]
+fn delete_force_kills_a_running_container() {
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("force");
+    cli.detached(
+        &["run", "-d", "--bundle", b.path().to_str().unwrap(), &id],
+        &b.path().join("log"),
+    );
+    let st = cli.state(&id);
+    assert_eq!(st["status"], "running");
+    let init = pidfd(st["pid"].as_i64().unwrap());
+    let err = cli.fails(&["delete", &id]);
+    assert!(err.contains("running"), "{err}");
+    assert!(!pelagos::sys::pidfd_exited(init.as_fd()));
+    cli.ok(&["delete", "--force", &id]);
+    assert!(pelagos::sys::pidfd_exited(init.as_fd()));
+    assert!(cli.ids().is_empty());
+    assert!(!cgroup_exists(&b));
+    // runc: --force of a container that does not exist succeeds; without it, an error.
+    cli.ok(&["delete", "--force", &id]);
+    assert!(cli.fails(&["delete", &id]).contains("does not exist"));
+}
+
+#[test]
+fn exec_into_a_running_container() {
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("exec");
+    cli.detached(
+        &[
+            "run",
+            "--detach",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ],
+        &b.path().join("log"),
+    );
+
+    let out = cli.out(&[
+        "exec",
+        "--env",
+        "FOO=bar",
+        "--cwd",
+        "/tmp",
+        &id,
+        "sh",
+        "-c",
+        "echo $FOO $(pwd); exit 5",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bar /tmp\n");
+    assert_eq!(out.status.code(), Some(5));
+
+    let out = cli.ok(&["exec", "--user", "65534:65534", &id, "id", "-u"]);
+    assert_eq!(out, "65534\n");
+
+    // What containerd's runc shim does: --process FILE --detach --pid-file.
+    let process = serde_json::json!({
+        "args": ["sleep", "999"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+        "env": ["PATH=/bin"]
+    });
+    let pfile = b.path().join("process.json");
+    fs::write(&pfile, process.to_string()).unwrap();
+    let pid_file = b.path().join("exec.pid");
+    cli.detached(
+        &[
+            "exec",
+            "--process",
+            pfile.to_str().unwrap(),
+            "--detach",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            &id,
+        ],
+        &b.path().join("exec.log"),
+    );
+    let pid: i32 = fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    assert_eq!(
+        fs::read(format!("/proc/{pid}/cmdline")).unwrap(),
+        b"sleep\x00999\x00"
+    );
+    let pids: Vec<i32> = serde_json::from_str(&cli.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert!(pids.contains(&pid), "{pids:?} lacks {pid}");
+    let table = cli.ok(&["ps", &id]);
+    assert!(table.lines().next().unwrap().contains("PID"), "{table}");
+    assert!(table.contains("sleep 999"), "{table}");
+
+    assert!(cli.fails(&["exec", &id]).contains("no command"));
+    cli.ok(&["delete", "--force", &id]);
+    assert!(!cgroup_exists(&b));
+}
+
+#[test]
+fn exec_into_a_stopped_container_fails() {
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["true"]);
+    let id = unique_id("stopped");
+    cli.detached(
+        &["create", "-b", b.path().to_str().unwrap(), &id],
+        &b.path().join("log"),
+    );
+    let init = pidfd(cli.state(&id)["pid"].as_i64().unwrap());
+    cli.ok(&["start", &id]);
+    wait_exit(&init);
+    let err = cli.fails(&["exec", &id, "true"]);
+    assert!(err.contains("stopped"), "{err}");
+    cli.ok(&["delete", &id]);
+}
+
+/// Receives the one fd a runtime sends on an accepted console-socket connection.
+fn receive_master(listener: &std::os::unix::net::UnixListener) -> OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            assert_eq!(fds.len(), 1);
+            // SAFETY: the fd just arrived with the message; nothing else owns it.
+            return unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd on the console socket");
+}
+
+#[test]
+fn console_socket_receives_the_pty_master() {
+    let cli = Cli::new();
+    let b = Bundle::new()
+        .terminal(true)
+        .args(&["sh", "-c", "tty; echo ok; sleep 1000"]);
+    let id = unique_id("tty");
+    let sock_path = b.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    cli.detached(
+        &[
+            "create",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            "--console-socket",
+            sock_path.to_str().unwrap(),
+            &id,
+        ],
+        &b.path().join("log"),
+    );
+    let master = receive_master(&listener);
+    cli.ok(&["start", &id]);
+    let mut out = String::new();
+    let mut f = fs::File::from(master);
+    let mut buf = [0u8; 256];
+    while !out.contains("ok") {
+        use std::io::Read;
+        let n = f.read(&mut buf).expect("read the pty master");
+        assert!(n > 0, "pty closed after {out:?}");
+        out.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(out.starts_with("/dev/pts/"), "{out:?}");
+    cli.ok(&["delete", "--force", &id]);
+    assert!(!cgroup_exists(&b));
+}
+
+#[test]
+fn terminal_and_console_socket_must_agree() {
+    let cli = Cli::new();
+    let b = Bundle::new().terminal(true);
+    let err = cli.fails(&["create", "-b", b.path().to_str().unwrap(), &unique_id("t")]);
+    assert!(err.contains("console-socket"), "{err}");
+    let b = Bundle::new();
+    let err = cli.fails(&[
+        "create",
+        "-b",
+        b.path().to_str().unwrap(),
+        "--console-socket",
+        "/nonexistent.sock",
+        &unique_id("t"),
+    ]);
+    assert!(err.contains("no terminal"), "{err}");
+    assert!(cli.ids().is_empty());
+    assert!(!cgroup_exists(&b));
+}
+
+#[test]
+fn bad_input_is_named_and_leaves_nothing() {
+    let cli = Cli::new();
+    let missing = format!("/nonexistent/{}", unique_id("bundle"));
+    let err = cli.fails(&["create", "--bundle", &missing, "x1"]);
+    assert!(err.contains(&missing), "{err}");
+    assert!(cli
+        .fails(&["create", "a/b"])
+        .contains("invalid container id"));
+    assert!(cli.fails(&["create", "--nope", "x"]).contains("-nope"));
+    assert!(cli.fails(&["frobnicate"]).contains("unknown command"));
+    assert!(cli
+        .fails(&["kill", "x1", "NOPE"])
+        .contains("invalid signal"));
+    assert!(cli.ids().is_empty());
+
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("dup");
+    cli.detached(
+        &["create", "-b", b.path().to_str().unwrap(), &id],
+        &b.path().join("log"),
+    );
+    let err = cli.fails(&["create", "-b", b.path().to_str().unwrap(), &id]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(cli.state(&id)["status"], "created");
+    cli.ok(&["delete", &id]);
+}
+
+#[test]
+fn pause_resume_and_update() {
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("pause");
+    cli.detached(
+        &["run", "-d", "-b", b.path().to_str().unwrap(), &id],
+        &b.path().join("log"),
+    );
+    cli.ok(&["pause", &id]);
+    assert_eq!(cli.state(&id)["status"], "paused");
+    assert!(cli.fails(&["pause", &id]).contains("paused"));
+    cli.ok(&["resume", &id]);
+    assert_eq!(cli.state(&id)["status"], "running");
+
+    let rel = b.cgroup_path().unwrap();
+    let rel = rel.trim_start_matches('/');
+    let limit = || {
+        let v1 = Path::new("/sys/fs/cgroup/memory")
+            .join(rel)
+            .join("memory.limit_in_bytes");
+        let v2 = Path::new("/sys/fs/cgroup").join(rel).join("memory.max");
+        fs::read_to_string(v1)
+            .or_else(|_| fs::read_to_string(v2))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    cli.ok(&["update", "--memory", "64m", &id]);
+    assert_eq!(limit(), (64u64 << 20).to_string());
+    // go-runc's way: the resources JSON on stdin.
+    let mut child = cli
+        .cmd(&["update", "--resources", "-", &id])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(br#"{"memory": {"limit": 33554432}}"#)
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(limit(), "33554432");
+    cli.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn list_formats() {
+    let cli = Cli::new();
+    assert_eq!(cli.ok(&["list", "--format", "json"]).trim(), "[]");
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("list");
+    cli.detached(
+        &["create", "-b", b.path().to_str().unwrap(), &id],
+        &b.path().join("log"),
+    );
+    let table = cli.ok(&["list"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[0], id);
+    assert_eq!(row[2], "created");
+    let json: Value = serde_json::from_str(&cli.ok(&["list", "--format=json"])).unwrap();
+    assert_eq!(json[0]["id"], id.as_str());
+    assert_eq!(json[0]["status"], "created");
+    cli.ok(&["delete", &id]);
+}
+
+#[test]
+fn spec_and_features() {
+    let dir = std::env::temp_dir().join(unique_id("pelagos-spec"));
+    fs::create_dir_all(&dir).unwrap();
+    let cli = Cli::new();
+    cli.ok(&["spec", "--bundle", dir.to_str().unwrap()]);
+    let cfg: Value = serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["process"]["args"][0], "sh");
+    assert_eq!(cfg["root"]["path"], "rootfs");
+    let err = cli.fails(&["spec", "--bundle", dir.to_str().unwrap()]);
+    assert!(err.contains("exists"), "{err}");
+    fs::remove_file(dir.join("config.json")).unwrap();
+    cli.ok(&["spec", "--rootless", "-b", dir.to_str().unwrap()]);
+    let cfg: Value = serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["linux"]["uidMappings"][0]["containerID"], 0);
+    fs::remove_dir_all(&dir).unwrap();
+
+    let f: Value = serde_json::from_str(&cli.ok(&["features"])).unwrap();
+    assert_eq!(f["ociVersionMin"], "1.0.0");
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&"pid".into()));
+}
+
+#[test]
+fn global_flags_log_json_and_systemd() {
+    let cli = Cli::new();
+    let dir = std::env::temp_dir().join(unique_id("pelagos-log"));
+    fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log.json");
+    let out = Command::new(PELAGOS)
+        .args([
+            "--root",
+            cli.root.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ])
+        .args(["--log-format", "json", "state", "no-such-container"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line: Value =
+        serde_json::from_str(fs::read_to_string(&log).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(line["level"], "error");
+    assert!(
+        line["msg"].as_str().unwrap().contains("no-such-container"),
+        "{line}"
+    );
+    assert!(line["time"].is_string());
+    fs::remove_dir_all(&dir).unwrap();
+
+    let err = cli.fails(&["--systemd-cgroup", "list"]);
+    assert!(err.contains("systemd"), "{err}");
+}
