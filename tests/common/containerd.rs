@@ -111,6 +111,46 @@ pub fn bin_dir(version: &str) -> PathBuf {
     dir
 }
 
+/// The snapshotter ctr asks for: overlayfs where this filesystem takes an overlay mount (probed
+/// once), else native (slower copies, but works on any filesystem). `PELAGOS_TEST_SNAPSHOTTER`
+/// overrides.
+pub fn snapshotter() -> &'static str {
+    static CHOICE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    CHOICE.get_or_init(|| {
+        if let Ok(name) = std::env::var("PELAGOS_TEST_SNAPSHOTTER") {
+            if !name.is_empty() {
+                return Box::leak(name.into_boxed_str());
+            }
+        }
+        let probe = Path::new(ROOT_PARENT).join(format!(".overlay-probe-{}", std::process::id()));
+        let dirs = ["lower", "upper", "work", "merged"].map(|d| probe.join(d));
+        let works = dirs.iter().all(|d| fs::create_dir_all(d).is_ok())
+            && Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    dirs[0].display(),
+                    dirs[1].display(),
+                    dirs[2].display()
+                ))
+                .arg(&dirs[3])
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        if works {
+            let _ = Command::new("umount").arg(&dirs[3]).status();
+        }
+        let _ = fs::remove_dir_all(&probe);
+        if works {
+            "overlayfs"
+        } else {
+            eprintln!("pelagos test harness: no overlay mounts here, using the native snapshotter");
+            "native"
+        }
+    })
+}
+
 /// A private containerd daemon.
 pub struct Containerd {
     pub version: String,
@@ -472,7 +512,8 @@ state = "{state}"
         let mut cmd = Command::new(self.bin_dir.join("ctr"));
         cmd.args(["--address", &self.address, "--namespace", &self.namespace])
             .env_remove("CONTAINERD_ADDRESS")
-            .env_remove("CONTAINERD_NAMESPACE");
+            .env_remove("CONTAINERD_NAMESPACE")
+            .env("CONTAINERD_SNAPSHOTTER", snapshotter());
         cmd
     }
 
