@@ -65,6 +65,10 @@ fn pod_lifecycle(handler: &str) {
     // One shim serves the sandbox and both containers.
     let shims = cri.shims();
     assert_eq!(shims.len(), 1, "shims of one pod: {shims:?}");
+    assert!(
+        cri.pod_shim_socket(&pod_id).exists(),
+        "no shim socket named after the sandbox id"
+    );
 
     // An exit leaves the rest of the pod running.
     let st = cri.wait_exited(&short_id);

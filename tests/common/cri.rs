@@ -79,6 +79,8 @@ pub struct Cri {
     slice_stem: String,
     /// Pod log dirs and profiles.
     pub work: PathBuf,
+    /// Every sandbox id RunPodSandbox returned: their shim sockets must go.
+    pod_ids: Mutex<Vec<String>>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -261,6 +263,7 @@ impl Cri {
             cgroup_parent: format!("/pelagos-cri-{tag}"),
             slice_stem: format!("pelagos_cri_{}", tag.replace('-', "_")),
             work,
+            pod_ids: Mutex::new(Vec::new()),
             _serial: serial,
         };
         cri.wait_image(PAUSE_REF);
@@ -403,8 +406,11 @@ impl Cri {
             config: Some(config.clone()),
             runtime_handler: self.handler.clone(),
         };
-        self.block(self.rs().run_pod_sandbox(req))
-            .map(|r| r.into_inner().pod_sandbox_id)
+        let id = self
+            .block(self.rs().run_pod_sandbox(req))
+            .map(|r| r.into_inner().pod_sandbox_id)?;
+        self.pod_ids.lock().unwrap().push(id.clone());
+        Ok(id)
     }
 
     pub fn run_pod_ok(&self, config: &PodSandboxConfig) -> String {
@@ -659,6 +665,12 @@ impl Cri {
             .collect()
     }
 
+    /// The socket of the pod's shim: `/run/containerd/s/<sha256(<address>/k8s.io/<sandbox id>)>`.
+    pub fn pod_shim_socket(&self, pod_id: &str) -> PathBuf {
+        let key = format!("{}/{}/{pod_id}", self.cd.address(), self.cd.namespace);
+        Path::new("/run/containerd/s").join(image::sha256_hex(key.as_bytes()))
+    }
+
     /// Shim daemons serving this containerd; the short-lived `start` and `delete` actions
     /// containerd runs with the same binary are not counted.
     pub fn shims(&self) -> Vec<i32> {
@@ -774,6 +786,12 @@ impl Cri {
         }
         for cg in self.leftover_cgroups() {
             leaks.push(format!("container cgroup left: {}", cg.display()));
+        }
+        for id in self.pod_ids.lock().unwrap().iter() {
+            let sock = self.pod_shim_socket(id);
+            if sock.exists() {
+                leaks.push(format!("shim socket of pod {id} left: {}", sock.display()));
+            }
         }
         leaks.extend(self.cd.leaks());
         assert!(
