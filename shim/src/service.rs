@@ -362,20 +362,13 @@ impl Shim {
             namespace: self.namespace.clone(),
             id: id.clone(),
         };
-        let (pio, stdio) = match ProcessIo::open(&self.io, &stdio_cfg, &ctx) {
+        let (mut pio, stdio) = match ProcessIo::open(&self.io, &stdio_cfg, &ctx) {
             Ok(x) => x,
             Err(e) => {
                 undo_mounts();
                 return Err(status(Code::UNKNOWN, e));
             }
         };
-        if req.terminal {
-            if let Some(cs) = spec.process().as_ref().and_then(|p| p.console_size()) {
-                if let Err(e) = pio.resize(cs.width() as u16, cs.height() as u16) {
-                    log::warn!("container {id}: initial console size: {e}");
-                }
-            }
-        }
         let created = pelagos::Container::create(
             &self.config,
             pelagos::CreateOptions {
@@ -386,6 +379,22 @@ impl Shim {
                 preserve_fds: Vec::new(),
             },
         );
+        // The pty (sized from process.consoleSize by the container's setup) is in the
+        // container's devpts; its master came back over the console socket.
+        let created = created
+            .map_err(|e| e.to_string())
+            .and_then(|c| match req.terminal {
+                false => Ok(c),
+                true => match pio.receive_console() {
+                    Ok(()) => Ok(c),
+                    Err(e) => {
+                        if let Err(d) = c.delete(true) {
+                            log::warn!("container {id}: delete after a console failure: {d}");
+                        }
+                        Err(e.to_string())
+                    }
+                },
+            });
         let container = match created {
             Ok(c) => c,
             Err(e) => {
@@ -513,13 +522,8 @@ impl Shim {
             namespace: self.namespace.clone(),
             id: id.to_owned(),
         };
-        let (pio, stdio) = ProcessIo::open(&self.io, &stdio_cfg, &ctx)
+        let (mut pio, stdio) = ProcessIo::open(&self.io, &stdio_cfg, &ctx)
             .map_err(|e| fail(status(Code::UNKNOWN, e)))?;
-        if stdio_cfg.terminal {
-            if let Some(cs) = spec.console_size() {
-                let _ = pio.resize(cs.width() as u16, cs.height() as u16);
-            }
-        }
         let result = {
             let guard = cell.read().unwrap_or_else(|e| e.into_inner());
             match guard.as_ref() {
@@ -527,6 +531,18 @@ impl Shim {
                 None => Err("container is gone".to_owned()),
             }
         };
+        // As for create: the master of the pty made in the container's devpts.
+        let result = result.and_then(|ep| match stdio_cfg.terminal {
+            false => Ok(ep),
+            true => match pio.receive_console() {
+                Ok(()) => Ok(ep),
+                Err(e) => {
+                    let _ = pidfd_signal(&ep.pidfd, libc::SIGKILL);
+                    pelagos::reaper::wait(ep.pid, None);
+                    Err(e.to_string())
+                }
+            },
+        });
         let ep = match result {
             Ok(ep) => ep,
             Err(e) => {

@@ -8,6 +8,11 @@
 //! detach is not an EOF. The container writes into pipes (never into the client's fifos), which
 //! the loop splices into the fifos.
 //!
+//! A terminal is made like runc's `--console-socket`: the container's setup allocates the pty
+//! in the container's own devpts (so `tty` inside names a path that exists there) and sends
+//! the master back over a socket; [`ProcessIo::receive_console`] takes it once create/exec
+//! returned and starts the copies.
+//!
 //! Every fd made here is close-on-exec: another container's setup helper or logger must never
 //! inherit one, or EOF would never come.
 
@@ -25,7 +30,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 
 pub use copy::IoLoop;
-use copy::{Console, Drain, JobSpec, OnEof};
+use copy::{Console, Drain, DrainToken, JobSpec, OnEof};
 use logger::{Logger, LoggerCommand};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +56,14 @@ pub enum IoError {
     },
     #[error("cannot create the {stream} pipe: {source}")]
     Pipe { stream: &'static str, source: Errno },
-    #[error("cannot allocate a terminal: {0}")]
-    Pty(std::io::Error),
+    #[error("cannot make the console socket: {0}")]
+    ConsoleSocket(pelagos::container::Error),
+    #[error("no pty master from the container: {0}")]
+    ConsoleReceive(pelagos::container::Error),
+    #[error("no console to attach: not opened with a terminal, or already attached")]
+    NoConsole,
+    #[error("pty master: {0}")]
+    Master(Errno),
     #[error("binary logger {path}: {reason}")]
     Logger { path: PathBuf, reason: String },
     #[error("io loop: {0}")]
@@ -146,6 +157,8 @@ pub struct ProcessIo {
     owner: u64,
     /// The pty master (terminal only); `None` inside once the console was hung up.
     console: Option<Console>,
+    /// A terminal whose master has not arrived yet (between open and create/exec).
+    pending: Option<PendingConsole>,
     /// The shim's own write handle on the stdin fifo, released by `CloseIO`.
     stdin_writer: Mutex<Option<OwnedFd>>,
     /// Pipe ends kept open so the container never writes into a pipe without a reader.
@@ -169,6 +182,7 @@ impl ProcessIo {
             io_loop: Arc::clone(io),
             owner: io.new_owner(),
             console: None,
+            pending: None,
             stdin_writer: Mutex::new(None),
             held: Vec::new(),
             drain: Arc::new(Drain::default()),
@@ -176,7 +190,7 @@ impl ProcessIo {
         };
         let mut jobs = Vec::new();
         let stdio = if cfg.terminal {
-            pio.open_terminal(cfg, ctx, target, &mut jobs)?
+            pio.open_terminal(cfg, ctx, target)?
         } else if cfg.stdin.is_empty() && cfg.stdout.is_empty() && cfg.stderr.is_empty() {
             pelagos::Stdio::Null
         } else {
@@ -231,6 +245,62 @@ impl ProcessIo {
         Ok((pio, stdio))
     }
 
+    /// Terminal only, after create/exec returned: receives the pty master the container's
+    /// setup sent over the console socket and attaches it ([`ProcessIo::attach_console`]).
+    pub fn receive_console(&mut self) -> Result<(), IoError> {
+        let socket = self
+            .pending
+            .as_mut()
+            .and_then(|p| p.socket.take())
+            .ok_or(IoError::NoConsole)?;
+        let master = socket.receive().map_err(IoError::ConsoleReceive)?;
+        self.attach_console(master)
+    }
+
+    /// Starts the copies of a terminal process on its pty master: stdin fifo → master,
+    /// master → stdout; EIO on the master (every slave fd closed) is the output's EOF.
+    pub fn attach_console(&mut self, master: OwnedFd) -> Result<(), IoError> {
+        let Some(pending) = self.pending.take() else {
+            return Err(IoError::NoConsole);
+        };
+        // Dropped unused, the console socket lets a container still holding it see EOF.
+        let PendingConsole {
+            socket: _,
+            out,
+            stdin,
+            drain,
+        } = pending;
+        let fl = fcntl(&master, FcntlArg::F_GETFL).map_err(IoError::Master)?;
+        let fl = OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK;
+        fcntl(&master, FcntlArg::F_SETFL(fl)).map_err(IoError::Master)?;
+        // Received fds come close-on-exec only if the sender asked; another container's
+        // helper must never inherit a master, or its slave would never hang up.
+        fcntl(&master, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(IoError::Master)?;
+        let mut jobs = vec![JobSpec {
+            name: "console",
+            src: dup(&master)?,
+            dst: out,
+            on_eof: OnEof::Close,
+            drain: Some(drain),
+            reads_console: true,
+        }];
+        let console: Console = Arc::new(Mutex::new(None));
+        if let Some(src) = stdin {
+            jobs.push(JobSpec {
+                name: "stdin",
+                src,
+                dst: dup(&master)?,
+                on_eof: OnEof::HangUp(Arc::clone(&console)),
+                drain: None,
+                reads_console: false,
+            });
+        }
+        *console.lock().unwrap_or_else(|e| e.into_inner()) = Some(master);
+        self.console = Some(console);
+        self.io_loop.add(self.owner, jobs)
+    }
+
     /// Sets the terminal size (TIOCSWINSZ on the master); a no-op without a terminal.
     pub fn resize(&self, width: u16, height: u16) -> Result<(), IoError> {
         let Some(console) = &self.console else {
@@ -272,6 +342,7 @@ impl ProcessIo {
         if let Some(console) = self.console.take() {
             console.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
+        self.pending.take();
         // The logger's pipes first, so it sees EOF before SIGTERM where it can.
         self.held.clear();
         self.logger.take();
@@ -347,15 +418,14 @@ impl ProcessIo {
         Ok(w)
     }
 
+    /// Opens the output and stdin of a terminal process and makes the console socket whose
+    /// other end is the container's side; the copies start at [`ProcessIo::attach_console`].
     fn open_terminal(
         &mut self,
         cfg: &StdioConfig,
         ctx: &LoggerContext,
         target: Target,
-        jobs: &mut Vec<JobSpec>,
     ) -> Result<pelagos::Stdio, IoError> {
-        let (master, slave) = pty::open().map_err(IoError::Pty)?;
-        set_nonblocking(&master, "terminal")?;
         // stderr is unused with a terminal: the slave is 0, 1 and 2.
         let out = match target {
             Target::Fifo { stdout: Some(path) } => open_output_fifo("stdout", path)?,
@@ -373,29 +443,26 @@ impl ProcessIo {
                 out_w
             }
         };
-        jobs.push(JobSpec {
-            name: "console",
-            src: dup(&master)?,
-            dst: out,
-            on_eof: OnEof::Close,
-            drain: Some(self.drain.token()),
-            reads_console: true,
+        let stdin = self.open_stdin(cfg)?;
+        let (socket, theirs) = pelagos::console_socket().map_err(IoError::ConsoleSocket)?;
+        self.pending = Some(PendingConsole {
+            socket: Some(socket),
+            out,
+            stdin,
+            drain: self.drain.token(),
         });
-        let console: Console = Arc::new(Mutex::new(None));
-        if let Some(src) = self.open_stdin(cfg)? {
-            jobs.push(JobSpec {
-                name: "stdin",
-                src,
-                dst: dup(&master)?,
-                on_eof: OnEof::HangUp(Arc::clone(&console)),
-                drain: None,
-                reads_console: false,
-            });
-        }
-        *console.lock().unwrap_or_else(|e| e.into_inner()) = Some(master);
-        self.console = Some(console);
-        Ok(pelagos::Stdio::Terminal(slave))
+        Ok(pelagos::Stdio::Terminal(theirs))
     }
+}
+
+/// What a terminal process's copies need once its pty master arrives.
+#[derive(Debug)]
+struct PendingConsole {
+    socket: Option<pelagos::ConsoleSocket>,
+    out: OwnedFd,
+    stdin: Option<OwnedFd>,
+    /// Held from open, so `wait_drained` also waits for output not attached yet.
+    drain: DrainToken,
 }
 
 impl Drop for ProcessIo {

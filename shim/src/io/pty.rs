@@ -1,14 +1,16 @@
-//! Pseudo-terminals for `terminal: true` processes: the shim keeps the master, the container
-//! gets the slave.
+//! Pseudo-terminals for `terminal: true` processes: the window size on the master (the pty
+//! itself is allocated inside the container, see `ProcessIo::receive_console`), and host ptys
+//! for the tests.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
-use nix::fcntl::OFlag;
-use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-
-/// Allocates a pty. Both fds are close-on-exec and the slave is opened without becoming
+/// Allocates a host pty (tests stand in for the container with it). Both fds are close-on-exec and the slave is opened without becoming
 /// anyone's controlling terminal; the container's setup makes it so.
-pub(crate) fn open() -> std::io::Result<(OwnedFd, OwnedFd)> {
+#[cfg(test)]
+pub(crate) fn open() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use std::os::fd::{FromRawFd, OwnedFd};
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
     grantpt(&master)?;
     unlockpt(&master)?;

@@ -136,6 +136,24 @@ fn spawn(script: &str, stdio: pelagos::Stdio) -> Child {
     child
 }
 
+/// Stands in for the container's setup: checks that the container side is a console socket,
+/// drops it, and attaches the master of a host pty whose slave the test child gets.
+fn attach_host_pty(pio: &mut ProcessIo, stdio: pelagos::Stdio) -> pelagos::Stdio {
+    let pelagos::Stdio::Terminal(sock) = stdio else {
+        panic!("a terminal process gets Stdio::Terminal, not {stdio:?}");
+    };
+    let st = fstat(&sock).unwrap();
+    assert_eq!(
+        st.st_mode & libc::S_IFMT,
+        libc::S_IFSOCK,
+        "not a console socket"
+    );
+    drop(sock);
+    let (master, slave) = pty::open().unwrap();
+    pio.attach_console(master).unwrap();
+    pelagos::Stdio::Terminal(slave)
+}
+
 /// Waits for our own test child, failing the test instead of hanging forever.
 fn wait_child(child: &mut Child) -> ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -263,8 +281,8 @@ fn terminal_size_input_and_output() {
         stderr: String::new(),
         terminal: true,
     };
-    let (pio, stdio) = ProcessIo::open(&io, &cfg, &ctx()).unwrap();
-    assert!(matches!(stdio, pelagos::Stdio::Terminal(_)));
+    let (mut pio, stdio) = ProcessIo::open(&io, &cfg, &ctx()).unwrap();
+    let stdio = attach_host_pty(&mut pio, stdio);
     let output = read_to_end(open_reader(&out));
     pio.resize(132, 43).unwrap();
     let mut w = std::fs::OpenOptions::new().write(true).open(&inp).unwrap();
@@ -290,7 +308,8 @@ fn terminal_stdin_eof_hangs_up_the_console() {
         stderr: String::new(),
         terminal: true,
     };
-    let (pio, stdio) = ProcessIo::open(&io, &cfg, &ctx()).unwrap();
+    let (mut pio, stdio) = ProcessIo::open(&io, &cfg, &ctx()).unwrap();
+    let stdio = attach_host_pty(&mut pio, stdio);
     let mut lines = BufReader::new(open_reader(&out));
     let w = std::fs::OpenOptions::new().write(true).open(&inp).unwrap();
     // Reads forever unless its terminal goes away.
@@ -414,11 +433,53 @@ fn terminal_output_into_a_file() {
         terminal: true,
     };
     let io = IoLoop::start().unwrap();
-    let (pio, stdio) = ProcessIo::open(&io, &cfg, &ctx()).unwrap();
+    let (mut pio, stdio) = ProcessIo::open(&io, &cfg, &ctx()).unwrap();
+    let stdio = attach_host_pty(&mut pio, stdio);
     let mut child = spawn("echo out; echo err >&2", stdio);
     assert!(wait_child(&mut child).success());
     assert!(pio.wait_drained(DRAIN));
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "out\r\nerr\r\n");
+    pio.shutdown();
+}
+
+#[test]
+fn terminal_without_a_master_fails_and_leaves_nothing_open() {
+    let dir = TempDir::new("nomaster");
+    let (inp, out) = (dir.fifo("in"), dir.fifo("out"));
+    let io = IoLoop::start().unwrap();
+    let cfg = StdioConfig {
+        stdin: inp.clone(),
+        stdout: out.clone(),
+        stderr: String::new(),
+        terminal: true,
+    };
+    let (mut pio, stdio) = ProcessIo::open(&io, &cfg, &ctx()).unwrap();
+    assert!(has_reader(&inp) && has_reader(&out));
+    // Output not attached yet is output not drained yet.
+    assert!(!pio.wait_drained(Duration::ZERO));
+    // The container side went away without sending a master (its setup failed).
+    drop(stdio);
+    let e = pio.receive_console().unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("no pty master from the container"),
+        "{e}"
+    );
+    let e = pio.receive_console().unwrap_err();
+    assert!(matches!(e, IoError::NoConsole), "{e}");
+    assert_eq!(io.job_count(), 0);
+    pio.shutdown();
+    assert!(no_reader(&inp), "stdin fifo left open");
+    assert!(no_reader(&out), "stdout fifo left open");
+}
+
+#[test]
+fn attach_console_needs_a_pending_terminal() {
+    let io = IoLoop::start().unwrap();
+    let (mut pio, _stdio) = ProcessIo::open(&io, &fifo_cfg("", "", ""), &ctx()).unwrap();
+    let (master, _slave) = pty::open().unwrap();
+    let e = pio.attach_console(master).unwrap_err();
+    assert!(matches!(e, IoError::NoConsole), "{e}");
     pio.shutdown();
 }
 
