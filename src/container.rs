@@ -515,6 +515,9 @@ impl Container {
         let mut undo = Undo::new_processes_only();
         undo.children.push((spawned.pid, spawned.pidfd));
         let mut chan = spawned.channel;
+        // With a fork the exec'd process is the helper's child, reported by Forked; an EOF
+        // without it means the helper died, and its own pid is no process of ours to return.
+        let fork = join_flags & (libc::CLONE_NEWPID | libc::CLONE_NEWTIME) != 0;
         let plan = Plan {
             process: process.clone(),
             preserve_fds: 0,
@@ -526,7 +529,7 @@ impl Container {
             join_pidfd: Some((spawned.extra_fd_base, join_flags)),
             unshare: 0,
             userns: Userns::Host,
-            fork: join_flags & (libc::CLONE_NEWPID | libc::CLONE_NEWTIME) != 0,
+            fork,
             await_cgroup: !spawned.in_cgroup,
             init: None,
         };
@@ -537,10 +540,15 @@ impl Container {
             chan.send(&ToHelper::CgroupJoined)?;
         }
         // EOF: the process exec'd (the socket is close-on-exec).
+        let mut forked = false;
         loop {
             match chan.recv::<FromHelper>()? {
+                None if fork && !forked => {
+                    return Err(helper_failure(None, "before reporting the forked process"))
+                }
                 None => break,
-                Some(Frame::Msg(FromHelper::Forked { pid })) => {
+                Some(Frame::Msg(FromHelper::Forked { pid })) if fork && !forked => {
+                    forked = true;
                     adopt_sibling(&mut chan, &mut undo, pid)?
                 }
                 other => return Err(helper_failure(other, "before exec")),
