@@ -26,7 +26,11 @@ fn memory_limit_is_visible_inside() {
 fn fork_six(pids_limit: i64) -> common::bundle::Output {
     let b = Bundle::new()
         .resources(json!({"pids": {"limit": pids_limit}}))
-        .args(&["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 1 & done; wait; echo done"]);
+        .args(&[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6; do sleep 1 & done; wait; echo done",
+        ]);
     TestRoot::new().run(&b)
 }
 

@@ -15,7 +15,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-
 use crate::args::Flags;
 use crate::options::{self, StartInput};
 
@@ -173,8 +172,8 @@ pub fn socket_address(
     group: &str,
     socket_dir: Option<String>,
 ) -> String {
-    use std::fmt::Write;
     use sha2::Digest;
+    use std::fmt::Write;
 
     let joined = Path::new(containerd_address).join(namespace).join(group);
     let digest = sha2::Sha256::digest(joined.as_os_str().as_encoded_bytes());
