@@ -1,6 +1,6 @@
 //! The `pelagos` CLI driven the way runc's users drive runc: separate processes for create,
-//! start, state, kill and delete; pid files; console sockets; `run` exit codes; exec into a
-//! running container. Needs root.
+//! start, state, kill and delete; pid files; console sockets and the foreground terminal
+//! proxy; `run` exit codes; exec into a running container. Needs root.
 
 mod common;
 
@@ -595,4 +595,37 @@ fn global_flags_log_json_and_systemd() {
 
     let err = cli.fails(&["--systemd-cgroup", "list"]);
     assert!(err.contains("systemd"), "{err}");
+}
+
+#[test]
+fn foreground_terminal_is_proxied_without_a_console_socket() {
+    use std::io::Write;
+    let cli = Cli::new();
+    let b = Bundle::new()
+        .terminal(true)
+        .args(&["sh", "-c", "tty; read x; echo got $x; exit 3"]);
+    let mut run = cli
+        .cmd(&["run", "-b", b.path().to_str().unwrap(), &unique_id("fg")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    run.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("/dev/pts/0\r\n"), "{text:?}");
+    assert!(text.contains("got hello\r\n"), "{text:?}");
+    assert!(cli.ids().is_empty());
+
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("fgexec");
+    cli.detached(
+        &["run", "-d", "-b", b.path().to_str().unwrap(), &id],
+        &b.path().join("log"),
+    );
+    let out = cli.out(&["exec", "-t", &id, "sh", "-c", "tty; exit 4"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/dev/pts/0\r\n");
+    cli.ok(&["delete", "-f", &id]);
 }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use pelagos::container::Error as ContainerError;
-use pelagos::{Config, Container, CreateOptions, Status, Stdio};
+use pelagos::{Config, ConsoleSocket, Container, CreateOptions, Status, Stdio};
 use serde_json::{json, Value};
 
 use crate::args::{self, switch, value, ArgError, Flag, Parsed};
@@ -97,15 +97,21 @@ fn create(config: &Config, rest: &[String]) -> Result<i32> {
 }
 
 /// Creates the container from the flags of `create`/`run`; writes the pid file. `detached`:
-/// nobody will proxy a terminal, so one needs `--console-socket`.
-fn create_container(config: &Config, p: &Parsed, id: &str, detached: bool) -> Result<Container> {
+/// nobody will proxy a terminal, so one needs `--console-socket`; otherwise the returned
+/// console socket receives the pty master to proxy.
+fn create_container(
+    config: &Config,
+    p: &Parsed,
+    id: &str,
+    detached: bool,
+) -> Result<(Container, Option<ConsoleSocket>)> {
     let bundle = PathBuf::from(p.get("bundle").unwrap_or("."));
     let bundle = std::fs::canonicalize(&bundle).unwrap_or(bundle);
     let terminal = std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .is_some_and(|c| c["process"]["terminal"] == true);
-    let stdio = terminal_stdio(terminal, p.get("console-socket"), detached)?;
+    let (stdio, console) = terminal_stdio(terminal, p.get("console-socket"), detached)?;
     let preserve_fds = take_preserved_fds(p.number::<u32>("preserve-fds")?.unwrap_or(0))?;
     let c = Container::create(
         config,
@@ -123,17 +129,21 @@ fn create_container(config: &Config, p: &Parsed, id: &str, detached: bool) -> Re
             return Err(e);
         }
     }
-    Ok(c)
+    Ok((c, console))
 }
 
-/// The stdio of a process: the console socket's connection when it has a terminal, else
-/// ours.
-fn terminal_stdio(terminal: bool, console_socket: Option<&str>, detached: bool) -> Result<Stdio> {
+/// The stdio of a process: with a terminal, the console socket's connection, or (in the
+/// foreground) a socketpair whose other end receives the pty master for our proxy; else ours.
+fn terminal_stdio(
+    terminal: bool,
+    console_socket: Option<&str>,
+    detached: bool,
+) -> Result<(Stdio, Option<ConsoleSocket>)> {
     match (terminal, console_socket) {
         (true, Some(path)) => {
             let sock = std::os::unix::net::UnixStream::connect(path)
                 .map_err(io_err("connect to console socket", path))?;
-            Ok(Stdio::Terminal(OwnedFd::from(sock)))
+            Ok((Stdio::Terminal(OwnedFd::from(sock)), None))
         }
         (false, Some(path)) => Err(CliError::Invalid(format!(
             "--console-socket {path}: the process has no terminal (process.terminal is false)"
@@ -143,12 +153,11 @@ fn terminal_stdio(terminal: bool, console_socket: Option<&str>, detached: bool) 
              was given to receive it"
                 .into(),
         )),
-        (true, None) => Err(CliError::Invalid(
-            "a terminal without --console-socket needs a terminal proxy, which pelagos does not \
-             have yet: pass --console-socket"
-                .into(),
-        )),
-        (false, None) => Ok(Stdio::Inherit),
+        (true, None) => {
+            let (ours, theirs) = pelagos::console_socket()?;
+            Ok((Stdio::Terminal(theirs), Some(ours)))
+        }
+        (false, None) => Ok((Stdio::Inherit, None)),
     }
 }
 
@@ -194,7 +203,15 @@ fn run_container(config: &Config, rest: &[String]) -> Result<i32> {
     let detach = p.on("detach");
     // Blocked before any process or thread exists; the setup helper clears its mask.
     let forwarded = (!detach).then(block_forwarded_signals);
-    let mut c = create_container(config, &p, id, detach)?;
+    let (mut c, console) = create_container(config, &p, id, detach)?;
+    let master = match console.map(ConsoleSocket::receive).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = c.delete(true);
+            return Err(e.into());
+        }
+    };
+    let _raw = master.as_ref().map(|_| crate::tty::RawMode::enter());
     if let Err(e) = c.start() {
         let _ = c.delete(true);
         return Err(e.into());
@@ -203,7 +220,10 @@ fn run_container(config: &Config, rest: &[String]) -> Result<i32> {
         return Ok(0);
     }
     if let (Some(set), Some(pidfd)) = (forwarded, c.pidfd()) {
-        forward_signals(set, pidfd.try_clone_to_owned().ok());
+        forward_signals(set, pidfd.try_clone_to_owned().ok(), master.as_ref());
+    }
+    if let Some(m) = master {
+        crate::tty::proxy(m);
     }
     let code = c.wait().map(|e| e.status).unwrap_or(0);
     if !p.on("keep") {
@@ -229,11 +249,21 @@ fn block_forwarded_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// A thread that passes each blocked signal in `set` to the process behind `pidfd`.
-fn forward_signals(set: nix::sys::signal::SigSet, pidfd: Option<OwnedFd>) {
+/// A thread that passes each blocked signal in `set` to the process behind `pidfd`; with a
+/// pty `master` we proxy, SIGWINCH resizes it instead (the kernel tells the container).
+fn forward_signals(
+    set: nix::sys::signal::SigSet,
+    pidfd: Option<OwnedFd>,
+    master: Option<&OwnedFd>,
+) {
     let Some(pidfd) = pidfd else { return };
+    let master = master.and_then(|m| m.try_clone().ok());
     std::thread::spawn(move || {
         while let Ok(sig) = set.wait() {
+            if let (nix::sys::signal::Signal::SIGWINCH, Some(m)) = (sig, &master) {
+                crate::tty::copy_window_size(m.as_fd());
+                continue;
+            }
             if let Err(e) = pelagos::sys::pidfd_send_signal(pidfd.as_fd(), sig as i32) {
                 log::debug!("forward {sig}: {e}");
                 return;
@@ -390,9 +420,10 @@ fn exec(config: &Config, rest: &[String]) -> Result<i32> {
     let process = exec_process(&c, &p, cmd)?;
     let terminal = process.terminal().unwrap_or(false);
     let detach = p.on("detach");
-    let stdio = terminal_stdio(terminal, p.get("console-socket"), detach)?;
+    let (stdio, console) = terminal_stdio(terminal, p.get("console-socket"), detach)?;
     let forwarded = (!detach).then(block_forwarded_signals);
     let proc = c.exec(&process, stdio)?;
+    let master = console.map(ConsoleSocket::receive).transpose()?;
     if let Some(pid_file) = p.get("pid-file") {
         write_pid_file(Path::new(pid_file), proc.pid)?;
     }
@@ -400,7 +431,11 @@ fn exec(config: &Config, rest: &[String]) -> Result<i32> {
         return Ok(0);
     }
     if let Some(set) = forwarded {
-        forward_signals(set, proc.pidfd.try_clone().ok());
+        forward_signals(set, proc.pidfd.try_clone().ok(), master.as_ref());
+    }
+    if let Some(m) = master {
+        let _raw = crate::tty::RawMode::enter();
+        crate::tty::proxy(m);
     }
     if pelagos::sys::pidfd_is_unreaped_child(proc.pidfd.as_fd()) {
         if let Some(exit) = pelagos::reaper::wait(proc.pid, None) {

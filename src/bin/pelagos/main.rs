@@ -11,6 +11,7 @@ mod args;
 mod commands;
 mod logger;
 mod template;
+mod tty;
 
 use std::path::PathBuf;
 use std::process::exit;
