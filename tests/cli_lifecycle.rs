@@ -629,3 +629,73 @@ fn foreground_terminal_is_proxied_without_a_console_socket() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "/dev/pts/0\r\n");
     cli.ok(&["delete", "-f", &id]);
 }
+
+#[test]
+fn preserved_fds_reach_the_container() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["sh", "-c", "echo via-fd3 >&3"]);
+    let (mut r, w) = std::io::pipe().unwrap();
+    let w_fd = w.as_raw_fd();
+    let mut cmd = cli.cmd(&[
+        "run",
+        "--preserve-fds",
+        "1",
+        "-b",
+        b.path().to_str().unwrap(),
+        &unique_id("fds"),
+    ]);
+    // SAFETY: dup2 is async-signal-safe; it only rearranges the child's fd table.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(w_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().unwrap();
+    drop(w);
+    assert!(status.success());
+    let mut got = String::new();
+    r.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "via-fd3\n");
+}
+
+#[test]
+fn kill_all_signals_every_process_of_the_container() {
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("killall");
+    cli.detached(
+        &["run", "-d", "-b", b.path().to_str().unwrap(), &id],
+        &b.path().join("log"),
+    );
+    let init = pidfd(cli.state(&id)["pid"].as_i64().unwrap());
+    let pid_file = b.path().join("exec.pid");
+    cli.detached(
+        &[
+            "exec",
+            "-d",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            &id,
+            "sleep",
+            "999",
+        ],
+        &b.path().join("exec.log"),
+    );
+    let exec = pidfd(fs::read_to_string(&pid_file).unwrap().parse().unwrap());
+    // The init is its pid namespace's init: TERM from outside (no handler) leaves it running,
+    // so only --all's reach to the rest of the cgroup ends the exec'd sleep.
+    cli.ok(&["kill", "--all", &id, "SIGTERM"]);
+    wait_exit(&exec);
+    assert!(!pelagos::sys::pidfd_exited(init.as_fd()));
+    cli.ok(&["kill", "--all", &id, "KILL"]);
+    wait_exit(&init);
+    assert_eq!(cli.state(&id)["status"], "stopped");
+    cli.ok(&["delete", &id]);
+    assert!(!cgroup_exists(&b));
+}
