@@ -80,17 +80,22 @@ const CREATE_FLAGS: &[Flag] = &[
     switch(&["no-pivot"]),
     switch(&["no-new-keyring"]),
     value(&["preserve-fds"]),
+];
+
+/// `run` takes create's flags and these.
+const RUN_FLAGS: &[Flag] = &[
+    value(&["bundle", "b"]),
+    value(&["console-socket"]),
+    value(&["pid-file"]),
+    switch(&["no-pivot"]),
+    switch(&["no-new-keyring"]),
+    value(&["preserve-fds"]),
     switch(&["detach", "d"]),
     switch(&["keep"]),
 ];
 
 fn create(config: &Config, rest: &[String]) -> Result<i32> {
     let p = args::parse(rest, CREATE_FLAGS, false)?;
-    if p.on("detach") || p.on("keep") {
-        return Err(
-            ArgError::Unknown(if p.on("detach") { "detach" } else { "keep" }.into()).into(),
-        );
-    }
     let id = p.id("pelagos create [--bundle DIR] [--console-socket SOCK] [--pid-file FILE] ID")?;
     create_container(config, &p, id, true)?;
     Ok(0)
@@ -111,8 +116,8 @@ fn create_container(
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .is_some_and(|c| c["process"]["terminal"] == true);
-    let (stdio, console) = terminal_stdio(terminal, p.get("console-socket"), detached)?;
     let preserve_fds = take_preserved_fds(p.number::<u32>("preserve-fds")?.unwrap_or(0))?;
+    let (stdio, console) = terminal_stdio(terminal, p.get("console-socket"), detached)?;
     let c = Container::create(
         config,
         CreateOptions {
@@ -162,19 +167,18 @@ fn terminal_stdio(
 }
 
 /// Takes ownership of fds 3 .. 3+n, which the caller passed us to hand on (runc
-/// --preserve-fds).
+/// --preserve-fds). Only fds open when `main` began count: one this process opened since
+/// (the log file) is not the caller's to pass.
 fn take_preserved_fds(n: u32) -> Result<Vec<OwnedFd>> {
     let mut fds = Vec::with_capacity(n as usize);
     for fd in 3..3 + n as i32 {
-        // SAFETY: F_GETFD only inspects the fd table.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        if !crate::inherited_fd(fd) {
             return Err(CliError::Invalid(format!(
-                "--preserve-fds {n}: fd {fd} is not open"
+                "--preserve-fds {n}: fd {fd} was not passed to pelagos"
             )));
         }
-        // SAFETY: the fd is open and was given to this process to pass on; nothing else in
-        // this process owns it (ours are all opened after this point or close-on-exec std
-        // handles above 3 + n).
+        // SAFETY: the fd was open when main began, so the caller handed it to us and nothing
+        // in this process owns it; it is taken once.
         fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     Ok(fds)
@@ -198,7 +202,7 @@ fn start(config: &Config, rest: &[String]) -> Result<i32> {
 }
 
 fn run_container(config: &Config, rest: &[String]) -> Result<i32> {
-    let p = args::parse(rest, CREATE_FLAGS, false)?;
+    let p = args::parse(rest, RUN_FLAGS, false)?;
     let id = p.id("pelagos run [--detach] [--bundle DIR] [--pid-file FILE] ID")?;
     let detach = p.on("detach");
     // Blocked before any process or thread exists; the setup helper clears its mask.

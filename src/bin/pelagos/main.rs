@@ -39,8 +39,33 @@ const GLOBAL_FLAGS: &[Flag] = &[
     switch(&["version", "v"]),
 ];
 
+/// The fds above 2 open when `main` began (before the log file), for `--preserve-fds`.
+static INHERITED_FDS: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
+
+pub fn inherited_fd(fd: i32) -> bool {
+    INHERITED_FDS.get().is_some_and(|fds| fds.contains(&fd))
+}
+
+fn open_fds() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let listed: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    // The listing includes the directory's own fd, closed by now.
+    listed
+        .into_iter()
+        // SAFETY: F_GETFD only inspects the fd table.
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
+        .collect()
+}
+
 fn main() {
     pelagos::init::run_if_helper();
+    let _ = INHERITED_FDS.set(open_fds());
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // Global flags end at the command name.
     let parsed = match args::parse(&argv, GLOBAL_FLAGS, true) {
