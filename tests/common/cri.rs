@@ -81,6 +81,8 @@ pub struct Cri {
     pub work: PathBuf,
     /// Every sandbox id RunPodSandbox returned: their shim sockets must go.
     pod_ids: Mutex<Vec<String>>,
+    /// Network namespaces CRI had pinned before this test (`/run/netns`).
+    netns_before: Vec<String>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -264,6 +266,7 @@ impl Cri {
             slice_stem: format!("pelagos_cri_{}", tag.replace('-', "_")),
             work,
             pod_ids: Mutex::new(Vec::new()),
+            netns_before: netns_pins(),
             _serial: serial,
         };
         cri.wait_image(PAUSE_REF);
@@ -787,6 +790,11 @@ impl Cri {
         for cg in self.leftover_cgroups() {
             leaks.push(format!("container cgroup left: {}", cg.display()));
         }
+        for ns in netns_pins() {
+            if !self.netns_before.contains(&ns) {
+                leaks.push(format!("pod network namespace left: {NETNS_DIR}/{ns}"));
+            }
+        }
         for id in self.pod_ids.lock().unwrap().iter() {
             let sock = self.pod_shim_socket(id);
             if sock.exists() {
@@ -907,6 +915,18 @@ fn cgroup_tree_pids(dir: &Path) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// Where CRI pins pod network namespaces.
+const NETNS_DIR: &str = "/run/netns";
+
+fn netns_pins() -> Vec<String> {
+    fs::read_dir(NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 fn remove_tree(dir: &Path) {
