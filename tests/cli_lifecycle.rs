@@ -699,3 +699,46 @@ fn kill_all_signals_every_process_of_the_container() {
     cli.ok(&["delete", &id]);
     assert!(!cgroup_exists(&b));
 }
+
+#[test]
+fn exec_with_tty_sends_its_pty_master_to_the_console_socket() {
+    use std::io::Read;
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["sleep", "1000"]);
+    let id = unique_id("exectty");
+    cli.detached(
+        &["run", "-d", "-b", b.path().to_str().unwrap(), &id],
+        &b.path().join("log"),
+    );
+    let sock_path = b.path().join("exec-console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let pid_file = b.path().join("exec.pid");
+    cli.detached(
+        &[
+            "exec",
+            "--tty",
+            "--detach",
+            "--console-socket",
+            sock_path.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            &id,
+            "sh",
+            "-c",
+            "tty; echo done",
+        ],
+        &b.path().join("exec.log"),
+    );
+    let exec = pidfd(fs::read_to_string(&pid_file).unwrap().parse().unwrap());
+    let mut master = fs::File::from(receive_master(&listener));
+    let mut out = String::new();
+    let mut buf = [0u8; 256];
+    while !out.contains("done") {
+        let n = master.read(&mut buf).expect("read the pty master");
+        assert!(n > 0, "pty closed after {out:?}");
+        out.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(out.starts_with("/dev/pts/"), "{out:?}");
+    wait_exit(&exec);
+    cli.ok(&["delete", "--force", &id]);
+}
