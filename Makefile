@@ -26,13 +26,18 @@ build:
 demo: setup build
 	@bash scripts/demo.sh
 
+# Both passes run even when the first fails, so one run reports every failure.
 test: setup build
-	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
-	$(MAKE) --no-print-directory test-shim-2.1
+	@rc=0; \
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=$(TEST_THREADS) || rc=1; \
+	$(TEST_SHIM_21) || rc=1; \
+	exit $$rc
 
 test-shim-2.1:
-	@bash scripts/fetch-containerd.sh 2.1 >/dev/null
-	PELAGOS_CONTAINERD=2.1 $(CARGO) test -p pelagos $(SHIM_TESTS) -- --test-threads=$(TEST_THREADS)
+	$(TEST_SHIM_21)
+
+TEST_SHIM_21 = bash scripts/fetch-containerd.sh 2.1 >/dev/null && \
+	PELAGOS_CONTAINERD=2.1 $(CARGO) test -p pelagos --no-fail-fast $(SHIM_TESTS) -- --test-threads=$(TEST_THREADS)
 
 lint:
 	$(CARGO) fmt --all -- --check
