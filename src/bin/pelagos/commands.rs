@@ -229,11 +229,15 @@ fn run_container(config: &Config, rest: &[String]) -> Result<i32> {
     if let Some(m) = master {
         crate::tty::proxy(m);
     }
-    let code = c.wait().map(|e| e.status).unwrap_or(0);
+    let exit = c.wait();
     if !p.on("keep") {
         c.delete(true)?;
     }
-    Ok(code)
+    exit.map(|e| e.status).ok_or_else(|| {
+        CliError::Invalid(format!(
+            "run: container {id}: its exit status is unknown (its init is not our child)"
+        ))
+    })
 }
 
 /// Signals a foreground `run`/`exec` passes on to the container's process, as runc does.
@@ -427,10 +431,22 @@ fn exec(config: &Config, rest: &[String]) -> Result<i32> {
     let (stdio, console) = terminal_stdio(terminal, p.get("console-socket"), detach)?;
     let forwarded = (!detach).then(block_forwarded_signals);
     let proc = c.exec(&process, stdio)?;
-    let master = console.map(ConsoleSocket::receive).transpose()?;
-    if let Some(pid_file) = p.get("pid-file") {
-        write_pid_file(Path::new(pid_file), proc.pid)?;
-    }
+    let master = console
+        .map(ConsoleSocket::receive)
+        .transpose()
+        .map_err(CliError::from)
+        .and_then(|m| match p.get("pid-file") {
+            Some(pid_file) => write_pid_file(Path::new(pid_file), proc.pid).map(|()| m),
+            None => Ok(m),
+        });
+    let master = match master {
+        Ok(m) => m,
+        Err(e) => {
+            // Nobody would know of the process: it goes.
+            let _ = pelagos::sys::pidfd_send_signal(proc.pidfd.as_fd(), libc::SIGKILL);
+            return Err(e);
+        }
+    };
     if detach {
         return Ok(0);
     }
