@@ -39,7 +39,7 @@ cleanup() {
         wait "$cpid" 2>/dev/null
     fi
     # Mounts and cgroups only exist if something went wrong above; clean them all the same.
-    grep -o " $base[^ ]*\| $root[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+    grep -o " ${base}[^ ]*\| ${root}[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
     for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
         [ -d "$h$ns" ] && find "$h$ns" -depth -type d -exec rmdir {} \; 2>/dev/null
     done
