@@ -111,7 +111,8 @@ fn create_container(
     detached: bool,
 ) -> Result<(Container, Option<ConsoleSocket>)> {
     let bundle = PathBuf::from(p.get("bundle").unwrap_or("."));
-    let bundle = std::fs::canonicalize(&bundle).unwrap_or(bundle);
+    // Absolute without resolving symlinks, as runc records it.
+    let bundle = std::path::absolute(&bundle).unwrap_or(bundle);
     let terminal = std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
