@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::bundle::unique_id;
-use common::containerd::{describe, stdout, Containerd};
+use common::containerd::{describe, stdout, Containerd, CTR_TIMEOUT};
 
 const PELAGOS: &str = env!("CARGO_BIN_EXE_pelagos");
 
@@ -49,6 +49,7 @@ fn containerd_runc_shim_runs_containers_through_the_pelagos_cli() {
     assert_eq!(stdout(&out), "inside\n");
 
     cd.remove(&id);
+    cd.assert_no_leaks();
     let left: Vec<_> = std::fs::read_dir(&ns_root)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
@@ -57,6 +58,59 @@ fn containerd_runc_shim_runs_containers_through_the_pelagos_cli() {
         "state left under {}: {left:?}",
         ns_root.display()
     );
+    drop(cd);
+    let _ = std::fs::remove_dir_all(&runc_root);
+}
+
+/// `ctr run -t` and `ctr task exec -t`: go-runc's console socket receives the pty master our
+/// container setup sends.
+#[test]
+fn containerd_runc_shim_gets_pelagos_ttys_over_its_console_socket() {
+    let mut cd = Containerd::start();
+    cd.runtime = "io.containerd.runc.v2".into();
+    let runc_root = PathBuf::from(format!("/run/{}", unique_id("pelagos-cli-ctr")));
+    let root = runc_root.to_str().unwrap();
+    let opts = ["--runc-binary", PELAGOS, "--runc-root", root];
+    let script = ["sh", "-c", "tty; read x; echo got $x; exit 3"];
+
+    let args = cd.run_args(&["--rm", "-t"], "tty", &opts, &script);
+    let mut pty = cd.spawn_ctr_on_pty(&args, 30, 90);
+    assert!(
+        pty.expect(CTR_TIMEOUT, |t| t.contains("/dev/pts/")
+            || t.contains("not a tty"))
+            && pty.output().contains("/dev/pts/"),
+        "no tty in the container: {}",
+        pty.output()
+    );
+    pty.write(b"hi\n");
+    let (status, out) = pty.wait(CTR_TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(3),
+        "terminal output:\n{out}"
+    );
+    assert!(out.contains("got hi"), "{out}");
+
+    cd.run_detached("box", &opts, &["sleep", "1000"]);
+    let args = cd.exec_args("box", "t1", &["-t"], &script);
+    let mut pty = cd.spawn_ctr_on_pty(&args, 25, 80);
+    assert!(
+        pty.expect(CTR_TIMEOUT, |t| t.contains("/dev/pts/")
+            || t.contains("not a tty"))
+            && pty.output().contains("/dev/pts/"),
+        "no tty in the exec: {}",
+        pty.output()
+    );
+    pty.write(b"there\n");
+    let (status, out) = pty.wait(CTR_TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(3),
+        "terminal output:\n{out}"
+    );
+    assert!(out.contains("got there"), "{out}");
+    cd.remove("box");
+    cd.assert_no_leaks();
     drop(cd);
     let _ = std::fs::remove_dir_all(&runc_root);
 }
