@@ -93,12 +93,22 @@ fn pelagos_runtime_options() {
 
 /// `LogLevel` and `ShimCgroup` from the handler's options are applied by the shim.
 #[test]
-#[ignore = "the shim decodes LogLevel and ShimCgroup but start/daemon (shim/src/start.rs, logger.rs) do not apply them yet"]
 fn pelagos_log_level_and_shim_cgroup_are_honoured() {
     if std::env::var_os("PELAGOS_TEST_DEBUG").is_some() {
         return; // containerd at debug level runs every shim with -debug.
     }
     let shim_cg = format!("/pelagos-cri-shim-{}", std::process::id());
+    // As with runc's shim, ShimCgroup names a cgroup the operator made.
+    for m in common::containerd::cgroup_mounts() {
+        let dir = m.join(shim_cg.trim_start_matches('/'));
+        fs::create_dir_all(&dir).unwrap();
+        // A new v1 cpuset is empty until it gets the parent's cpus and mems.
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = fs::read_to_string(m.join(f)) {
+                fs::write(dir.join(f), v.trim()).unwrap();
+            }
+        }
+    }
     let opts = format!("LogLevel = \"debug\"\nShimCgroup = \"{shim_cg}\"\n");
     let cri = Cri::start_with("pelagos-debug", |major, dir| {
         pelagos_handler(major, dir, "pelagos-debug", &opts)

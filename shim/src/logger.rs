@@ -46,7 +46,11 @@ impl log::Log for FifoLogger {
     fn flush(&self) {}
 }
 
-/// Logs to `<dir>/log` from now on; `debug` lowers the level to debug. Quietly does nothing
+/// Set by `start` for the daemon: the `LogLevel` of the runtime options.
+pub const LEVEL_ENV: &str = "PELAGOS_LOG_LEVEL";
+
+/// Logs to `<dir>/log` from now on; `debug` lowers the level to debug, and
+/// [`LEVEL_ENV`] sets it. Quietly does nothing
 /// when the fifo cannot be opened (no reader, or no such file).
 pub fn init(dir: &Path, debug: bool) {
     let Ok(f) = std::fs::OpenOptions::new()
@@ -56,10 +60,14 @@ pub fn init(dir: &Path, debug: bool) {
     else {
         return;
     };
-    let level = if debug {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Info
+    let from_options = std::env::var(LEVEL_ENV)
+        .ok()
+        .and_then(|l| l.parse::<log::LevelFilter>().ok());
+    let level = match (debug, from_options) {
+        (true, Some(l)) => l.max(log::LevelFilter::Debug),
+        (true, None) => log::LevelFilter::Debug,
+        (false, Some(l)) => l,
+        (false, None) => log::LevelFilter::Info,
     };
     if log::set_boxed_logger(Box::new(FifoLogger {
         out: Mutex::new(f),

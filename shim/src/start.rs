@@ -61,6 +61,11 @@ pub enum StartError {
     },
     #[error("start: {0}")]
     Options(#[from] options::OptionsError),
+    #[error("start: move the shim into ShimCgroup {path}: {source}")]
+    ShimCgroup {
+        path: String,
+        source: pelagos::cgroups::CgroupError,
+    },
 }
 
 /// Runs `start` in the bundle (the cwd) and returns the address to print.
@@ -68,12 +73,6 @@ pub fn run(flags: &Flags) -> Result<String, StartError> {
     let input = read_stdin()?;
     let start_input = options::detect_start_input(&input, &flags.id, &flags.namespace);
     let opts = options::decode(options::runtime_options(&start_input))?;
-    if !opts.shim_cgroup.is_empty() {
-        log::warn!(
-            "shim_cgroup {:?} requested: not supported yet, the shim stays in containerd's cgroup",
-            opts.shim_cgroup
-        );
-    }
     let (mut ttrpc_address, mut grpc_address, mut socket_dir) = (
         std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
         flags.address.clone(),
@@ -109,7 +108,14 @@ pub fn run(flags: &Flags) -> Result<String, StartError> {
         return Ok(address);
     }
     let listener = listen(&path)?;
-    let spawned = spawn_daemon(flags, &address, &ttrpc_address, &grpc_address, &listener);
+    let spawned = spawn_daemon(
+        flags,
+        &opts,
+        &address,
+        &ttrpc_address,
+        &grpc_address,
+        &listener,
+    );
     drop(listener);
     if let Err(e) = spawned {
         let _ = std::fs::remove_file(&path);
@@ -213,6 +219,7 @@ fn listen(path: &str) -> Result<UnixListener, StartError> {
 
 fn spawn_daemon(
     flags: &Flags,
+    opts: &options::Options,
     address: &str,
     ttrpc_address: &str,
     grpc_address: &str,
@@ -232,6 +239,9 @@ fn spawn_daemon(
     }
     if !ttrpc_address.is_empty() {
         cmd.env("TTRPC_ADDRESS", ttrpc_address);
+    }
+    if let Some(level) = opts.log_level {
+        cmd.env(crate::logger::LEVEL_ENV, level.as_str());
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -260,6 +270,15 @@ fn spawn_daemon(
         source,
     })?;
     adjust_oom_score(child.id());
+    if !opts.shim_cgroup.is_empty() {
+        if let Err(e) = join_cgroup(&opts.shim_cgroup, child.id()) {
+            // SAFETY: kill takes a pid and a signal; the daemon is our own unwaited child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let mut child = child;
+            let _ = child.wait();
+            return Err(e);
+        }
+    }
     log::info!(
         "started shim daemon pid {} for {} at {address}",
         child.id(),
@@ -267,6 +286,17 @@ fn spawn_daemon(
     );
     // Not waited for: it outlives `start` and is re-parented.
     Ok(())
+}
+
+/// Moves the daemon into the `ShimCgroup` of the runtime options, which must exist (as with
+/// runc's shim).
+fn join_cgroup(path: &str, pid: u32) -> Result<(), StartError> {
+    let err = |source| StartError::ShimCgroup {
+        path: path.to_owned(),
+        source,
+    };
+    let cg = pelagos::cgroups::Cgroup::open(path).map_err(err)?;
+    cg.add_pid(pid as i32).map_err(err)
 }
 
 /// The daemon's oom_score_adj is ours + 1, so the OOM killer prefers it to containerd.
