@@ -593,6 +593,36 @@ fn global_flags_log_json_and_systemd() {
     assert!(line["time"].is_string());
     fs::remove_dir_all(&dir).unwrap();
 
+    // --debug: the core's debug records reach the log too.
+    let b = Bundle::new().args(&["true"]);
+    let id = unique_id("debug");
+    let log = b.path().join("debug.json");
+    cli.detached(
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format=json",
+            "--debug",
+            "create",
+            "-b",
+            b.path().to_str().unwrap(),
+            &id,
+        ],
+        &b.path().join("out"),
+    );
+    let debug: Vec<Value> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        debug
+            .iter()
+            .any(|l| l["level"] == "debug" && l["msg"].as_str().unwrap().contains(&id)),
+        "{debug:?}"
+    );
+    cli.ok(&["delete", &id]);
+
     let err = cli.fails(&["--systemd-cgroup", "list"]);
     assert!(err.contains("systemd"), "{err}");
 }
