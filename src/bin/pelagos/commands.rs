@@ -82,8 +82,10 @@ const CREATE_FLAGS: &[Flag] = &[
     value(&["preserve-fds"]),
 ];
 
-/// `run` takes create's flags and these.
+/// `run` takes create's flags and these; `--root` after the command too, as the first
+/// `pelagos run` did.
 const RUN_FLAGS: &[Flag] = &[
+    value(&["root"]),
     value(&["bundle", "b"]),
     value(&["console-socket"]),
     value(&["pid-file"]),
@@ -205,6 +207,17 @@ fn start(config: &Config, rest: &[String]) -> Result<i32> {
 fn run_container(config: &Config, rest: &[String]) -> Result<i32> {
     let p = args::parse(rest, RUN_FLAGS, false)?;
     let id = p.id("pelagos run [--detach] [--bundle DIR] [--pid-file FILE] ID")?;
+    let root_override;
+    let config = match p.get("root") {
+        Some(root) => {
+            root_override = Config {
+                root: PathBuf::from(root),
+                ..config.clone()
+            };
+            &root_override
+        }
+        None => config,
+    };
     let detach = p.on("detach");
     // Blocked before any process or thread exists; the setup helper clears its mask.
     let forwarded = (!detach).then(block_forwarded_signals);
