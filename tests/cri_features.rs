@@ -304,11 +304,13 @@ fn host_namespaces(handler: &str) {
         assert_eq!(ns_link(pid, ns), ns_link(me, ns), "{ns} is not the host's");
     }
     assert_ne!(ns_link(pid, "mnt"), ns_link(me, "mnt"));
-    // The host's processes are visible, this test among them.
-    let ps = cri.exec_ok(&id, &["ls", "/proc"]);
+    // The host's processes are visible, this test among them. (Not `ls /proc`: it fails
+    // when a host process exits while it lists.)
+    let probe = format!("/proc/{me}/status");
+    let status = cri.exec_ok(&id, &["cat", &probe]);
     assert!(
-        ps.lines().any(|l| l == me.to_string()),
-        "no pid {me} in /proc"
+        status.lines().any(|l| l == format!("Pid:\t{me}")),
+        "pid {me} not visible: {status}"
     );
     cri.stop_pod(&pod_id);
     cri.remove_pod(&pod_id);
