@@ -503,6 +503,12 @@ class Containerd:
         self.namespace = f"pelagos-bench-{tag}"
         self.address = str(self.base / "containerd.sock")
         self.bin_dir = Path(args.containerd_dir)
+        ctr = self.bin_dir / "ctr"
+        self.ctr_bin = str(ctr) if ctr.exists() else (shutil.which("ctr") or "ctr")
+        version = subprocess.run([str(self.bin_dir / "containerd"), "--version"],
+                                 capture_output=True, text=True).stdout
+        m = re.search(r" v?(\d+)\.(\d+)", version)
+        self.major = int(m.group(1)) if m else 1
         self.fifo_dir = self.base / "fifo"
         self.log_path = self.base / "containerd.log"
         self.groups: set[str] = set()
@@ -537,12 +543,41 @@ class Containerd:
         log(f"containerd {self.reaper.containerd_pid} up at {self.address}")
         archive = self.base / "busybox-oci.tar"
         build_image(archive)
-        self.ctr_ok(["images", "import", "--platform", f"linux/{oci_arch()}", str(archive)])
+        local = ["--local"] if self.major >= 2 else []
+        self.ctr_ok(["images", "import", *local, "--platform", f"linux/{oci_arch()}",
+                     str(archive)])
         archive.unlink()
         self.events = Events(self.ctr_cmd(["events"]))
         self._sync_events()
 
     def config(self) -> str:
+        if self.major >= 2:
+            return f"""version = 3
+root = "{self.root}"
+state = "{self.base / 'state'}"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.cri.v1.images",
+  "io.containerd.cri.v1.runtime",
+  "io.containerd.podsandbox.controller.v1.podsandbox",
+  "io.containerd.nri.v1.nri",
+]
+
+[grpc]
+  address = "{self.address}"
+
+[ttrpc]
+  address = "{self.address}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins.'io.containerd.internal.v1.opt']
+  path = "{self.root}/opt"
+"""
         return f"""version = 2
 root = "{self.root}"
 state = "{self.base / 'state'}"
@@ -590,7 +625,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
     # -- ctr ------------------------------------------------------------------------------------
 
     def ctr_cmd(self, args: list[str]) -> list[str]:
-        return [str(self.bin_dir / "ctr"), "--address", self.address,
+        return [self.ctr_bin, "--address", self.address,
                 "--namespace", self.namespace, *args]
 
     def ctr(self, args: list[str], timeout: float = CTR_TIMEOUT) -> Ran:
@@ -1607,6 +1642,7 @@ def machine_info(cd: Containerd, args: argparse.Namespace) -> dict:
         "memory_gib": round(int(mem) / 1024 / 1024, 1),
         "cgroups": cgroup,
         "containerd": first([str(cd.bin_dir / "containerd"), "--version"]),
+        "ctr": cd.ctr_bin,
         "runc": first(["runc", "--version"]),
         "pelagos_commit": commit,
         "shim": str(args.shim),
@@ -1647,6 +1683,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep-logs", default="", help="copy containerd's log (with the shims' "
                    "logs) here before tearing down")
     p.add_argument("--debug", action="store_true", help="containerd and shims log at debug")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 if a round failed or something was left behind (for CI smoke runs)")
     p.add_argument("--profile", default="", metavar="DIR",
                    help="instead of the table: perf record -a around --rounds lifecycles and "
                    "execs per runtime, CPU per process group, pelagos symbols (build the shim "
@@ -1731,7 +1769,8 @@ def main(argv: list[str]) -> int:
     log(f"wrote {args.json} ({elapsed:.0f}s)")
     if args.markdown:
         Path(args.markdown).write_text(markdown_table(res))
-    return 0
+    failed = any(m.failures[r] for m in res.metrics.values() for r in RUNTIMES)
+    return 1 if args.strict and (failed or res.notes) else 0
 
 
 if __name__ == "__main__":
