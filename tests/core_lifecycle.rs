@@ -1010,7 +1010,8 @@ fn exec_joins_the_time_namespace() {
 fn start_from_another_handle_after_the_creator_is_gone() {
     let _g = shared();
     let root = TestRoot::new();
-    let b = Bundle::new().args(&["sh", "-c", "echo started-elsewhere"]);
+    // It stays up until killed, so "running" is not a race with its exit.
+    let b = Bundle::new().args(&["sh", "-c", "echo started-elsewhere; exec sleep 100"]);
     let id = unique_id("fifo");
     let (stdio, pipes) = Pipes::new();
     let creator = root.create_id(&id, &b, stdio).unwrap();
@@ -1025,9 +1026,21 @@ fn start_from_another_handle_after_the_creator_is_gone() {
         Container::load(&root.config, &id).unwrap().state().status,
         Status::Running
     );
+    // A start from another handle has no exec acknowledgement: wait until the echo is done
+    // (the shell has exec'd sleep) before killing.
+    let comm = format!("/proc/{pid}/comm");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "init never exec'd sleep"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    other.kill(libc::SIGKILL, false).unwrap();
     let (out, _) = pipes.collect();
     assert_eq!(out, "started-elsewhere\n");
-    assert_eq!(other.wait().unwrap().status, 0);
+    assert_eq!(other.wait().unwrap().status, 128 + libc::SIGKILL);
     let err = other.start().unwrap_err();
     assert!(err.to_string().contains("cannot start"), "{err}");
     other.delete(false).unwrap();
