@@ -659,8 +659,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
         a = ["run", mode, "--runtime", runtime, "--fifo-dir", str(self.fifo_dir)]
         if tty:
             a.append("-t")
+        # A shim's socket is named after its group, the container id when there is none.
+        self.groups.add(group or cid)
         if group:
-            self.groups.add(group)
             a += ["--annotation", f"{GROUP_ANNOTATION}={group}"]
         return [*a, IMAGE_REF, cid, *cmd]
 
