@@ -781,6 +781,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
         if self.events:
             self.events.stop()
         if self.reaper is None:
+            for d in (self.base, self.root):
+                shutil.rmtree(d, ignore_errors=True)
             return
         if self.reaper.proc.poll() is None:
             listing = self.ctr(["task", "ls", "-q"], 30).out.decode().split()
@@ -1714,6 +1716,9 @@ def main(argv: list[str]) -> int:
     if not os.access(args.shim, os.X_OK):
         print(f"{args.shim} is missing: build it (cargo build --release -p "
               "containerd-shim-pelagos-v2) or pass --shim", file=sys.stderr)
+        return 2
+    if not os.access(Path(args.containerd_dir) / "containerd", os.X_OK):
+        print(f"no containerd in {args.containerd_dir} (--containerd-dir)", file=sys.stderr)
         return 2
     res = Results()
     info: dict = {}
