@@ -1,7 +1,11 @@
-//! The setup helper's executable. By default it is a sealed in-memory copy of this process's own
-//! binary, made once per process: a container that could write through `/proc/<helper>/exe` would
-//! otherwise overwrite the host binary (CVE-2019-5736). The copy is never written again and is
-//! executed by fd (execveat with AT_EMPTY_PATH), so no path lookup happens after clone.
+//! The setup helper's executable. By default it is this process's own binary seen through a
+//! detached read-only bind mount, made once per process: a container that could write through
+//! `/proc/<helper>/exe` would otherwise overwrite the host binary (CVE-2019-5736); through that
+//! mount the write fails with EROFS. The mount is attached to no namespace (nothing shows in
+//! mountinfo) and lives as long as its fd. It costs nothing, where a sealed memfd copy (the
+//! fallback when the kernel lacks open_tree/mount_setattr or refuses them) holds a private copy
+//! of the binary per process. Either way the helper is executed by fd (execveat with
+//! AT_EMPTY_PATH), so no path lookup happens after clone.
 
 use std::fs::File;
 use std::io;
@@ -10,7 +14,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use nix::errno::Errno;
+
+use crate::rootfs::mountapi;
 use crate::sys;
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelfExeError {
@@ -85,8 +94,36 @@ pub fn sealed() -> Result<&'static OwnedFd, SelfExeError> {
     if let Some(fd) = SEALED.get() {
         return Ok(fd);
     }
-    let fd = make_sealed_copy()?;
+    let fd = match readonly_view(Path::new("/proc/self/exe")) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::debug!("read-only view of /proc/self/exe: {e}; using a sealed copy");
+            make_sealed_copy()?
+        }
+    };
     Ok(SEALED.get_or_init(|| fd))
+}
+
+/// A detached bind mount of the file at `path`, made read-only.
+fn readonly_view(path: &Path) -> Result<OwnedFd, SelfExeError> {
+    let fail = |step| {
+        move |source: Errno| SelfExeError::Seal {
+            step,
+            source: source.into(),
+        }
+    };
+    let exe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| SelfExeError::Seal {
+            step: "open",
+            source,
+        })?;
+    let view = mountapi::clone_tree(exe.as_fd(), false).map_err(fail("open_tree"))?;
+    mountapi::set_attr(view.as_fd(), MOUNT_ATTR_RDONLY, 0, false)
+        .map_err(fail("mount_setattr read-only"))?;
+    Ok(view)
 }
 
 fn make_sealed_copy() -> Result<OwnedFd, SelfExeError> {
@@ -114,23 +151,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sealed_copy_is_cached_sealed_and_identical() {
+    fn helper_view_is_cached_identical_and_not_writable() {
         let a = sealed().unwrap();
         let b = sealed().unwrap();
         assert_eq!(a.as_raw_fd(), b.as_raw_fd());
+        let path = format!("/proc/self/fd/{}", a.as_raw_fd());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read("/proc/self/exe").unwrap()
+        );
+        // While it runs the kernel says ETXTBSY; the mount is what holds once it stopped.
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap_err();
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn readonly_view_refuses_writes_to_an_idle_file() {
+        let file = std::env::temp_dir().join(format!("pelagos-view-{}", std::process::id()));
+        std::fs::write(&file, b"binary").unwrap();
+        let view = readonly_view(&file).unwrap();
+        let path = format!("/proc/self/fd/{}", view.as_raw_fd());
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap_err();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        // Reading through the view still works.
+        assert_eq!(std::fs::read(&path).unwrap(), b"binary");
+    }
+
+    #[test]
+    fn sealed_copy_refuses_writes() {
+        let fd = make_sealed_copy().unwrap();
         // SAFETY: F_GET_SEALS only reads.
-        let seals = unsafe { libc::fcntl(a.as_raw_fd(), libc::F_GET_SEALS) };
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
         assert_eq!(seals & libc::F_SEAL_WRITE, libc::F_SEAL_WRITE);
         assert_eq!(seals & libc::F_SEAL_SEAL, libc::F_SEAL_SEAL);
-        let copy = std::fs::read(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
-        assert_eq!(copy, std::fs::read("/proc/self/exe").unwrap());
-        let w = std::fs::OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/self/fd/{}", a.as_raw_fd()));
-        if let Ok(mut w) = w {
-            use std::io::Write;
-            assert!(w.write_all(b"x").is_err());
-        }
     }
 
     #[test]
