@@ -4,6 +4,7 @@
 #   make test    install deps, build, run every test (containerd 1.6), then the shim tests on 2.1
 #   make lint    rustfmt check and clippy with warnings as errors
 #   make install install the shim (release build) into $(PREFIX)/bin
+#   make bench   pelagos vs runc's shim (latency, exec, memory, throughput), see BENCHMARKS.md
 
 CARGO ?= cargo
 PREFIX ?= /usr/local
@@ -47,5 +48,6 @@ install:
 	$(CARGO) build --release -p $(SHIM)
 	install -D -m 0755 target/release/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 
-bench:
-	@echo "make bench: not yet (benchmarks are another issue)"
+# Pelagos beside runc's shim through one private containerd: a table and bench/results.json.
+bench: setup
+	@bash scripts/bench.sh $(BENCH_ARGS)
