@@ -164,6 +164,8 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
     // Without no_new_privileges, loading a filter needs CAP_SYS_ADMIN, which finalize_identity
     // may drop: load it first then (as runc). Otherwise as late as possible, so the profile
     // need not allow the setup syscalls.
+    // Before no_new_privileges, which would restrict the profile transition (runc's order).
+    crate::lsm::apply(process).step("security module label")?;
     let nnp = process.no_new_privileges().unwrap_or(false);
     let seccomp = |when| match &plan.seccomp {
         Some(filter) if when => crate::seccomp::load(filter).step("load seccomp filter"),

@@ -11,6 +11,7 @@ pub mod cgroups;
 pub mod container;
 pub mod hooks;
 pub mod init;
+pub mod lsm;
 pub mod namespaces;
 pub mod process;
 pub mod reaper;

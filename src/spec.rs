@@ -56,6 +56,8 @@ pub enum SpecError {
     Caps(#[from] crate::caps::CapsError),
     #[error("config.json: {0}")]
     Mounts(#[from] crate::rootfs::RootfsError),
+    #[error("{0}")]
+    Lsm(#[from] crate::lsm::LsmError),
 }
 
 /// A loaded, checked bundle.
@@ -146,6 +148,7 @@ pub fn validate(spec: &Spec) -> Result<NsPlan, SpecError> {
         return Err(SpecError::TimeOffsetsWithoutTimens);
     }
     crate::rootfs::validate(spec)?;
+    crate::lsm::validate_spec(spec)?;
     Ok(ns)
 }
 
@@ -163,6 +166,7 @@ pub fn validate_process(process: &Process, what: &'static str) -> Result<(), Spe
     if let Some(caps) = process.capabilities() {
         crate::caps::validate(caps)?;
     }
+    crate::lsm::validate_process(process, what)?;
     Ok(())
 }
 
@@ -194,6 +198,29 @@ mod tests {
     fn check(v: serde_json::Value) -> Result<NsPlan, SpecError> {
         let spec = parse(v.to_string().as_bytes(), Path::new("config.json"))?;
         validate(&spec)
+    }
+
+    #[test]
+    fn security_modules_the_host_lacks_are_refused() {
+        // Neither module runs on the machines this is tested on; where one does, it is applied.
+        if !std::path::Path::new("/sys/module/apparmor/parameters/enabled").exists() {
+            let mut v = base();
+            v["process"]["apparmorProfile"] = "docker-default".into();
+            let err = check(v).unwrap_err().to_string();
+            assert!(err.contains("apparmorProfile \"docker-default\""), "{err}");
+        }
+        if !std::path::Path::new("/sys/fs/selinux/enforce").exists() {
+            let mut v = base();
+            v["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0".into();
+            let err = check(v).unwrap_err().to_string();
+            assert!(err.contains("SELinux is not enabled"), "{err}");
+        }
+        let mut v = base();
+        v["linux"]["mountLabel"] = "system_u:object_r:container_file_t:s0".into();
+        assert!(check(v).unwrap_err().to_string().contains("mountLabel"));
+        let mut v = base();
+        v["process"]["apparmorProfile"] = "".into();
+        check(v).unwrap();
     }
 
     #[test]

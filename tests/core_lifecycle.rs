@@ -575,6 +575,8 @@ fn bad_input_is_named_and_leaves_nothing() {
          "must include a mount namespace".into()),
         ("executable not found", Bundle::new().args(&["no-such-cmd"]),
          "container init: exec: executable file \"no-such-cmd\" not found".into()),
+        ("mount label", Bundle::new().edit(|c| c["linux"]["mountLabel"] = json!("system_u:object_r:x:s0")),
+         "linux.mountLabel".into()),
         ("bind source missing", Bundle::new().mount(json!({
             "destination": "/mnt", "type": "bind", "source": "/no/such/source", "options": ["rbind"]})),
          "/no/such/source".into()),
