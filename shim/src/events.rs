@@ -22,7 +22,7 @@ use containerd_shim_protos::events::task::{
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::protobuf::{Message, MessageFull};
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_TYPE_RESPONSE};
@@ -106,12 +106,8 @@ impl Event {
     /// The event as an `Any` whose type URL is the message's full protobuf name, which is
     /// how containerd's typeurl registry knows the `containerd.events.*` types.
     pub fn to_any(&self) -> Result<Any, EventsError> {
-        fn pack<M: MessageFull>(m: &M) -> Result<Any, EventsError> {
-            Ok(Any {
-                type_url: M::descriptor().full_name().to_owned(),
-                value: m.write_to_bytes()?,
-                ..Default::default()
-            })
+        fn pack<M: crate::any::Named>(m: &M) -> Result<Any, EventsError> {
+            Ok(crate::any::pack(m)?)
         }
         match self {
             Event::Create(m) => pack(m),

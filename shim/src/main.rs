@@ -18,6 +18,7 @@
 //! containerd-shim crate's `run()`, which reads `start`'s stdin as runc options and so breaks
 //! with containerd ≥ 2.3 (BootstrapParams on stdin).
 
+mod any;
 mod args;
 mod daemon;
 mod delete;

@@ -5,18 +5,12 @@
 use containerd_shim_protos::cgroups::metrics as p1;
 use containerd_shim_protos::cgroups_v2::metrics as p2;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::{MessageField, MessageFull};
+use containerd_shim_protos::protobuf::MessageField;
 use pelagos::cgroups::stats as s;
 use pelagos::cgroups::stats::Stats;
 
 pub fn to_any(stats: &Stats) -> Result<Any, containerd_shim_protos::protobuf::Error> {
-    fn pack<M: MessageFull>(m: &M) -> Result<Any, containerd_shim_protos::protobuf::Error> {
-        Ok(Any {
-            type_url: M::descriptor().full_name().to_owned(),
-            value: m.write_to_bytes()?,
-            ..Default::default()
-        })
-    }
+    use crate::any::pack;
     match stats {
         Stats::V1(m) => pack(&v1(m)),
         Stats::V2(m) => pack(&v2(m)),
