@@ -319,33 +319,12 @@ pub fn mounts_under(mountinfo: &str, target: &Path) -> Vec<String> {
         let Some(mp) = line.split(' ').nth(4) else {
             continue;
         };
-        let mp = unescape(mp);
+        let mp = pelagos::rootfs::mountinfo::unescape(mp);
         if (mp == t || mp.starts_with(&format!("{t}/"))) && !out.contains(&mp) {
             out.push(mp);
         }
     }
     out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

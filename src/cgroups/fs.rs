@@ -69,7 +69,7 @@ pub(crate) fn parse_hierarchies(mountinfo: &str, subsystems: &str) -> Hierarchie
         if pre.len() < 5 || post.len() < 3 {
             continue;
         }
-        let mount = PathBuf::from(unescape(pre[4]));
+        let mount = PathBuf::from(crate::rootfs::mountinfo::unescape(pre[4]));
         match post[0] {
             // The first cgroup2 mount wins; later ones are usually bind mounts of it.
             "cgroup2" if unified.is_none() => unified = Some(mount),
@@ -104,24 +104,6 @@ pub(crate) fn parse_hierarchies(mountinfo: &str, subsystems: &str) -> Hierarchie
         unified,
         unified_controllers: Vec::new(),
     }
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Writes `value` to `dir/file` in one write(2), as cgroupfs requires.
@@ -251,6 +233,7 @@ mod tests {
 
     #[test]
     fn octal_escapes() {
+        use crate::rootfs::mountinfo::unescape;
         assert_eq!(unescape("/a\\040b"), "/a b");
         assert_eq!(unescape("/plain"), "/plain");
     }

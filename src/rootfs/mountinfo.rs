@@ -27,7 +27,7 @@ impl MountInfo {
 }
 
 /// Undoes the kernel's octal escaping of space, tab, newline and backslash.
-fn unescape(s: &str) -> String {
+pub fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
