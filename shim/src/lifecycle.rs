@@ -193,6 +193,13 @@ impl Lifecycle {
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
     }
 
+    /// The container id and exec id (empty for the init) of the process `pid`.
+    pub fn process_of(&self, pid: i32) -> Option<(&str, &str)> {
+        self.by_pid
+            .get(&pid)
+            .map(|(id, exec_id)| (id.as_str(), exec_id.as_str()))
+    }
+
     /// Whether `pid` belongs to a process this lifecycle tracks.
     pub fn owns_pid(&self, pid: i32) -> bool {
         self.by_pid.contains_key(&pid)

@@ -30,13 +30,16 @@ use pelagos::reaper::{self, Exit};
 use ttrpc::{Code, TtrpcContext};
 
 use crate::events::{timestamp, Event, Publisher};
-use crate::io::{IoLoop, LoggerContext, ProcessIo, StdioConfig};
+use crate::io::{DrainWaiter, IoLoop, LoggerContext, ProcessIo, StdioConfig};
 use crate::lifecycle::{Action, Lifecycle, LifecycleError, Sink, Status};
 use crate::mount::{self, MountSpec};
 use crate::{metrics, options};
 
 /// How long Delete waits for a process's output to be copied out.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an exit waits for the client to read the process's output before it is reported
+/// anyway (a leftover child still holding the output, a client that stopped reading).
+const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Epoll keys below this are the daemon's own (signalfd, wake-up eventfd).
 pub const FIRST_OOM_KEY: u64 = 16;
 
@@ -214,13 +217,63 @@ impl Shim {
 
     /// Routes exits the monitor reaped. Exits of pids we do not own stay in the reaper's table
     /// (a Start in flight claims them, or the core's own waits take them).
-    pub fn handle_exits(&self, exits: &[Exit]) {
+    ///
+    /// An exit whose output the client has not read yet is routed from its own thread once it
+    /// has (at most [`EXIT_DRAIN_TIMEOUT`] later): clients close their fifos when they learn
+    /// of the exit (ctr 1.6 even before waiting for EOF), which would drop the output still in
+    /// the pipes and fifos.
+    pub fn handle_exits(self: &Arc<Self>, exits: &[Exit]) {
+        let mut st = self.lock();
+        let mut now = Vec::with_capacity(exits.len());
+        for e in exits {
+            match self.undrained(&st, e.pid) {
+                Some(waiter) => {
+                    let (shim, exit) = (Arc::clone(self), *e);
+                    let spawned = std::thread::Builder::new()
+                        .name("exit-drain".into())
+                        .spawn(move || {
+                            if !waiter.wait(EXIT_DRAIN_TIMEOUT) {
+                                log::warn!(
+                                    "pid {}: output not read by the client after {EXIT_DRAIN_TIMEOUT:?}; reporting the exit",
+                                    exit.pid
+                                );
+                            }
+                            shim.route_now(&[exit]);
+                        });
+                    if let Err(err) = spawned {
+                        log::warn!("pid {}: cannot wait for its output: {err}", e.pid);
+                        now.push(*e);
+                    }
+                }
+                None => now.push(*e),
+            }
+        }
+        let any = self.route_reaped(&mut st, &now);
+        drop(st);
+        if any {
+            self.changed.notify_all();
+        }
+    }
+
+    fn route_now(&self, exits: &[Exit]) {
         let mut st = self.lock();
         let any = self.route_reaped(&mut st, exits);
         drop(st);
         if any {
             self.changed.notify_all();
         }
+    }
+
+    /// The output of our process `pid` if the client has not read all of it yet.
+    fn undrained(&self, st: &State, pid: i32) -> Option<DrainWaiter> {
+        let (id, exec_id) = st.life.process_of(pid)?;
+        let h = st.h.handles.get(id)?;
+        let io = match exec_id {
+            "" => h.init_io.as_ref(),
+            e => h.execs.get(e).and_then(|x| x.io.as_ref()),
+        }?;
+        let waiter = io.drain_waiter();
+        (!waiter.is_done()).then_some(waiter)
     }
 
     /// The OOM fd registered under `key` became readable.

@@ -7,6 +7,12 @@
 //! pipe); a pair splice refuses (an `O_APPEND` file, two non-pipes) falls back to read/write
 //! through a buffer. A job that still has data after its turn budget is requeued, so one busy
 //! stream cannot starve the others.
+//!
+//! An output copy into a fifo does not end at the source's EOF: it lingers, holding the fifo
+//! (and its drain token) until the client has read what is still buffered in it. Clients close
+//! their readers once they learn of the exit (ctr 1.6 closes its fifos before it even waits
+//! for EOF), so "drained" must mean "read by the client", not "handed to the kernel"; the
+//! exit is published only after that (see the service).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -36,6 +42,12 @@ const TURN_BUDGET: usize = 4 << 20;
 /// Buffer for the read/write fallback.
 const FALLBACK_BUF: usize = 64 << 10;
 const WAKE_TOKEN: u64 = u64::MAX;
+/// How often a lingering copy looks at its fifo. A pipe wakes its writers when it stops being
+/// full, never when it becomes empty, so emptiness can only be polled; this runs only while a
+/// client reads the last bytes of a stream.
+const LINGER_POLL: Duration = Duration::from_millis(2);
+/// A lingering copy whose fifo was not read at all for this long gives up: nobody reads it.
+const LINGER_STALL: Duration = Duration::from_secs(1);
 
 /// Counts the output copies of one process that have not reached EOF yet.
 #[derive(Debug, Default)]
@@ -49,6 +61,11 @@ impl Drain {
     pub(crate) fn token(self: &Arc<Self>) -> DrainToken {
         *lock(&self.pending) += 1;
         DrainToken(Arc::clone(self))
+    }
+
+    /// Whether every token has been dropped.
+    pub(crate) fn is_done(&self) -> bool {
+        *lock(&self.pending) == 0
     }
 
     /// Waits until every token is dropped, at most `timeout`.
@@ -118,6 +135,10 @@ struct Job {
     fallback: Option<(Box<[u8]>, usize, usize)>,
     /// The pipes were grown (or found bulk once already).
     grown: bool,
+    /// An output copy into a fifo: at EOF it lingers until the fifo was read empty.
+    lingers: bool,
+    /// Lingering since EOF: bytes still in the fifo when last looked, and when that changed.
+    linger: Option<(usize, Instant)>,
 }
 
 enum Step {
@@ -127,6 +148,8 @@ enum Step {
     Yield,
     /// EOF or an error: the job is over.
     Done,
+    /// EOF, but the client has not read everything out of the destination fifo yet.
+    Linger,
 }
 
 enum Moved {
@@ -149,7 +172,7 @@ impl Job {
                     }
                     moved += n;
                 }
-                Ok(Moved::Eof) => return Step::Done,
+                Ok(Moved::Eof) => return self.at_eof(),
                 Err(Errno::EAGAIN) => return Step::Wait,
                 Err(Errno::EINTR) => {}
                 Err(Errno::EINVAL) if self.fallback.is_none() => {
@@ -172,6 +195,42 @@ impl Job {
             }
         }
         Step::Yield
+    }
+
+    fn at_eof(&mut self) -> Step {
+        if !self.lingers {
+            return Step::Done;
+        }
+        match unread(&self.spec.dst) {
+            0 => Step::Done,
+            n => {
+                log::debug!("io {}: eof, {n} bytes left for the client", self.spec.name);
+                self.linger = Some((n, Instant::now()));
+                Step::Linger
+            }
+        }
+    }
+
+    /// A lingering job: done once the client has read the fifo empty, or gave up reading.
+    fn linger_done(&mut self, now: Instant) -> bool {
+        let Some((left, since)) = self.linger else {
+            return true;
+        };
+        match unread(&self.spec.dst) {
+            0 => true,
+            n if n != left => {
+                self.linger = Some((n, now));
+                false
+            }
+            n if now.duration_since(since) >= LINGER_STALL => {
+                log::warn!(
+                    "io {}: {n} bytes not read by the client within {LINGER_STALL:?}; closing",
+                    self.spec.name
+                );
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Best effort: a tty or file end refuses (EINVAL/EBADF), a pipe over the limits refuses
@@ -225,6 +284,8 @@ struct State {
     jobs: HashMap<u64, Job>,
     /// Jobs that stopped on their budget rather than on EAGAIN: no edge will come for them.
     ready: VecDeque<u64>,
+    /// Jobs past EOF waiting for the client to empty their fifo.
+    lingering: Vec<u64>,
 }
 
 struct Shared {
@@ -264,6 +325,7 @@ impl IoLoop {
             state: Mutex::new(State {
                 jobs: HashMap::new(),
                 ready: VecDeque::new(),
+                lingering: Vec::new(),
             }),
             next_id: AtomicU64::new(1),
         });
@@ -293,11 +355,14 @@ impl IoLoop {
         let mut added = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let lingers = spec.drain.is_some() && is_fifo(&spec.dst);
             let job = Job {
                 spec,
                 owner,
                 fallback: None,
                 grown: false,
+                lingers,
+                linger: None,
             };
             if let Err(e) = register(&self.shared.epoll, id, &job) {
                 unregister(&self.shared.epoll, &job);
@@ -401,11 +466,15 @@ fn unregister(epoll: &Epoll, job: &Job) {
 fn run(shared: &Shared) {
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
-        let idle = lock(&shared.state).ready.is_empty();
-        let timeout = if idle {
-            EpollTimeout::NONE
-        } else {
-            EpollTimeout::ZERO
+        let timeout = {
+            let state = lock(&shared.state);
+            if !state.ready.is_empty() {
+                EpollTimeout::ZERO
+            } else if !state.lingering.is_empty() {
+                EpollTimeout::try_from(LINGER_POLL).unwrap_or(EpollTimeout::ZERO)
+            } else {
+                EpollTimeout::NONE
+            }
         };
         let n = match shared.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
@@ -431,6 +500,9 @@ fn run(shared: &Shared) {
         for id in queued {
             pump(shared, &mut state, id);
         }
+        if !state.lingering.is_empty() {
+            check_lingering(&mut state);
+        }
     }
     let mut state = lock(&shared.state);
     for (_, job) in state.jobs.drain() {
@@ -445,6 +517,12 @@ fn pump(shared: &Shared, state: &mut State, id: u64) {
     match job.pump() {
         Step::Wait => {}
         Step::Yield => state.ready.push_back(id),
+        Step::Linger => {
+            // The source is at EOF: only the fifo matters now, and it is polled.
+            let _ = shared.epoll.delete(job.spec.src.as_fd());
+            let _ = shared.epoll.delete(job.spec.dst.as_fd());
+            state.lingering.push(id);
+        }
         Step::Done => {
             let job = state.jobs.remove(&id).expect("job present");
             unregister(&shared.epoll, &job);
@@ -454,6 +532,44 @@ fn pump(shared: &Shared, state: &mut State, id: u64) {
             }
         }
     }
+}
+
+/// Ends the lingering jobs whose fifo was read empty (or was given up on); closing the fifo
+/// is the client's EOF.
+fn check_lingering(state: &mut State) {
+    let now = Instant::now();
+    let State {
+        jobs, lingering, ..
+    } = state;
+    lingering.retain(|id| {
+        let Some(job) = jobs.get_mut(id) else {
+            return false; // removed by its owner
+        };
+        if !job.linger_done(now) {
+            return true;
+        }
+        log::debug!("io {}: done", job.spec.name);
+        jobs.remove(id);
+        false
+    });
+}
+
+/// Bytes written into a pipe or fifo and not read yet (0 for anything else).
+fn unread(fd: &OwnedFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points at `n`.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        0
+    } else {
+        n.max(0) as usize
+    }
+}
+
+fn is_fifo(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd)
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO)
+        .unwrap_or(false)
 }
 
 /// Ends the console of `owner`: copies out what its output job can read right now, then closes

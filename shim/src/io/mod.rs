@@ -150,6 +150,21 @@ fn fifo_path(s: &str) -> Result<PathBuf, IoError> {
     }
 }
 
+/// Waits for the output of one process to be read by the client (see [`ProcessIo::wait_drained`]).
+#[derive(Debug, Clone)]
+pub struct DrainWaiter(Arc<Drain>);
+
+impl DrainWaiter {
+    /// True at once when nothing is left; else blocks at most `timeout`.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.0.wait(timeout)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.0.is_done()
+    }
+}
+
 /// The shim's side of one process's stdio. Dropping it is [`ProcessIo::shutdown`].
 #[derive(Debug)]
 pub struct ProcessIo {
@@ -324,10 +339,17 @@ impl ProcessIo {
         drop(writer);
     }
 
-    /// Blocks until every byte the process wrote has been copied out (EOF on all outputs), at
-    /// most `timeout`. False when the timeout passed first.
+    /// Blocks until every byte the process wrote has been copied out (EOF on all outputs) and,
+    /// for fifos, read by the client (or given up on: see copy.rs), at most `timeout`. False
+    /// when the timeout passed first.
     pub fn wait_drained(&self, timeout: Duration) -> bool {
         self.drain.wait(timeout)
+    }
+
+    /// A handle that waits for this process's output like [`ProcessIo::wait_drained`]
+    /// without borrowing it.
+    pub fn drain_waiter(&self) -> DrainWaiter {
+        DrainWaiter(Arc::clone(&self.drain))
     }
 
     /// Stops the copies, closes the fifos and stops a binary logger (SIGTERM, then SIGKILL

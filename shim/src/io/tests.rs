@@ -642,3 +642,45 @@ fn throughput_1_gib_through_fifos() {
     let _ = std::io::stdout().flush();
     pio.shutdown();
 }
+
+/// The client stops reading as soon as it learns the output is drained (ctr 1.6 closes its
+/// fifos on the exit): every byte must already be read by then. The burst is far larger than
+/// the pipes and the fifo, the writer exits at once and the reader is slow, so at the writer's
+/// exit the pipe and the fifo are full and EAGAIN, EPOLLHUP and EOF interleave.
+#[test]
+fn drained_means_read_by_a_client_that_stops_at_once() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let dir = TempDir::new("slow");
+    let out = dir.fifo("out");
+    let data_path = dir.path("data");
+    let expected = random_file(&data_path, 3 << 20);
+    let io = IoLoop::start().unwrap();
+    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let mut f = open_reader(&out);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 16 << 10];
+            while !stop.load(Ordering::SeqCst) {
+                match f.read(&mut buf).unwrap() {
+                    0 => break,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            got
+        })
+    };
+    let mut child = spawn(&format!("cat {}", data_path.display()), stdio);
+    assert!(wait_child(&mut child).success());
+    assert!(pio.wait_drained(DRAIN), "output not drained");
+    stop.store(true, Ordering::SeqCst);
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), expected.len(), "bytes read before drained");
+    assert!(got == expected, "output differs");
+    pio.shutdown();
+}
