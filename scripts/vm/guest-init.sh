@@ -105,6 +105,7 @@ run_suites() {
         if [ "$left" -le 5 ]; then
             say "FAIL: $name not run: the VM's time is up"
             echo "$name not run (time)" >>/run/vm/failed
+            total_fail=$((total_fail + 1))
             rc=1
             continue
         fi

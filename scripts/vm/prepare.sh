@@ -30,6 +30,11 @@ command -v qemu-system-x86_64 >/dev/null || apt_install qemu-system-x86
 /bin/busybox --list 2>/dev/null | grep -x cpio >/dev/null || apt_install busybox-static
 command -v gzip >/dev/null || apt_install gzip
 
+# One preparation at a time: a second run waits instead of unpacking over the first one's tree.
+mkdir -p "$cache"
+exec 9>"$cache/.prepare.lock"
+flock 9
+
 # The versioned kernel package linux-image-amd64 points at (its Depends: on this apt's candidate).
 kernel_package() {
     apt-cache depends linux-image-amd64 2>/dev/null \
