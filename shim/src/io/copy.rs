@@ -8,11 +8,13 @@
 //! through a buffer. A job that still has data after its turn budget is requeued, so one busy
 //! stream cannot starve the others.
 //!
-//! An output copy into a fifo does not end at the source's EOF: it lingers, holding the fifo
-//! (and its drain token) until the client has read what is still buffered in it. Clients close
-//! their readers once they learn of the exit (ctr 1.6 closes its fifos before it even waits
-//! for EOF), so "drained" must mean "read by the client", not "handed to the kernel"; the
-//! exit is published only after that (see the service).
+//! An output copy into a fifo does not end at the source's EOF: it lingers, holding its drain
+//! token, first until the client has read what is still buffered in the fifo, then (the fifo
+//! closed, so the client sees EOF) until the client has closed its reader, which a client does
+//! once it has written out what it read. ctr 1.6 closes its fifos and exits as soon as it
+//! learns of the exit, without waiting for its copies, so "drained" must mean "consumed by the
+//! client", not "handed to the kernel"; the exit is published only after that (see the
+//! service).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -46,7 +48,8 @@ const WAKE_TOKEN: u64 = u64::MAX;
 /// full, never when it becomes empty, so emptiness can only be polled; this runs only while a
 /// client reads the last bytes of a stream.
 const LINGER_POLL: Duration = Duration::from_millis(2);
-/// A lingering copy whose fifo was not read at all for this long gives up: nobody reads it.
+/// A lingering copy whose client made no progress for this long gives up: nobody reads the
+/// fifo, or the client keeps it open past EOF.
 const LINGER_STALL: Duration = Duration::from_secs(1);
 
 /// Counts the output copies of one process that have not reached EOF yet.
@@ -135,10 +138,19 @@ struct Job {
     fallback: Option<(Box<[u8]>, usize, usize)>,
     /// The pipes were grown (or found bulk once already).
     grown: bool,
-    /// An output copy into a fifo: at EOF it lingers until the fifo was read empty.
-    lingers: bool,
-    /// Lingering since EOF: bytes still in the fifo when last looked, and when that changed.
-    linger: Option<(usize, Instant)>,
+    /// An output copy into a fifo: a path-only handle on it (neither reader nor writer) to
+    /// see the client's reader go once the copy itself has closed the fifo.
+    probe: Option<OwnedFd>,
+    /// Past EOF: what the job waits for, and since when the client made no progress.
+    linger: Option<(Linger, Instant)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// The client has these bytes left to read in the fifo.
+    Unread(usize),
+    /// The fifo is closed on this side; the client's reader is still open.
+    Reader,
 }
 
 enum Step {
@@ -198,39 +210,51 @@ impl Job {
     }
 
     fn at_eof(&mut self) -> Step {
-        if !self.lingers {
+        if self.probe.is_none() {
             return Step::Done;
         }
-        match unread(&self.spec.dst) {
-            0 => Step::Done,
-            n => {
-                log::debug!("io {}: eof, {n} bytes left for the client", self.spec.name);
-                self.linger = Some((n, Instant::now()));
-                Step::Linger
-            }
+        self.linger = Some((Linger::Unread(usize::MAX), Instant::now()));
+        match self.linger_done(Instant::now()) {
+            true => Step::Done,
+            false => Step::Linger,
         }
     }
 
-    /// A lingering job: done once the client has read the fifo empty, or gave up reading.
+    /// A lingering job: done once the client has read the fifo empty and closed its reader,
+    /// or made no progress for [`LINGER_STALL`].
     fn linger_done(&mut self, now: Instant) -> bool {
-        let Some((left, since)) = self.linger else {
+        let Some((mut phase, mut since)) = self.linger else {
             return true;
         };
-        match unread(&self.spec.dst) {
-            0 => true,
-            n if n != left => {
-                self.linger = Some((n, now));
-                false
+        if let Linger::Unread(left) = phase {
+            match unread(&self.spec.dst) {
+                0 => {
+                    // Closing the fifo here is the client's EOF; dst becomes the probe.
+                    if let Some(probe) = self.probe.take() {
+                        drop(std::mem::replace(&mut self.spec.dst, probe));
+                    }
+                    (phase, since) = (Linger::Reader, now);
+                }
+                n if n != left => (phase, since) = (Linger::Unread(n), now),
+                _ => {}
             }
-            n if now.duration_since(since) >= LINGER_STALL => {
-                log::warn!(
-                    "io {}: {n} bytes not read by the client within {LINGER_STALL:?}; closing",
-                    self.spec.name
-                );
-                true
-            }
-            _ => false,
         }
+        if phase == Linger::Reader && !has_reader(&self.spec.dst) {
+            return true;
+        }
+        if now.duration_since(since) >= LINGER_STALL {
+            log::warn!(
+                "io {}: the client made no progress within {LINGER_STALL:?} ({}); closing",
+                self.spec.name,
+                match phase {
+                    Linger::Unread(n) => format!("{n} bytes unread"),
+                    Linger::Reader => "reader still open after eof".into(),
+                }
+            );
+            return true;
+        }
+        self.linger = Some((phase, since));
+        false
     }
 
     /// Best effort: a tty or file end refuses (EINVAL/EBADF), a pipe over the limits refuses
@@ -355,13 +379,16 @@ impl IoLoop {
         let mut added = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let lingers = spec.drain.is_some() && is_fifo(&spec.dst);
+            let probe = match spec.drain.is_some() && is_fifo(&spec.dst) {
+                true => path_handle(&spec.dst),
+                false => None,
+            };
             let job = Job {
                 spec,
                 owner,
                 fallback: None,
                 grown: false,
-                lingers,
+                probe,
                 linger: None,
             };
             if let Err(e) = register(&self.shared.epoll, id, &job) {
@@ -564,6 +591,31 @@ fn unread(fd: &OwnedFd) -> usize {
     } else {
         n.max(0) as usize
     }
+}
+
+/// Whether the fifo behind the path handle `probe` has a reader: opening it for writing
+/// without blocking fails with ENXIO exactly when it has none. The probe writer is closed at
+/// once; a client blocked in read sees EOF when it goes (pipe_release wakes the readers).
+fn has_reader(probe: &OwnedFd) -> bool {
+    let path = format!("/proc/self/fd/{}", probe.as_raw_fd());
+    let flags = nix::fcntl::OFlag::O_WRONLY
+        | nix::fcntl::OFlag::O_NONBLOCK
+        | nix::fcntl::OFlag::O_CLOEXEC
+        | nix::fcntl::OFlag::O_NOCTTY;
+    match nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty()) {
+        Ok(fd) => {
+            drop(fd);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A path-only handle on the file behind `fd`: it counts as neither a reader nor a writer.
+fn path_handle(fd: &OwnedFd) -> Option<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC;
+    nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty()).ok()
 }
 
 fn is_fifo(fd: &OwnedFd) -> bool {
