@@ -643,9 +643,10 @@ fn throughput_1_gib_through_fifos() {
     pio.shutdown();
 }
 
-/// The client stops reading as soon as it learns the output is drained (ctr 1.6 closes its
-/// fifos on the exit): every byte must already be read by then. The burst is far larger than
-/// the pipes and the fifo, the writer exits at once and the reader is slow, so at the writer's
+/// The client stops as soon as it learns the output is drained (ctr 1.6 closes its fifos and
+/// exits on the exit event): by then it must have read every byte, seen EOF and finished
+/// with what it read (it closes its reader after that). The burst is far larger than the
+/// pipes and the fifo, the writer exits at once and the reader is slow, so at the writer's
 /// exit the pipe and the fifo are full and EAGAIN, EPOLLHUP and EOF interleave.
 #[test]
 fn drained_means_read_by_a_client_that_stops_at_once() {
@@ -659,9 +660,10 @@ fn drained_means_read_by_a_client_that_stops_at_once() {
     let io = IoLoop::start().unwrap();
     let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
     let reader = {
         let mut f = open_reader(&out);
-        let stop = Arc::clone(&stop);
+        let (stop, finished) = (Arc::clone(&stop), Arc::clone(&finished));
         std::thread::spawn(move || {
             let mut got = Vec::new();
             let mut buf = [0u8; 16 << 10];
@@ -672,14 +674,23 @@ fn drained_means_read_by_a_client_that_stops_at_once() {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
+            // Writing out the last bytes read takes the client a while after EOF.
+            std::thread::sleep(Duration::from_millis(50));
+            finished.store(true, Ordering::SeqCst);
+            drop(f);
             got
         })
     };
     let mut child = spawn(&format!("cat {}", data_path.display()), stdio);
     assert!(wait_child(&mut child).success());
     assert!(pio.wait_drained(DRAIN), "output not drained");
+    let finished_first = finished.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     let got = reader.join().unwrap();
+    assert!(
+        finished_first,
+        "drained before the client was done with the output"
+    );
     assert_eq!(got.len(), expected.len(), "bytes read before drained");
     assert!(got == expected, "output differs");
     pio.shutdown();
