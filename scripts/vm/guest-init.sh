@@ -8,9 +8,9 @@
 # through a pipe (like CI's) to the second serial port, which the host streams to its stdout.
 #
 # Job files written by scripts/vm/run-tests.sh: job.env (REPO, MODULES, DEADLINE_SECS,
-# SUITE_TIMEOUT, exported
-# PELAGOS_*/RUST_* variables), tests.list (lines "<executable> <manifest dir>"), args (one test
-# argument per line). Results: rc, dmesg.log, summary.
+# SUITE_TIMEOUT, exported PELAGOS_*/RUST_* variables), tests.list (lines "<executable> <manifest
+# dir>"), args (one test argument per line), bin/ and binds (snapshots of the executables).
+# Results: rc, dmesg.log, summary.
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 HOME=/root
@@ -44,12 +44,16 @@ mount -t tmpfs -o nosuid,nodev,mode=1777 vartmp /var/tmp
 mount -t tmpfs -o nosuid,nodev,mode=0755 varlib /var/lib
 
 mkdir -p "$results"
-if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "$results"; then
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose results "$results"; then
     echo "vm: cannot mount the results share" >/dev/console
     halt_now
 fi
 # The job names REPO, MODULES, DEADLINE_SECS and SUITE_TIMEOUT.
 . "$results/job.env"
+# The host's snapshots of the executables, over their paths (see run-tests.sh).
+while read -r snap path; do
+    mount --bind "$results/bin/$snap" "$path" || echo "vm: cannot bind $snap over $path" >/dev/console
+done <"$results/binds"
 
 # Test output: a raw serial line (no CR insertion) that the host copies to its stdout.
 stty -F /dev/ttyS1 raw -echo 2>/dev/null

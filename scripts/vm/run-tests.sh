@@ -73,9 +73,13 @@ modules="$(sed -n 's/^MODULES=//p' <<<"$prep")"
 
 command -v cargo >/dev/null || die "cargo is not in PATH"
 log "building the workspace and its test executables"
-(cd "$repo" && cargo build --workspace >&2) || die "cargo build --workspace failed"
-artifacts="$(cd "$repo" && cargo test --workspace --no-run --message-format=json)" \
+built="$(cd "$repo" && cargo build --workspace --message-format=json-render-diagnostics)" \
+    || die "cargo build --workspace failed"
+artifacts="$(cd "$repo" && cargo test --workspace --no-run --message-format=json-render-diagnostics)" \
     || die "cargo test --workspace --no-run failed"
+# The workspace's binaries (the shim, the pelagos helper the tests name by path).
+bins="$(grep '"reason":"compiler-artifact"' <<<"$built" | grep '"kind":\["bin"\]' \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')"
 
 # "<executable> <manifest dir>" of every integration test target whose name matches a SUITE.
 tests_list="$(
@@ -107,6 +111,21 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "$tests_list" >"$run/tests.list"
+# Snapshot every executable the guest runs: in a shared tree another build may relink them while
+# the VM runs, and the guest would see a half-written file through the 9p share. Hard links keep
+# the inodes the linker replaces (it unlinks before writing); the guest bind-mounts each snapshot
+# over its original path ("binds": "<name in bin/> <path>").
+mkdir "$run/bin"
+: >"$run/binds"
+i=0
+while read -r path; do
+    [ -n "$path" ] || continue
+    i=$((i + 1))
+    snap="$i-$(basename "$path")"
+    ln "$path" "$run/bin/$snap" 2>/dev/null || cp "$path" "$run/bin/$snap" \
+        || die "cannot snapshot $path"
+    echo "$snap $path" >>"$run/binds"
+done < <(cut -d' ' -f1 <<<"$tests_list"; echo "$bins")
 : >"$run/args"
 for a in "${test_args[@]}"; do
     case "$a" in *$'\n'*) die "test argument with a newline: '$a'" ;; esac
