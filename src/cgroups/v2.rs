@@ -26,13 +26,16 @@ pub(crate) fn blkio_weight_to_io_weight(w: u16) -> u64 {
 }
 
 /// runc's ConvertMemorySwapToCgroupV2Value: the spec's swap is memory+swap (v1 memsw), v2's
-/// memory.swap.max is swap alone. 0 means "leave as is", -1 "max".
-pub(crate) fn swap_to_v2(swap: i64, limit: i64) -> Result<i64, CgroupError> {
+/// memory.swap.max is swap alone. `None` leaves it as is, -1 is "max"; swap equal to the
+/// limit is `Some(0)`: no swap at all.
+pub(crate) fn swap_to_v2(swap: i64, limit: i64) -> Result<Option<i64>, CgroupError> {
     if limit == -1 && swap == 0 {
-        return Ok(-1);
+        return Ok(Some(-1));
     }
-    if swap == -1 || swap == 0 {
-        return Ok(swap);
+    match swap {
+        0 => return Ok(None),
+        -1 => return Ok(Some(-1)),
+        _ => {}
     }
     let bad = |reason: &str| CgroupError::InvalidResource {
         resource: "memory.swap".into(),
@@ -44,7 +47,7 @@ pub(crate) fn swap_to_v2(swap: i64, limit: i64) -> Result<i64, CgroupError> {
     if swap < limit {
         return Err(bad("memory+swap limit must be >= the memory limit"));
     }
-    Ok(swap - limit)
+    Ok(Some(swap - limit))
 }
 
 fn num(v: i64) -> String {
@@ -60,7 +63,7 @@ pub(crate) fn memory(dir: &Path, m: &LinuxMemory) -> Result<(), CgroupError> {
     let swap = swap_to_v2(m.swap().unwrap_or(0), limit)?;
     // Swap first: lowering memory.max while the old swap allowance is large is always
     // accepted, the opposite order is not meaningful in v2 but keeps parity with runc.
-    if swap != 0 {
+    if let Some(swap) = swap {
         if dir.join("memory.swap.max").exists() {
             write(dir, "memory.swap.max", &num(swap))?;
         } else if swap != -1 {
@@ -386,10 +389,11 @@ mod tests {
 
     #[test]
     fn swap_conversion() {
-        assert_eq!(swap_to_v2(0, -1).unwrap(), -1);
-        assert_eq!(swap_to_v2(0, 100).unwrap(), 0);
-        assert_eq!(swap_to_v2(-1, 100).unwrap(), -1);
-        assert_eq!(swap_to_v2(300, 100).unwrap(), 200);
+        assert_eq!(swap_to_v2(0, -1).unwrap(), Some(-1));
+        assert_eq!(swap_to_v2(0, 100).unwrap(), None);
+        assert_eq!(swap_to_v2(100, 100).unwrap(), Some(0));
+        assert_eq!(swap_to_v2(-1, 100).unwrap(), Some(-1));
+        assert_eq!(swap_to_v2(300, 100).unwrap(), Some(200));
         assert!(swap_to_v2(50, 100).is_err());
         assert!(swap_to_v2(50, 0).is_err());
     }
