@@ -755,7 +755,8 @@ fn exec_with_tty_sends_its_pty_master_to_the_console_socket() {
             &id,
             "sh",
             "-c",
-            "tty; echo done",
+            // It waits for a line, so it is still there when the test takes its pidfd.
+            "tty; echo done; read x",
         ],
         &b.path().join("exec.log"),
     );
@@ -769,6 +770,7 @@ fn exec_with_tty_sends_its_pty_master_to_the_console_socket() {
         out.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(out.starts_with("/dev/pts/"), "{out:?}");
+    std::io::Write::write_all(&mut master, b"\n").unwrap();
     wait_exit(&exec);
     cli.ok(&["delete", "--force", &id]);
 }
