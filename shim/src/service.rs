@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use containerd_shim_protos::events::task::TaskIO;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
-use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageFull};
+use containerd_shim_protos::protobuf::EnumOrUnknown;
 use containerd_shim_protos::shim::oci::ProcessDetails;
 use containerd_shim_protos::shim::shim::*;
 use containerd_shim_protos::shim::shim_ttrpc::Task;
@@ -742,12 +742,8 @@ pub fn has_private_pid_ns(spec: &Spec) -> bool {
         .unwrap_or(false)
 }
 
-fn pack<M: MessageFull>(m: &M) -> Res<Any> {
-    Ok(Any {
-        type_url: M::descriptor().full_name().to_owned(),
-        value: m.write_to_bytes().map_err(|e| status(Code::INTERNAL, e))?,
-        ..Default::default()
-    })
+fn pack<M: crate::any::Named>(m: &M) -> Res<Any> {
+    crate::any::pack(m).map_err(|e| status(Code::INTERNAL, e))
 }
 
 fn kill_error(e: impl std::fmt::Display) -> ttrpc::Error {
