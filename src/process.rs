@@ -97,6 +97,9 @@ struct ChildArgs {
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     become_root: bool,
+    /// The runtime's end of the protocol socket: closed first, so that a runtime that dies
+    /// before the go byte gives the child EOF instead of leaving it blocked.
+    runtime_end: RawFd,
 }
 
 /// Clones the child (see the module docs). It blocks until [`Channel::send_byte`] is called on
@@ -176,6 +179,7 @@ pub fn spawn(req: Spawn<'_>) -> Result<Spawned, ProcessError> {
         argv: vec![argv0.as_ptr(), std::ptr::null()],
         envp: vec![std::ptr::null()],
         become_root: req.become_root,
+        runtime_end: ours.as_raw_fd(),
     };
 
     let (pid, pidfd, in_cgroup) = clone_child(&args, req.clone_flags, req.cgroup)?;
@@ -248,6 +252,8 @@ fn clone_child(
 
 /// The clone child. Async-signal-safe only: raw syscalls on prepared data, no allocation.
 fn child_main(args: &ChildArgs) -> ! {
+    // SAFETY: closes this child's copy of an fd the parent keeps; no source of the plan.
+    unsafe { libc::close(args.runtime_end) };
     for (target, src) in args.fds.iter().enumerate() {
         // SAFETY: dup2 on fds we own in this (single-threaded) child.
         if unsafe { libc::dup2(*src, target as libc::c_int) } < 0 {
