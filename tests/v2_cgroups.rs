@@ -12,52 +12,20 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio as ProcStdio};
 
 use common::bundle::{Bundle, Output, Pipes, TestRoot};
+use common::v2::{cgroup_root, pure_v2, read};
 use oci_spec::runtime::{
     LinuxBlockIoBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
 };
-use pelagos::cgroups::{self, Cgroup, Mode};
+use pelagos::cgroups::{self, Cgroup};
 use pelagos::process::{self, Spawn};
 use pelagos::Stdio;
 use serde_json::json;
 
 const MIB: i64 = 1 << 20;
-
-/// Whether this host has only the unified hierarchy; says so when it has not.
-fn pure_v2(test: &str) -> bool {
-    let mode = cgroups::mode();
-    if mode == Mode::Unified {
-        return true;
-    }
-    println!(
-        "skipped {test}: needs a pure cgroup v2 host, this one is {} (run scripts/vm/run-tests.sh)",
-        mode.name()
-    );
-    false
-}
-
-/// The cgroup2 mount point.
-fn cgroup_root() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mountinfo
-        .lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split(' ').next() == Some("cgroup2"))
-                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
-        })
-        .expect("a cgroup2 mount")
-}
-
-fn read(dir: &Path, file: &str) -> String {
-    std::fs::read_to_string(dir.join(file))
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()))
-        .trim()
-        .to_string()
-}
 
 fn words(dir: &Path, file: &str) -> Vec<String> {
     read(dir, file)

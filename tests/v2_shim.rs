@@ -5,44 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::containerd::{describe, Containerd};
-use pelagos::cgroups::{self, Mode};
+use common::v2::{cgroup_root, pure_v2, read};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-
-fn pure_v2(test: &str) -> bool {
-    let mode = cgroups::mode();
-    if mode == Mode::Unified {
-        return true;
-    }
-    println!(
-        "skipped {test}: needs a pure cgroup v2 host, this one is {} (run scripts/vm/run-tests.sh)",
-        mode.name()
-    );
-    false
-}
-
-fn cgroup_root() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mountinfo
-        .lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split(' ').next() == Some("cgroup2"))
-                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
-        })
-        .expect("a cgroup2 mount")
-}
-
-fn read(dir: &Path, file: &str) -> String {
-    std::fs::read_to_string(dir.join(file))
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()))
-        .trim()
-        .to_string()
-}
 
 fn frozen(dir: &Path) -> Option<String> {
     read(dir, "cgroup.events")

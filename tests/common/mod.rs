@@ -4,3 +4,4 @@ pub mod bundle;
 pub mod containerd;
 pub mod cri;
 pub mod image;
+pub mod v2;
