@@ -52,11 +52,25 @@ const LINGER_POLL: Duration = Duration::from_millis(2);
 /// fifo, or the client keeps it open past EOF.
 const LINGER_STALL: Duration = Duration::from_secs(1);
 
+/// Run once when the last pending output of a process is done.
+pub(crate) type OnDrained = Box<dyn FnOnce() + Send>;
+
 /// Counts the output copies of one process that have not reached EOF yet.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Drain {
     pending: Mutex<usize>,
     done: Condvar,
+    /// Called by whoever drops the last token. Tokens are dropped with the copy loop's or the
+    /// service's locks held, so a callback must not block or take those locks.
+    on_done: Mutex<Vec<OnDrained>>,
+}
+
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain")
+            .field("pending", &*lock(&self.pending))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drain {
@@ -69,6 +83,19 @@ impl Drain {
     /// Whether every token has been dropped.
     pub(crate) fn is_done(&self) -> bool {
         *lock(&self.pending) == 0
+    }
+
+    /// Calls `f` once every token is dropped: at once (on this thread) if none is pending,
+    /// else on the thread that drops the last one.
+    pub(crate) fn on_done(&self, f: OnDrained) {
+        let pending = lock(&self.pending);
+        if *pending == 0 {
+            drop(pending);
+            f();
+            return;
+        }
+        // Registered under the count's lock, so the last drop cannot slip in between.
+        lock(&self.on_done).push(f);
     }
 
     /// Waits until every token is dropped, at most `timeout`.
@@ -97,8 +124,14 @@ impl Drop for DrainToken {
     fn drop(&mut self) {
         let mut pending = lock(&self.0.pending);
         *pending -= 1;
-        if *pending == 0 {
-            self.0.done.notify_all();
+        if *pending > 0 {
+            return;
+        }
+        self.0.done.notify_all();
+        let callbacks = std::mem::take(&mut *lock(&self.0.on_done));
+        drop(pending);
+        for f in callbacks {
+            f();
         }
     }
 }
@@ -138,6 +171,8 @@ struct Job {
     fallback: Option<(Box<[u8]>, usize, usize)>,
     /// The pipes were grown (or found bulk once already).
     grown: bool,
+    /// The destination is full (a log file on a full filesystem): chunks are being dropped.
+    dropping: bool,
     /// An output copy into a fifo: a path-only handle on it (neither reader nor writer) to
     /// see the client's reader go once the copy itself has closed the fifo.
     probe: Option<OwnedFd>,
@@ -192,6 +227,11 @@ impl Job {
                         "io {}: splice refused, copying through a buffer",
                         self.spec.name
                     );
+                    self.fallback = Some((vec![0u8; FALLBACK_BUF].into_boxed_slice(), 0, 0));
+                }
+                // A failed splice consumed nothing; the buffered copy drops what cannot be
+                // written (see `copy_once`).
+                Err(Errno::ENOSPC | Errno::EDQUOT) if self.fallback.is_none() => {
                     self.fallback = Some((vec![0u8; FALLBACK_BUF].into_boxed_slice(), 0, 0));
                 }
                 // EIO: a pty whose other side is gone; EPIPE: the reader of the container's
@@ -295,7 +335,28 @@ impl Job {
             }
             (*start, *end) = (0, n);
         }
-        let n = nix::unistd::write(&self.spec.dst, &buf[*start..*end])?;
+        let n = match nix::unistd::write(&self.spec.dst, &buf[*start..*end]) {
+            // A full log file must not reach the container: ending the copy would close the
+            // pipe, and its writers would die of SIGPIPE. The chunk is dropped, the next one
+            // tried, so the log resumes once there is room (as Docker's json-file log does).
+            Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => {
+                if !self.dropping {
+                    log::warn!(
+                        "io {}: dropping output until there is room: {e}",
+                        self.spec.name
+                    );
+                    self.dropping = true;
+                }
+                let dropped = *end - *start;
+                *start = *end;
+                return Ok(Moved::Bytes(dropped));
+            }
+            r => r?,
+        };
+        if self.dropping {
+            log::info!("io {}: writing output again", self.spec.name);
+            self.dropping = false;
+        }
         if n == 0 {
             return Err(Errno::EAGAIN);
         }
@@ -388,6 +449,7 @@ impl IoLoop {
                 owner,
                 fallback: None,
                 grown: false,
+                dropping: false,
                 probe,
                 linger: None,
             };
