@@ -681,9 +681,11 @@ fn log_file_on_a_full_filesystem_does_not_affect_the_container() {
     }
     let cd = Containerd::start();
     let mut full = Scratch::new("full");
-    full.mount("tmpfs", "tmpfs", 0, "size=64k");
+    // Freeing the filler makes room for what is still in the pipes when the space comes back
+    // (a few hundred KiB at most) and the line after it.
+    full.mount("tmpfs", "tmpfs", 0, "size=4m");
     let filler = full.path.join("filler");
-    let _ = fs::write(&filler, vec![0u8; 1 << 20]);
+    let _ = fs::write(&filler, vec![0u8; 8 << 20]);
     let log = full.path.join("out.log");
     let uri = format!("file://{}", log.display());
     let ctl = Scratch::new("ctl");
