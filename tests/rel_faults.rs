@@ -187,8 +187,8 @@ fn survivors(pids: impl IntoIterator<Item = i32>, grace: Duration) -> Vec<i32> {
         .collect()
 }
 
-/// The socket of the shim serving group `group` of this containerd.
-fn group_socket(cd: &Containerd, group: &str) -> PathBuf {
+/// The socket of the shim serving group (or lone container) `group` of this containerd.
+fn shim_socket(cd: &Containerd, group: &str) -> PathBuf {
     let key = format!("{}/{}/{}", cd.address(), cd.namespace, group);
     Path::new("/run/containerd/s").join(sha256_hex(key.as_bytes()))
 }
@@ -229,10 +229,24 @@ impl Scratch {
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         ));
-        fs::create_dir_all(&path).expect("mkdir scratch");
+        Scratch::at(path)
+    }
+
+    /// `path` (made if missing) as the scratch directory.
+    fn at(path: PathBuf) -> Scratch {
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         Scratch {
             path,
             mounted: false,
+        }
+    }
+
+    fn unmount(&mut self) {
+        if std::mem::take(&mut self.mounted) {
+            let target = CString::new(self.path.to_string_lossy().as_bytes()).unwrap();
+            // SAFETY: target is a valid NUL-terminated path this struct mounted on.
+            let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            assert_eq!(rc, 0, "umount {}", self.path.display());
         }
     }
 
@@ -263,7 +277,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.mounted {
+        if std::mem::take(&mut self.mounted) {
             let target = CString::new(self.path.to_string_lossy().as_bytes()).unwrap();
             // SAFETY: target is a valid NUL-terminated path this struct mounted on.
             unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
@@ -380,7 +394,7 @@ fn containerd_killed_with_several_containers() {
     cd.remove("g-stay");
     cd.clear_fifo_dirs();
     assert!(
-        !group_socket(&cd, "faults-g").exists(),
+        !shim_socket(&cd, "faults-g").exists(),
         "grouped shim socket left"
     );
     cd.assert_no_leaks();
@@ -421,7 +435,7 @@ fn killed_grouped_shim_takes_every_container_and_exec() {
         cd.ctr_ok(&["containers", "rm", id]);
     }
     cd.clear_fifo_dirs();
-    let socket = group_socket(&cd, "faults-k");
+    let socket = shim_socket(&cd, "faults-k");
     if testing_pelagos() {
         assert!(!socket.exists(), "killed shim's socket left");
     } else {
@@ -439,9 +453,103 @@ fn killed_grouped_shim_takes_every_container_and_exec() {
         cd.remove(id);
     }
     assert!(
-        !group_socket(&cd, "faults-k").exists(),
+        !shim_socket(&cd, "faults-k").exists(),
         "new shim's socket left"
     );
+    cd.assert_no_leaks();
+}
+
+/// The shim SIGKILLed while containerd is down: at its restart containerd finds the shim dead
+/// and runs its cleanup (the shim's `delete` action), which ends the container's init and exec;
+/// nothing is left and the id can be used again.
+#[test]
+fn shim_killed_while_containerd_is_down() {
+    let cd = Containerd::start();
+    cd.run_detached("orphan", &[], &["sleep", "1000"]);
+    cd.exec_detached("orphan", "side", &["sleep", "1000"]);
+    let init = cd.task_pid("orphan") as i32;
+    let procs = task_ps(&cd, "orphan");
+    assert_eq!(procs.len(), 2, "init and exec: {procs:?}");
+    let shim = shim_of(&cd, init);
+    cd.kill9();
+    kill(shim, libc::SIGKILL);
+    assert!(
+        survivors([shim], CTR_TIMEOUT).is_empty(),
+        "shim {shim} survived SIGKILL"
+    );
+    cd.restart();
+    assert_eq!(
+        survivors(procs, CTR_TIMEOUT),
+        Vec::<i32>::new(),
+        "container processes survived the cleanup of their dead shim"
+    );
+    assert_eq!(cd.task("orphan"), None);
+    cd.ctr_ok(&["containers", "rm", "orphan"]);
+    cd.clear_fifo_dirs();
+    if !testing_pelagos() {
+        // runc's shim `delete` leaves a killed shim's socket behind.
+        let _ = fs::remove_file(shim_socket(&cd, "orphan"));
+    }
+    cd.assert_no_leaks();
+    let out = cd.run("orphan", &[], &["echo", "again"]);
+    assert_eq!(stdout(&out), "again\n", "{}", describe(&out));
+    cd.assert_no_leaks();
+}
+
+/// The attached client of an exec is SIGKILLed while the exec writes: the exec lives on with
+/// nobody reading, and its exit is still reported (the shim stops waiting for a reader that is
+/// gone).
+#[test]
+fn exec_client_killed_the_exec_lives_on() {
+    let cd = Containerd::start();
+    cd.run_detached("host", &[], &["sleep", "1000"]);
+    let argv = cd.exec_args("host", "talk", &[], &["sh", "-c", &talker_script(20)]);
+    let mut client = spawn_ctr(&cd, &argv);
+    let lines = Lines::new(client.stdout.take().expect("exec stdout"));
+    lines.read_past(200, false);
+    end_client(client);
+    let out = cd.exec("host", "probe", &[], &["cat", "/tmp/n"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let talkers: Vec<i32> = task_ps(&cd, "host")
+        .into_iter()
+        .filter(|&p| fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sh\x00")))
+        .collect();
+    assert_eq!(talkers.len(), 1, "the exec's shell is not running");
+    let mut events = cd.events();
+    cd.ctr_ok(&["task", "kill", "--exec-id", "talk", "-s", "SIGKILL", "host"]);
+    let exit = events.wait_topic("/tasks/exit", "host", Some("talk"));
+    assert_eq!(exit.exit_status(), Some(137), "{exit:?}");
+    assert_eq!(cd.task_status("host").as_deref(), Some("RUNNING"));
+    cd.remove("host");
+    cd.clear_fifo_dirs();
+    cd.assert_no_leaks();
+}
+
+/// The runtime's state directory for this namespace is read-only: the run fails naming it and
+/// leaves nothing (no process, cgroup, mount, shim); once writable again, the same id runs.
+#[test]
+fn unwritable_state_dir_fails_cleanly() {
+    let cd = Containerd::start();
+    let root = match testing_pelagos() {
+        true => "/run/pelagos",
+        false => "/run/containerd/runc",
+    };
+    let mut state = Scratch::at(Path::new(root).join(&cd.namespace));
+    state.mount("tmpfs", "tmpfs", libc::MS_RDONLY, "size=64k");
+    let out = cd.run("nostate", &[], &["echo", "hi"]);
+    assert!(
+        !out.status.success(),
+        "ran without a state dir: {}",
+        describe(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let named = state.path.to_string_lossy().into_owned();
+    assert!(err.contains(&named), "error does not name {named}: {err}");
+    cd.clear_fifo_dirs();
+    cd.assert_no_leaks();
+    state.unmount();
+    let out = cd.run("nostate", &[], &["echo", "hi"]);
+    assert_eq!(stdout(&out), "hi\n", "{}", describe(&out));
     cd.assert_no_leaks();
 }
 
