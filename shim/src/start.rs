@@ -99,6 +99,11 @@ pub fn run(flags: &Flags) -> Result<String, StartError> {
         return Err(StartError::SocketTooLong(path));
     }
 
+    // Containers of one group created at once (a pod's) run `start` concurrently: finding a
+    // live shim and binding a new socket happen under an exclusive lock on the socket
+    // directory, so the loser of the race finds the winner listening instead of replacing its
+    // socket with a second daemon's. The listener is bound before the lock is released.
+    let _lock = lock_socket_dir(&path)?;
     if UnixStream::connect(&path).is_ok() {
         log::info!(
             "container {} joins the shim of group {group} at {address}",
@@ -189,6 +194,32 @@ pub fn socket_address(
     });
     let dir = socket_dir.unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_owned());
     format!("unix://{}/{hex}", dir.trim_end_matches('/'))
+}
+
+/// Makes the directory of the socket at `path` (0700) and holds an exclusive flock on it until
+/// the returned file is dropped. The fd is close-on-exec, so the daemon does not inherit it.
+fn lock_socket_dir(path: &str) -> Result<std::fs::File, StartError> {
+    let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+    let err = |source| StartError::Socket {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let f = std::fs::File::open(dir).map_err(err)?;
+    loop {
+        // SAFETY: flock only takes an fd we own and a flag.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err(e));
+        }
+    }
 }
 
 /// Binds the socket at `path` (0600, in a directory made if needed), replacing a stale one.
