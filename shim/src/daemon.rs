@@ -5,30 +5,36 @@
 //! mask), so it is only ever consumed through the signalfd; the process becomes a child
 //! subreaper so orphans of its containers are re-parented here and reaped too.
 //!
-//! Threads: this main thread (signalfd + OOM fds + wake-up in one epoll), the events queue,
-//! the stdio loop, and ttrpc's listener plus a few per connection.
+//! Threads: this main thread (signalfd + OOM fds + wake-ups in one epoll), the events queue,
+//! the stdio loop, and ttrpc's listener plus a few per connection. Exits are routed from
+//! this thread only, also those that waited for their output to be read.
 
 use std::os::fd::{AsFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use containerd_shim_protos::shim::shim_ttrpc::{create_task, Task};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use pelagos::reaper;
+use pelagos::reaper::{self, Exit};
 
 use crate::args::Flags;
 use crate::delete::state_root;
 use crate::events::Publisher;
-use crate::io::IoLoop;
-use crate::service::{ExitSignal, Shim};
+use crate::io::{DrainWaiter, IoLoop};
+use crate::service::{ExitSignal, Shim, EXIT_DRAIN_TIMEOUT};
 use crate::start::LISTENER_FD;
 
 const SIGNAL_KEY: u64 = 0;
 /// Longest wait for containerd to hang up after Shutdown (it allows 3 s for the call).
 const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 const WAKE_KEY: u64 = 1;
+/// An exit that waited for its output to be read may be routed now.
+const DRAINED_KEY: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -89,6 +95,17 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
     epoll
         .add(exit.fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE_KEY))
         .map_err(sys("epoll add eventfd"))?;
+    let drained = Arc::new(
+        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(sys("eventfd"))?,
+    );
+    epoll
+        .add(
+            drained.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, DRAINED_KEY),
+        )
+        .map_err(sys("epoll add eventfd"))?;
+    let mut deferred = Deferred::default();
 
     let publisher = Arc::new(
         Publisher::start(
@@ -126,7 +143,7 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
 
     let mut events = [EpollEvent::empty(); 16];
     'serve: loop {
-        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+        let n = match epoll.wait(&mut events, deferred.timeout()) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(sys("epoll_wait")(e)),
@@ -137,8 +154,13 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
                     while let Ok(Some(_)) = sfd.read_signal() {}
                     let exits = reaper::reap_all();
                     if !exits.is_empty() {
-                        shim.handle_exits(&exits);
+                        for (e, waiter) in shim.handle_exits(&exits) {
+                            deferred.add(e, &waiter, &drained);
+                        }
                     }
+                }
+                DRAINED_KEY => {
+                    let _ = drained.read();
                 }
                 WAKE_KEY => {
                     if exit.requested() {
@@ -147,6 +169,10 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
                 }
                 key => shim.handle_oom(key),
             }
+        }
+        let ready = deferred.take_ready(Instant::now());
+        if !ready.is_empty() {
+            shim.route_now(&ready);
         }
     }
 
@@ -160,6 +186,61 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
     exit.linger(SHUTDOWN_LINGER);
     log::info!("shim exiting");
     Ok(())
+}
+
+/// Exits held back until the client has read the process's output (see
+/// [`Shim::handle_exits`]). The copy loop reports a drained output through the eventfd, so an
+/// exit is routed from this loop as soon as its output is read, with no thread per exit.
+#[derive(Default)]
+struct Deferred {
+    exits: Vec<(Exit, Instant, Arc<AtomicBool>)>,
+}
+
+impl Deferred {
+    fn add(&mut self, exit: Exit, waiter: &DrainWaiter, wake: &Arc<EventFd>) {
+        let done = Arc::new(AtomicBool::new(false));
+        let (flag, wake) = (done.clone(), wake.clone());
+        self.exits
+            .push((exit, Instant::now() + EXIT_DRAIN_TIMEOUT, done));
+        // May run at once, on this thread; else on the thread that finishes the copy.
+        waiter.on_done(move || {
+            flag.store(true, Ordering::SeqCst);
+            let _ = wake.write(1);
+        });
+    }
+
+    fn timeout(&self) -> EpollTimeout {
+        let Some(first) = self.exits.iter().map(|(_, at, _)| *at).min() else {
+            return EpollTimeout::NONE;
+        };
+        // Rounded up, so the wait does not end just before the deadline.
+        let ms = first
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .saturating_add(1);
+        EpollTimeout::from(ms.min(u128::from(u16::MAX)) as u16)
+    }
+
+    /// The exits whose output was read, or that waited [`EXIT_DRAIN_TIMEOUT`] for it.
+    fn take_ready(&mut self, now: Instant) -> Vec<Exit> {
+        let mut ready = Vec::new();
+        self.exits.retain(|(exit, deadline, done)| {
+            if done.load(Ordering::SeqCst) {
+                ready.push(*exit);
+                return false;
+            }
+            if now >= *deadline {
+                log::warn!(
+                    "pid {}: output not read by the client after {EXIT_DRAIN_TIMEOUT:?}; reporting the exit",
+                    exit.pid
+                );
+                ready.push(*exit);
+                return false;
+            }
+            true
+        });
+        ready
+    }
 }
 
 /// The Task service under both names: `containerd.task.v2.Task` (what every containerd uses

@@ -39,7 +39,7 @@ use crate::{metrics, options};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an exit waits for the client to read the process's output before it is reported
 /// anyway (a leftover child still holding the output, a client that stopped reading).
-const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Epoll keys below this are the daemon's own (signalfd, wake-up eventfd).
 pub const FIRST_OOM_KEY: u64 = 16;
 
@@ -218,33 +218,18 @@ impl Shim {
     /// Routes exits the monitor reaped. Exits of pids we do not own stay in the reaper's table
     /// (a Start in flight claims them, or the core's own waits take them).
     ///
-    /// An exit whose output the client has not read yet is routed from its own thread once it
-    /// has (at most [`EXIT_DRAIN_TIMEOUT`] later): clients close their fifos when they learn
-    /// of the exit (ctr 1.6 even before waiting for EOF), which would drop the output still in
-    /// the pipes and fifos.
-    pub fn handle_exits(self: &Arc<Self>, exits: &[Exit]) {
+    /// An exit whose output the client has not read yet is returned instead, with the waiter
+    /// of that output: the caller routes it with [`Shim::route_now`] once the output is read
+    /// or [`EXIT_DRAIN_TIMEOUT`] passed. Clients close their fifos when they learn of the exit
+    /// (ctr 1.6 even before waiting for EOF), which would drop the output still in the pipes
+    /// and fifos.
+    pub fn handle_exits(&self, exits: &[Exit]) -> Vec<(Exit, DrainWaiter)> {
         let mut st = self.lock();
         let mut now = Vec::with_capacity(exits.len());
+        let mut later = Vec::new();
         for e in exits {
             match self.undrained(&st, e.pid) {
-                Some(waiter) => {
-                    let (shim, exit) = (Arc::clone(self), *e);
-                    let spawned = std::thread::Builder::new()
-                        .name("exit-drain".into())
-                        .spawn(move || {
-                            if !waiter.wait(EXIT_DRAIN_TIMEOUT) {
-                                log::warn!(
-                                    "pid {}: output not read by the client after {EXIT_DRAIN_TIMEOUT:?}; reporting the exit",
-                                    exit.pid
-                                );
-                            }
-                            shim.route_now(&[exit]);
-                        });
-                    if let Err(err) = spawned {
-                        log::warn!("pid {}: cannot wait for its output: {err}", e.pid);
-                        now.push(*e);
-                    }
-                }
+                Some(waiter) => later.push((*e, waiter)),
                 None => now.push(*e),
             }
         }
@@ -253,9 +238,10 @@ impl Shim {
         if any {
             self.changed.notify_all();
         }
+        later
     }
 
-    fn route_now(&self, exits: &[Exit]) {
+    pub fn route_now(&self, exits: &[Exit]) {
         let mut st = self.lock();
         let any = self.route_reaped(&mut st, exits);
         drop(st);

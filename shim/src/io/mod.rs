@@ -155,13 +155,15 @@ fn fifo_path(s: &str) -> Result<PathBuf, IoError> {
 pub struct DrainWaiter(Arc<Drain>);
 
 impl DrainWaiter {
-    /// True at once when nothing is left; else blocks at most `timeout`.
-    pub fn wait(&self, timeout: Duration) -> bool {
-        self.0.wait(timeout)
-    }
-
     pub fn is_done(&self) -> bool {
         self.0.is_done()
+    }
+
+    /// Calls `f` once the output is read: at once if it already is, else from the thread
+    /// that finishes the last copy (which holds locks of the copy loop or the service:
+    /// `f` must only hand the news on, e.g. queue it and wake a loop).
+    pub fn on_done(&self, f: impl FnOnce() + Send + 'static) {
+        self.0.on_done(Box::new(f))
     }
 }
 

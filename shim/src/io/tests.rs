@@ -695,3 +695,38 @@ fn drained_means_read_by_a_client_that_stops_at_once() {
     assert!(got == expected, "output differs");
     pio.shutdown();
 }
+
+/// The daemon routes an exit from the callback of the process's drain waiter: the callback
+/// runs once, after the client has read all of the output, and at once for a process whose
+/// output is already read.
+#[test]
+fn drain_callback_runs_once_after_the_client_read_everything() {
+    use std::sync::mpsc::channel;
+
+    let dir = TempDir::new("ondone");
+    let out = dir.fifo("out");
+    let io = IoLoop::start().unwrap();
+    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    let mut reader = open_reader(&out);
+    let (tx, rx) = channel();
+    let waiter = pio.drain_waiter();
+    let first = tx.clone();
+    waiter.on_done(move || first.send("first").unwrap());
+    let mut child = spawn("echo hello", stdio);
+    assert!(wait_child(&mut child).success());
+    // The bytes sit in the fifo until read: no callback yet.
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hello\n");
+    drop(reader);
+    assert_eq!(rx.recv_timeout(DRAIN).unwrap(), "first");
+    waiter.on_done(move || tx.send("again").unwrap());
+    assert_eq!(
+        rx.try_recv().unwrap(),
+        "again",
+        "not called at once when drained"
+    );
+    assert!(rx.try_recv().is_err(), "a callback ran twice");
+    pio.shutdown();
+}
