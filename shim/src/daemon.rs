@@ -9,6 +9,7 @@
 //! the stdio loop, and ttrpc's listener plus a few per connection. Exits are routed from
 //! this thread only, also those that waited for their output to be read.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -183,6 +184,7 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
         let _ = std::fs::remove_file(path);
     }
     publisher.flush_and_stop();
+    shim.await_delete_answers(SHUTDOWN_LINGER);
     exit.linger(SHUTDOWN_LINGER);
     log::info!("shim exiting");
     Ok(())
@@ -245,15 +247,51 @@ impl Deferred {
 
 /// The Task service under both names: `containerd.task.v2.Task` (what every containerd uses
 /// with a plain-address answer) and `containerd.task.v3.Task` (byte-identical messages).
-fn task_services(
-    shim: Arc<dyn Task + Send + Sync>,
-) -> std::collections::HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>> {
-    let mut methods = create_task(shim.clone());
+fn task_services(shim: Arc<dyn Task + Send + Sync>) -> HashMap<String, Handler> {
+    let mut methods = HashMap::new();
+    for (path, handler) in create_task(shim.clone()) {
+        methods.insert(path.clone(), answering(&path, handler));
+    }
     for (path, handler) in create_task(shim) {
         let v2 = path.replacen("containerd.task.v3.", "containerd.task.v2.", 1);
-        methods.insert(v2, handler);
+        methods.insert(v2.clone(), answering(&v2, handler));
     }
     methods
+}
+
+fn answering(path: &str, handler: Handler) -> Handler {
+    let trim = path.ends_with("/Create") || path.ends_with("/Delete");
+    Box::new(Answering { handler, trim })
+}
+
+type Handler = Box<dyn ttrpc::MethodHandler + Send + Sync>;
+
+/// Answers a request whose payload does not decode with an error status. ttrpc-rust's server
+/// instead stops serving the connection without a word, so a client that sent garbage waits
+/// forever; Go's ttrpc (what runc's shim uses) answers.
+///
+/// Create and Delete also hand freed heap back to the kernel once answered: a container's
+/// spec is parsed and copied a few times, and a large config.json (tens of MiB through a
+/// hostile or careless client) would otherwise stay in the idle shim's RSS as free but
+/// fragmented heap.
+struct Answering {
+    handler: Handler,
+    trim: bool,
+}
+
+impl ttrpc::MethodHandler for Answering {
+    fn handler(&self, ctx: ttrpc::TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<()> {
+        let (stream, tx, conn) = (ctx.mh.stream_id, ctx.res_tx.clone(), ctx.conn_ctx.clone());
+        let r = self.handler.handler(ctx, req).or_else(|e| {
+            let status = ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, e.to_string());
+            ttrpc::send_response(stream, ttrpc::Error::RpcStatus(status).into(), tx, &conn)
+        });
+        if self.trim {
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe { libc::malloc_trim(0) };
+        }
+        r
+    }
 }
 
 fn set_cloexec(fd: RawFd) -> Result<(), DaemonError> {
