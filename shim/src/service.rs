@@ -160,6 +160,9 @@ struct Handles {
 struct Handled {
     handles: HashMap<String, Handles>,
     oom_keys: HashMap<u64, String>,
+    /// Containers deleted whose Shutdown has not come yet: containerd sends one on the same
+    /// connection once it has read the Delete answer.
+    awaiting_shutdown: std::collections::HashSet<String>,
 }
 
 impl Handled {
@@ -613,6 +616,31 @@ impl Shim {
         })
     }
 
+    /// Waits (at most `timeout`) for the Shutdown of every deleted container before the daemon
+    /// exits. Containers of a group are deleted concurrently: another container's Shutdown may
+    /// find the shim empty while the last Delete answer is still being written, and exiting
+    /// then would cut it off (containerd: "ttrpc: closed"). containerd sends a container's
+    /// Shutdown only after reading its Delete answer.
+    pub fn await_delete_answers(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut st = self.lock();
+        while !st.h.awaiting_shutdown.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                log::warn!(
+                    "exiting without the Shutdown of deleted {:?}",
+                    st.h.awaiting_shutdown
+                );
+                return;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     fn delete_init(&self, id: &str) -> Res<DeleteResponse> {
         let (started, handles) = {
             let mut st = self.lock();
@@ -650,7 +678,14 @@ impl Shim {
                 }
             }
         }
-        let d = self.lock().life.finish_delete(id);
+        let d = {
+            let mut st = self.lock();
+            let d = st.life.finish_delete(id);
+            if d.is_some() {
+                st.h.awaiting_shutdown.insert(id.to_owned());
+            }
+            d
+        };
         self.changed.notify_all();
         let d = d.ok_or_else(|| ttrpc::Error::from(LifecycleError::NotFound(id.to_owned())))?;
         log::info!("container {id} deleted");
@@ -1106,8 +1141,11 @@ impl Task for Shim {
         })
     }
 
-    fn shutdown(&self, ctx: &TtrpcContext, _: ShutdownRequest) -> Res<Empty> {
+    fn shutdown(&self, ctx: &TtrpcContext, req: ShutdownRequest) -> Res<Empty> {
         let mut st = self.lock();
+        if st.h.awaiting_shutdown.remove(&req.id) {
+            self.changed.notify_all();
+        }
         // A Create in flight decides: like the runc shim, whose Create holds its lock.
         while st.life.creating() {
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
