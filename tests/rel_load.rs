@@ -517,3 +517,39 @@ fn grouped_shim_flat_across_create_delete_cycles() {
 /// room for allocator noise, while a leak of 0.5 KiB per cycle over 1000 cycles (or ~1.7 KiB
 /// over the CI 300) is above it.
 const MEMORY_BOUND_KIB: u64 = 512;
+
+/// The first containers of a group arriving all at once (a pod's containers started together)
+/// still share one shim: concurrent `start`s of one group must not each launch a daemon. All
+/// deleted at once, every Delete is answered (the shim must not exit on one container's
+/// Shutdown while another's Delete answer is on its way) and nothing is left.
+#[test]
+fn a_group_started_and_deleted_all_at_once_gets_one_shim() {
+    const ROUNDS: usize = 5;
+    const AT_ONCE: usize = 12;
+    let cd = Containerd::start();
+    for round in 0..ROUNDS {
+        let group = format!("burst{round}");
+        let annotation = format!("{GROUP_ANNOTATION}={group}");
+        let opts = ["--annotation", annotation.as_str()];
+        let ids: Vec<String> = (0..AT_ONCE).map(|i| format!("b{round}-{i}")).collect();
+        let barrier = std::sync::Barrier::new(AT_ONCE);
+        parallel(&ids, AT_ONCE, |id| {
+            barrier.wait();
+            cd.run_detached(id, &opts, &["sleep", "1000000"]);
+        });
+        let tasks = assert_all_running(&cd, &ids);
+        let shims: std::collections::BTreeSet<Option<i32>> =
+            ids.iter().map(|id| ppid_of(tasks[id].0)).collect();
+        assert_eq!(
+            shims.len(),
+            1,
+            "round {round}: the {AT_ONCE} containers of group {group} have parents {shims:?}"
+        );
+        let barrier = std::sync::Barrier::new(AT_ONCE);
+        parallel(&ids, AT_ONCE, |id| {
+            barrier.wait();
+            cd.remove(id);
+        });
+    }
+    cd.assert_no_leaks();
+}
