@@ -44,6 +44,8 @@ pub enum SpecError {
     },
     #[error("config.json: root.path {0} is not a directory")]
     RootfsNotDir(PathBuf),
+    #[error("config.json: root.path {0} is a symlink or passes through one (runc refuses it too)")]
+    RootfsSymlink(PathBuf),
     #[error("config.json: {0} is set but the container has no uts namespace of its own")]
     NeedsUts(&'static str),
     #[error("config.json: linux.namespaces must include a mount namespace")]
@@ -97,12 +99,33 @@ pub fn load(bundle: &Path) -> Result<Bundle, SpecError> {
     if !rootfs.is_dir() {
         return Err(SpecError::RootfsNotDir(root.clone()));
     }
+    // As runc's validate.rootfs: a symlinked root.path would let a bundle name any host
+    // directory, `/` included, as the container's root, and mount points would be made there.
+    if rootfs != lexical_join(&path, root) {
+        return Err(SpecError::RootfsSymlink(root.clone()));
+    }
     Ok(Bundle {
         path,
         spec,
         rootfs,
         namespaces,
     })
+}
+
+/// `base` joined with `rel` (which may be absolute), `.` and `..` resolved without looking at
+/// the filesystem (Go's filepath.Clean).
+fn lexical_join(base: &Path, rel: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in base.join(rel).components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// Parses config.json bytes; `path` only names the file in errors.
@@ -292,5 +315,20 @@ mod tests {
             check(v).unwrap_err().to_string(),
             "config.json: unsupported ociVersion \"0.5.0\" (supported: 1.x)"
         );
+    }
+
+    #[test]
+    fn lexical_join_resolves_dots_without_the_filesystem() {
+        let b = Path::new("/run/b");
+        assert_eq!(
+            lexical_join(b, Path::new("rootfs")),
+            Path::new("/run/b/rootfs")
+        );
+        assert_eq!(
+            lexical_join(b, Path::new("./r/../rootfs/")),
+            Path::new("/run/b/rootfs")
+        );
+        assert_eq!(lexical_join(b, Path::new("/abs/x")), Path::new("/abs/x"));
+        assert_eq!(lexical_join(b, Path::new("../../../..")), Path::new("/"));
     }
 }
