@@ -276,6 +276,14 @@ impl Container {
                     run_hooks("createRuntime", &create_runtime, &state)?;
                     chan.send(&ToHelper::HooksDone { state })?;
                 }
+                None if undo.cgroup.as_ref().is_some_and(oom_killed) => {
+                    return Err(Error::Init {
+                        step: "setup helper".into(),
+                        message: "OOM-killed before the container was ready \
+                                  (linux.resources.memory.limit too low?)"
+                            .into(),
+                    })
+                }
                 other => return Err(helper_failure(other, "before the container was ready")),
             }
         }
@@ -703,6 +711,15 @@ fn adopt_sibling(chan: &mut Channel, undo: &mut Undo, pid: i32) -> Result<(), Er
         reaper::wait(helper, None);
     }
     Ok(())
+}
+
+/// Whether the kernel OOM-killed a process of the cgroup (the helper dies silently when a
+/// memory limit is below what container setup needs; runc reports the same case by name).
+fn oom_killed(cg: &Cgroup) -> bool {
+    match cg.stats() {
+        cgroups::Stats::V1(m) => m.memory_oom_control.oom_kill > 0,
+        cgroups::Stats::V2(m) => m.memory_events.oom_kill > 0,
+    }
 }
 
 /// The error for a frame that is not the expected next step.
