@@ -107,6 +107,20 @@ fn quiet(pid: i32) -> Usage {
     low
 }
 
+/// How many threads of `pid` carry each name (for the report of what a shim holds).
+fn thread_names(pid: i32) -> BTreeMap<String, usize> {
+    let mut names = BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        *names.entry(comm.trim().to_owned()).or_insert(0) += 1;
+    }
+    names
+}
+
 /// (pid, ppid, state) of every process.
 fn process_table() -> Vec<(i32, i32, char)> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -417,7 +431,11 @@ fn many_containers_in_one_grouped_shim() {
         foreign.is_empty(),
         "containers not children of the group's shim {shim}: {foreign:?}"
     );
-    eprintln!("shim with {n} containers: {:?}", usage(shim));
+    eprintln!(
+        "shim with {n} containers: {:?}, threads by name {:?}",
+        usage(shim),
+        thread_names(shim)
+    );
     let socket = group_socket(&cd, group);
     assert!(socket.exists(), "no group socket {}", socket.display());
 
