@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::IoError;
 
@@ -44,10 +45,15 @@ const TURN_BUDGET: usize = 4 << 20;
 /// Buffer for the read/write fallback.
 const FALLBACK_BUF: usize = 64 << 10;
 const WAKE_TOKEN: u64 = u64::MAX;
+const INOTIFY_TOKEN: u64 = u64::MAX - 1;
 /// How often a lingering copy looks at its fifo. A pipe wakes its writers when it stops being
 /// full, never when it becomes empty, so emptiness can only be polled; this runs only while a
 /// client reads the last bytes of a stream.
 const LINGER_POLL: Duration = Duration::from_millis(2);
+/// How often a copy whose fifo is closed on our side looks for the client's reader to go.
+/// Its going is an inotify event (the close of a read-only fd); this only catches a reader
+/// opened read-write (its close is not watched, see [`watch_reader`]) and the stall limit.
+const READER_POLL: Duration = Duration::from_millis(20);
 /// A lingering copy whose client made no progress for this long gives up: nobody reads the
 /// fifo, or the client keeps it open past EOF.
 const LINGER_STALL: Duration = Duration::from_secs(1);
@@ -178,6 +184,20 @@ struct Job {
     probe: Option<OwnedFd>,
     /// Past EOF: what the job waits for, and since when the client made no progress.
     linger: Option<(Linger, Instant)>,
+    /// The inotify watch on the fifo that reports the client closing its reader, once the
+    /// job waits for that (`Some(None)`: could not watch, polled instead).
+    watch: Option<Option<Watch>>,
+}
+
+/// Removed with the job. Two jobs on one fifo share the kernel's watch, so the first to go
+/// leaves the other to [`READER_POLL`].
+struct Watch(Arc<Inotify>, WatchDescriptor);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // EINVAL: the fifo was deleted and the kernel dropped the watch already.
+        let _ = self.0.rm_watch(self.1);
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -376,6 +396,8 @@ struct State {
 struct Shared {
     epoll: Epoll,
     wake: EventFd,
+    /// Reports clients closing fifo readers; `None` if the kernel refused one.
+    inotify: Option<Arc<Inotify>>,
     stop: AtomicBool,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -403,9 +425,17 @@ impl IoLoop {
         epoll
             .add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN))
             .map_err(IoError::Epoll)?;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|i| {
+                epoll.add(&i, EpollEvent::new(EpollFlags::EPOLLIN, INOTIFY_TOKEN))?;
+                Ok(Arc::new(i))
+            })
+            .map_err(|e| log::warn!("io loop: inotify: {e}; lingering copies poll"))
+            .ok();
         let shared = Arc::new(Shared {
             epoll,
             wake,
+            inotify,
             stop: AtomicBool::new(false),
             state: Mutex::new(State {
                 jobs: HashMap::new(),
@@ -452,6 +482,7 @@ impl IoLoop {
                 dropping: false,
                 probe,
                 linger: None,
+                watch: None,
             };
             if let Err(e) = register(&self.shared.epoll, id, &job) {
                 unregister(&self.shared.epoll, &job);
@@ -560,7 +591,17 @@ fn run(shared: &Shared) {
             if !state.ready.is_empty() {
                 EpollTimeout::ZERO
             } else if !state.lingering.is_empty() {
-                EpollTimeout::try_from(LINGER_POLL).unwrap_or(EpollTimeout::ZERO)
+                let watched = |id: &u64| {
+                    state
+                        .jobs
+                        .get(id)
+                        .is_some_and(|j| matches!(j.watch, Some(Some(_))))
+                };
+                let every = match state.lingering.iter().all(watched) {
+                    true => READER_POLL,
+                    false => LINGER_POLL,
+                };
+                EpollTimeout::try_from(every).unwrap_or(EpollTimeout::ZERO)
             } else {
                 EpollTimeout::NONE
             }
@@ -582,6 +623,12 @@ fn run(shared: &Shared) {
                 WAKE_TOKEN => {
                     let _ = shared.wake.read();
                 }
+                // Only wakes the loop: the lingering jobs are checked below.
+                INOTIFY_TOKEN => {
+                    if let Some(i) = &shared.inotify {
+                        while matches!(i.read_events(), Ok(ev) if !ev.is_empty()) {}
+                    }
+                }
                 t => pump(shared, &mut state, t >> 1),
             }
         }
@@ -590,7 +637,7 @@ fn run(shared: &Shared) {
             pump(shared, &mut state, id);
         }
         if !state.lingering.is_empty() {
-            check_lingering(&mut state);
+            check_lingering(shared, &mut state);
         }
     }
     let mut state = lock(&shared.state);
@@ -625,7 +672,7 @@ fn pump(shared: &Shared, state: &mut State, id: u64) {
 
 /// Ends the lingering jobs whose fifo was read empty (or was given up on); closing the fifo
 /// is the client's EOF.
-fn check_lingering(state: &mut State) {
+fn check_lingering(shared: &Shared, state: &mut State) {
     let now = Instant::now();
     let State {
         jobs, lingering, ..
@@ -634,13 +681,34 @@ fn check_lingering(state: &mut State) {
         let Some(job) = jobs.get_mut(id) else {
             return false; // removed by its owner
         };
-        if !job.linger_done(now) {
+        let mut done = job.linger_done(now);
+        if !done && job.watch.is_none() && job.linger.is_some_and(|(p, _)| p == Linger::Reader) {
+            job.watch = Some(watch_reader(shared, &job.spec.dst));
+            // The reader may have gone before the watch existed.
+            done = job.linger_done(now);
+        }
+        if !done {
             return true;
         }
         log::debug!("io {}: done", job.spec.name);
         jobs.remove(id);
         false
     });
+}
+
+/// Watches the fifo behind the path handle `probe` for a read-only fd of it being closed
+/// (`IN_CLOSE_NOWRITE`). Closes of fds opened for writing are not watched: our own
+/// [`has_reader`] check opens one, and would wake the loop again after every check.
+fn watch_reader(shared: &Shared, probe: &OwnedFd) -> Option<Watch> {
+    let inotify = shared.inotify.as_ref()?;
+    let path = format!("/proc/self/fd/{}", probe.as_raw_fd());
+    match inotify.add_watch(path.as_str(), AddWatchFlags::IN_CLOSE_NOWRITE) {
+        Ok(wd) => Some(Watch(Arc::clone(inotify), wd)),
+        Err(e) => {
+            log::debug!("io: watch {path}: {e}; polling for the client's reader");
+            None
+        }
+    }
 }
 
 /// Bytes written into a pipe or fifo and not read yet (0 for anything else).
