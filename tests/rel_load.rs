@@ -345,7 +345,11 @@ fn many_sequential_execs_in_one_container() {
     let before = quiet(shim);
 
     let started = Instant::now();
+    let mut half = None;
     for i in 0..n {
+        if i == n / 2 {
+            half = Some(usage(shim));
+        }
         let script = format!("echo {i}; exit {}", i % 4);
         let out = cd.exec("ex", &format!("e{i}"), &[], &["sh", "-c", &script]);
         assert_eq!(
@@ -365,7 +369,7 @@ fn many_sequential_execs_in_one_container() {
     eprintln!("{n} execs in {took:?} ({:?} each)", took / n as u32);
 
     let after = settle(shim, |u| u.fds <= before.fds && u.threads <= before.threads);
-    eprintln!("shim before {before:?}\nshim after  {after:?}");
+    eprintln!("shim before {before:?}\nhalf way    {half:?}\nshim after  {after:?}");
     assert_eq!(
         after.fds, before.fds,
         "shim fd count after {n} execs (before {before:?}, after {after:?})"
@@ -489,13 +493,17 @@ fn grouped_shim_flat_across_create_delete_cycles() {
     }
     let before = quiet(shim);
     let started = Instant::now();
+    let mut half = None;
     for i in 0..n {
+        if i == n / 2 {
+            half = Some(usage(shim));
+        }
         cycle(&format!("cyc{i}"));
     }
     let took = started.elapsed();
     eprintln!("{n} cycles in {took:?} ({:?} each)", took / n as u32);
     let after = settle(shim, |u| u.fds <= before.fds && u.threads <= before.threads);
-    eprintln!("shim before {before:?}\nshim after  {after:?}");
+    eprintln!("shim before {before:?}\nhalf way    {half:?}\nshim after  {after:?}");
     assert!(
         Path::new(&format!("/proc/{shim}")).exists(),
         "the group's shim exited while keeper was still running"
