@@ -624,6 +624,58 @@ fn wait_frozen(dir: &Path, timeout: Duration) -> Result<bool, CgroupError> {
     }
 }
 
+/// Fuzzing entry point (fuzz/): checks `r` as [`Cgroup::create`] does for `mode`, then writes
+/// every resource as both versions would into plain-file fixture directories (never cgroupfs).
+/// Returns how many controller writes failed (a fixture lacks files a real cgroup has).
+#[doc(hidden)]
+pub fn fuzz_translate(
+    r: &LinuxResources,
+    mode: Mode,
+    v1_dir: &Path,
+    v2_dir: &Path,
+) -> Result<usize, CgroupError> {
+    resources::validate(r, mode)?;
+    let mut failed = 0;
+    let mut run = |res: Result<(), CgroupError>| failed += usize::from(res.is_err());
+    if let Some(m) = r.memory() {
+        run(v1::memory(v1_dir, m));
+        run(v2::memory(v2_dir, m));
+    }
+    if let Some(c) = r.cpu() {
+        run(v1::cpu(v1_dir, c));
+        run(v2::cpu(v2_dir, c));
+        run(v1::cpuset(v1_dir, c));
+    }
+    if let Some(p) = r.pids() {
+        run(v1::pids(v1_dir, p.limit()));
+    }
+    if let Some(b) = r.block_io() {
+        run(v1::blkio(v1_dir, b));
+        run(v2::io(v2_dir, b));
+    }
+    if let Some(h) = r.hugepage_limits() {
+        run(v1::hugetlb(v1_dir, h));
+        run(v2::hugetlb(v2_dir, h));
+    }
+    let mut rules = r.devices().clone().unwrap_or_default();
+    rules.extend(default_device_rules());
+    run(v1::devices(v1_dir, &rules));
+    if let Some(n) = r.network() {
+        run(v1::net_cls(v1_dir, n));
+        run(v1::net_prio(v1_dir, n));
+    }
+    if let Some(u) = r.unified() {
+        run(v2::unified(v2_dir, u));
+    }
+    Ok(failed)
+}
+
+/// Fuzzing entry point (fuzz/): the host layout read from mountinfo and /proc/cgroups text.
+#[doc(hidden)]
+pub fn fuzz_parse_hierarchies(mountinfo: &str, subsystems: &str) -> Mode {
+    fs::parse_hierarchies(mountinfo, subsystems).mode
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,10 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use resolve::{clean_relative, open_in_root};
 
+/// Parsers of kernel text, public for fuzz/.
+#[doc(hidden)]
+pub use mounts::{parse_proc_cgroup, v1_subsystems};
+
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     /// A spec mount that cannot be mounted as written.
