@@ -297,7 +297,8 @@ fn containerd_killed_with_several_containers() {
     let cd = Containerd::start();
     let group = format!("{GROUP_KEY}=faults-g");
     let grouped = ["--annotation", group.as_str()];
-    let trap = |code: u8| format!("trap 'exit {code}' TERM; echo up; while :; do sleep 1; done");
+    // No output: an exit with output nobody read is held back (see the test after this one).
+    let trap = |code: u8| format!("trap 'exit {code}' TERM; sleep 1000 & wait");
     cd.run_detached("talker", &[], &["sh", "-c", &talker_script(1)]);
     cd.exec_detached("talker", "worker", &["sleep", "1000"]);
     cd.run_detached("g-stay", &grouped, &["sleep", "1000"]);
@@ -401,10 +402,52 @@ fn containerd_killed_with_several_containers() {
     cd.remove("talker");
     cd.remove("g-stay");
     cd.clear_fifo_dirs();
+    // After the leak check, which waits for the shim to exit.
+    cd.assert_no_leaks();
     assert!(
         !shim_socket(&cd, "faults-g").exists(),
         "grouped shim socket left"
     );
+}
+
+/// A container whose init exits while containerd is down, leaving output nobody read (`ctr run
+/// -d` returned long ago). The shim holds the exit back until the output is read or a drain
+/// timeout passes; containerd 1.7 and 2.x, reloading within that window, see the init's pid gone,
+/// call Delete to clean up, and the shim refuses it as the task still looks running: the rootfs
+/// mount, cgroups and shim are left behind. 1.6 waits for the exit and passes.
+#[test]
+#[ignore = "bug: on containerd 1.7/2.x the shim refuses Delete of a task whose exit it holds back for unread output, leaking its mount, cgroups and shim"]
+fn exit_with_unread_output_while_containerd_is_down() {
+    let cd = Containerd::start();
+    cd.run_detached(
+        "bye",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 3' TERM; sleep 1000 & wait",
+        ],
+    );
+    let init = cd.task_pid("bye") as i32;
+    cd.kill9();
+    kill(init, libc::SIGTERM);
+    assert!(
+        survivors([init], CTR_TIMEOUT).is_empty(),
+        "the init did not exit"
+    );
+    cd.restart();
+    let mut events = cd.events();
+    if cd.task_status("bye").as_deref() == Some("RUNNING") {
+        let exit = events.wait_topic("/tasks/exit", "bye", Some("bye"));
+        assert_eq!(exit.exit_status(), Some(3), "{exit:?}");
+    }
+    match cd.task_status("bye").as_deref() {
+        Some("STOPPED") => assert_eq!(cd.task_rm("bye"), 3),
+        None if cd.version != "1.6" => {}
+        other => panic!("task after restart: {other:?}\n{}", cd.log_tail(40)),
+    }
+    cd.ctr_ok(&["containers", "rm", "bye"]);
+    cd.clear_fifo_dirs();
     cd.assert_no_leaks();
 }
 
@@ -460,11 +503,11 @@ fn killed_grouped_shim_takes_every_container_and_exec() {
         assert_eq!(stdout(&out), format!("{id}\n"), "{}", describe(&out));
         cd.remove(id);
     }
+    cd.assert_no_leaks();
     assert!(
         !shim_socket(&cd, "faults-k").exists(),
         "new shim's socket left"
     );
-    cd.assert_no_leaks();
 }
 
 /// The shim SIGKILLed while containerd is down: at its restart containerd finds the shim dead
