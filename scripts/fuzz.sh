@@ -78,9 +78,12 @@ libfuzzer)
     done
     ;;
 stable)
-    echo "fuzz: no cargo-fuzz; the stable runner (random mutations, no coverage feedback)" >&2
-    cargo build --quiet --release --no-default-features --bin stable-fuzz
-    ./target/release/stable-fuzz --seconds "$seconds" "${targets[@]}" || status=1
+    echo "fuzz: the stable runner (seeds plus random mutations, no coverage feedback)" >&2
+    # A debug build (overflow checks on) in the main target directory: after `make test` only
+    # pelagos-fuzz itself is compiled, which keeps CI's short run short.
+    target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+    CARGO_TARGET_DIR="$target_dir" cargo build --quiet --no-default-features --bin stable-fuzz
+    "$target_dir/debug/stable-fuzz" --seconds "$seconds" "${targets[@]}" || status=1
     ;;
 *) die "unknown FUZZ_ENGINE $engine (libfuzzer or stable)" ;;
 esac
