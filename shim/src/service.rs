@@ -839,6 +839,10 @@ impl Task for Shim {
         if req.id.is_empty() {
             return Err(status(Code::INVALID_ARGUMENT, "create: empty container id"));
         }
+        // Before the request's rootfs mounts and stdio paths are touched, not only in the core.
+        if let Err(e) = pelagos::container::validate_id(&req.id) {
+            return Err(status(Code::INVALID_ARGUMENT, format!("create: {e}")));
+        }
         if !req.checkpoint.is_empty() {
             return Err(status(
                 Code::UNIMPLEMENTED,
