@@ -226,12 +226,15 @@ impl Container {
                 hooks_request,
             }),
         };
-        chan.send_byte(0)?;
-        chan.send(&ToHelper::Plan(Box::new(plan)))?;
+        // A helper killed on the way (e.g. by the OOM killer) shows here as a broken socket.
+        chan.send_byte(0).map_err(|e| undo.explain(e.into()))?;
+        chan.send(&ToHelper::Plan(Box::new(plan)))
+            .map_err(|e| undo.explain(e.into()))?;
         if !spawned.in_cgroup {
             // Overlaps the helper's exec and start-up (see Plan::await_cgroup).
             undo.cgroup.as_ref().expect("created").add_pid(helper_pid)?;
-            chan.send(&ToHelper::CgroupJoined)?;
+            chan.send(&ToHelper::CgroupJoined)
+                .map_err(|e| undo.explain(e.into()))?;
         }
 
         let mut record = Record {
@@ -255,7 +258,10 @@ impl Container {
             spec: spec.clone(),
         };
         loop {
-            match chan.recv::<FromHelper>()? {
+            let frame = chan
+                .recv::<FromHelper>()
+                .map_err(|e| undo.explain(e.into()))?;
+            match frame {
                 Some(Frame::Msg(FromHelper::Ready)) => break,
                 Some(Frame::Msg(FromHelper::Forked { pid })) => {
                     record.state.pid = pid;
@@ -276,15 +282,10 @@ impl Container {
                     run_hooks("createRuntime", &create_runtime, &state)?;
                     chan.send(&ToHelper::HooksDone { state })?;
                 }
-                None if undo.cgroup.as_ref().is_some_and(oom_killed) => {
-                    return Err(Error::Init {
-                        step: "setup helper".into(),
-                        message: "OOM-killed before the container was ready \
-                                  (linux.resources.memory.limit too low?)"
-                            .into(),
-                    })
+                other => {
+                    let e = helper_failure(other, "before the container was ready");
+                    return Err(undo.explain(e));
                 }
-                other => return Err(helper_failure(other, "before the container was ready")),
             }
         }
         record.init_start_time = sys::proc_stat(record.state.pid)
@@ -713,8 +714,7 @@ fn adopt_sibling(chan: &mut Channel, undo: &mut Undo, pid: i32) -> Result<(), Er
     Ok(())
 }
 
-/// Whether the kernel OOM-killed a process of the cgroup (the helper dies silently when a
-/// memory limit is below what container setup needs; runc reports the same case by name).
+/// Whether the kernel OOM-killed a process of the cgroup.
 fn oom_killed(cg: &Cgroup) -> bool {
     match cg.stats() {
         cgroups::Stats::V1(m) => m.memory_oom_control.oom_kill > 0,
@@ -895,6 +895,22 @@ impl Undo {
             dir: None,
             cgroup: None,
             children: Vec::new(),
+        }
+    }
+
+    /// `e`, unless the kernel OOM-killed a process in the cgroup: then that is what went wrong
+    /// (the helper dies silently when the memory limit is below what setup needs; runc names
+    /// the same case).
+    fn explain(&self, e: Error) -> Error {
+        match &self.cgroup {
+            Some(cg) if oom_killed(cg) => Error::Init {
+                step: "setup helper".into(),
+                message: format!(
+                    "OOM-killed before the container was ready \
+                     (linux.resources.memory.limit too low?); {e}"
+                ),
+            },
+            _ => e,
         }
     }
 
