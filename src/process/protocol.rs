@@ -23,8 +23,8 @@ pub enum ProtocolError {
     Io(#[from] std::io::Error),
     #[error("bad message: {0}")]
     Decode(#[from] serde_json::Error),
-    #[error("message of {0} bytes is too large")]
-    TooLarge(u32),
+    #[error("message of {0} bytes is over the limit of {MAX_FRAME} (config.json too large?)")]
+    TooLarge(u64),
     #[error("a message promised an fd that did not arrive")]
     MissingFd,
 }
@@ -171,6 +171,10 @@ impl Channel {
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ProtocolError> {
         let body = serde_json::to_vec(msg)?;
+        // The peer would refuse it and hang up; say why here instead of "broken pipe".
+        if body.len() > MAX_FRAME as usize {
+            return Err(ProtocolError::TooLarge(body.len() as u64));
+        }
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
         frame.extend_from_slice(&body);
@@ -218,7 +222,7 @@ impl Channel {
             return Ok(Some(Frame::ChildFailure { step, errno }));
         }
         if len > MAX_FRAME {
-            return Err(ProtocolError::TooLarge(len));
+            return Err(ProtocolError::TooLarge(len.into()));
         }
         let end = 4 + len as usize;
         if !self.fill(end)? {
