@@ -35,6 +35,12 @@ mod mount;
 #[path = "../../shim/src/args.rs"]
 mod args;
 
+// Not under test: the module's own tests need the whole shim.
+#[cfg(not(test))]
+#[allow(dead_code, unused_imports)]
+#[path = "../../shim/src/io/mod.rs"]
+mod io;
+
 /// Largest input fed to the socket-based target: the whole input is written before it is read,
 /// so it must fit the socket buffer.
 const MAX_SOCKET_INPUT: usize = 128 << 10;
@@ -418,6 +424,11 @@ pub fn host_text(data: &[u8]) {
         }
         _ => {
             let _ = args::parse(text.split('\0'));
+            #[cfg(not(test))]
+            {
+                let (stdout, stderr) = text.split_once('\0').unwrap_or((&text, ""));
+                let _ = io::parse_stdio(stdout, stderr);
+            }
         }
     }
 }

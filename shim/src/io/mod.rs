@@ -150,6 +150,16 @@ fn fifo_path(s: &str) -> Result<PathBuf, IoError> {
     }
 }
 
+/// Fuzzing entry point (fuzz/ compiles this module in): reads the stdout and stderr fields of
+/// a Create or Exec request as [`ProcessIo::open`] does, opening nothing.
+#[doc(hidden)]
+#[allow(dead_code)]
+pub fn parse_stdio(stdout: &str, stderr: &str) -> Result<(), IoError> {
+    Target::parse(stdout)?;
+    fifo_path(stderr)?;
+    Ok(())
+}
+
 /// Waits for the output of one process to be read by the client (see [`ProcessIo::wait_drained`]).
 #[derive(Debug, Clone)]
 pub struct DrainWaiter(Arc<Drain>);
