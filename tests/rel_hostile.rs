@@ -456,6 +456,16 @@ impl Victim {
         );
     }
 
+    /// The shim's soft RLIMIT_NOFILE.
+    fn shim_nofile(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/limits", self.pid))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+            .expect("Max open files in /proc/<shim>/limits")
+    }
+
     /// How many fds the shim has open.
     fn shim_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid))
@@ -605,6 +615,41 @@ fn garbage_frames_leave_the_shim_serving() {
         grown < 64 * 1024,
         "the shim's peak RSS grew by {grown} KiB on garbage"
     );
+    v.finish();
+}
+
+#[test]
+fn an_idle_connection_flood_does_not_deafen_the_shim() {
+    // CI: 300 connections (~900 shim threads: ttrpc-rust runs a reader, a handler and a
+    // control thread per connection); PELAGOS_LONG: 1000. Either stays below the shim's fd
+    // limit, so the shim must keep accepting meanwhile.
+    let v = Victim::start();
+    let limit = v.shim_nofile();
+    let n = if long() { 1000 } else { 300 }.min(limit.saturating_sub(64));
+    let before_fds = v.shim_fds();
+    let before_threads = v.shim_status_kib("Threads");
+    let mut idle: Vec<RawConn> = (0..n).map(|_| v.conn()).collect();
+    // Half of them also start a request and stall in the middle of it.
+    for c in idle.iter_mut().step_by(2) {
+        c.send(&header(64, 1, MSG_REQUEST, 0)).unwrap();
+    }
+    v.assert_serving(&format!("{n} idle connections"));
+    v.assert_exec_works();
+    drop(idle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while (v.shim_fds() > before_fds || v.shim_status_kib("Threads") > before_threads)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        v.shim_fds() <= before_fds && v.shim_status_kib("Threads") <= before_threads,
+        "after {n} connections closed the shim holds {} fds ({before_fds} before) and {} \
+         threads ({before_threads} before)",
+        v.shim_fds(),
+        v.shim_status_kib("Threads")
+    );
+    v.assert_serving("the flood ended");
     v.finish();
 }
 
