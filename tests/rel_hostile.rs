@@ -759,6 +759,78 @@ fn raw_create_with_bad_ids_or_stdio_creates_nothing() {
 }
 
 #[test]
+fn hostile_exec_specs_are_refused_by_name() {
+    let v = Victim::start();
+    let mut c = v.conn();
+    let exec = |exec_id: &str, spec: Option<&[u8]>| {
+        let mut p = Pb::new().str(1, VICTIM).str(2, exec_id);
+        if let Some(spec) = spec {
+            let any = Pb::new()
+                .str(
+                    1,
+                    "types.containerd.io/opencontainers/runtime-spec/1/Process",
+                )
+                .bytes(2, spec);
+            p = p.bytes(7, &any.0);
+        }
+        p.0
+    };
+    // Refused at Exec: no spec, a spec that is not JSON, wrong types.
+    for (what, spec, needle) in [
+        ("no spec", None, "no process spec"),
+        ("not json", Some(&b"\x00garbage"[..]), "process spec"),
+        (
+            "args a string",
+            Some(&br#"{"args": "sh", "cwd": "/", "user": {"uid": 0, "gid": 0}}"#[..]),
+            "invalid type",
+        ),
+    ] {
+        let r = c.call("Exec", &exec("bad", spec)).expect("a reply");
+        assert_eq!(r.code(), INVALID_ARGUMENT, "{what}: {r:?}");
+        assert!(r.message().contains(needle), "{what}: {r:?}");
+    }
+    // Well-formed but unusable: accepted at Exec, refused at Start naming the field, and
+    // deleted cleanly.
+    for (what, spec, needle) in [
+        (
+            "empty args",
+            &br#"{"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#[..],
+            "args",
+        ),
+        (
+            "relative cwd",
+            &br#"{"args": ["true"], "cwd": "tmp", "user": {"uid": 0, "gid": 0}}"#[..],
+            "cwd",
+        ),
+        (
+            "missing executable",
+            &br#"{"args": ["/no/such/binary"], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#[..],
+            "/no/such/binary",
+        ),
+    ] {
+        let id = unique_id("x");
+        let r = c.call("Exec", &exec(&id, Some(spec))).expect("a reply");
+        if r.code() == 0 {
+            let r = c.call("Start", &Pb::new().str(1, VICTIM).str(2, &id).0);
+            let r = r.expect("a reply to Start");
+            assert_ne!(r.code(), 0, "{what}: started");
+            assert!(r.message().contains(needle), "{what}: {r:?}");
+            let r = c.call("Delete", &Pb::new().str(1, VICTIM).str(2, &id).0);
+            r.expect("a reply to Delete").ok();
+        } else {
+            assert!(r.message().contains(needle), "{what}: {r:?}");
+        }
+    }
+    drop(c);
+    // Only the victim's own process is left in its cgroup.
+    let pids = v.cd.ctr_ok(&["task", "ps", VICTIM]);
+    assert_eq!(pids.lines().count(), 2, "processes left:\n{pids}");
+    v.assert_serving("hostile exec specs");
+    v.assert_exec_works();
+    v.finish();
+}
+
+#[test]
 fn unknown_and_duplicate_ids_get_the_codes_containerd_expects() {
     let v = Victim::start();
     let mut c = v.conn();
