@@ -163,6 +163,9 @@ struct Handled {
     /// Containers deleted whose Shutdown has not come yet: containerd sends one on the same
     /// connection once it has read the Delete answer.
     awaiting_shutdown: std::collections::HashSet<String>,
+    /// Pids whose exit was reaped but is held back for unread output (see
+    /// [`Shim::handle_exits`]); the exit itself waits in the reaper's table.
+    held: std::collections::HashSet<i32>,
 }
 
 impl Handled {
@@ -232,7 +235,10 @@ impl Shim {
         let mut later = Vec::new();
         for e in exits {
             match self.undrained(&st, e.pid) {
-                Some(waiter) => later.push((*e, waiter)),
+                Some(waiter) => {
+                    st.h.held.insert(e.pid);
+                    later.push((*e, waiter));
+                }
                 None => now.push(*e),
             }
         }
@@ -246,6 +252,9 @@ impl Shim {
 
     pub fn route_now(&self, exits: &[Exit]) {
         let mut st = self.lock();
+        for e in exits {
+            st.h.held.remove(&e.pid);
+        }
         let any = self.route_reaped(&mut st, exits);
         drop(st);
         if any {
@@ -641,9 +650,36 @@ impl Shim {
         }
     }
 
+    /// Routes the exits of `id`'s processes that were reaped but held back for output nobody
+    /// has read yet (see [`Shim::handle_exits`]): a client deleting the task is done reading.
+    /// containerd 1.7 and later, reloading after a restart, delete a task whose processes are
+    /// all gone; refusing that as "running" would leak its mounts, cgroups and this shim.
+    fn route_held_exits(&self, st: &mut State, id: &str) {
+        let Ok(task) = st.life.get(id) else {
+            return;
+        };
+        // Execs first: an init exit is held while execs are in flight.
+        let pids: Vec<i32> = task
+            .execs
+            .values()
+            .map(|p| p.pid)
+            .chain(std::iter::once(task.init.pid))
+            .filter(|&pid| pid > 0)
+            .collect();
+        for pid in pids {
+            // Only a held exit: the table may also keep an old exit of a reused pid.
+            if st.h.held.remove(&pid) {
+                if let Some(exit) = reaper::try_take(pid) {
+                    self.route_exit(st, exit);
+                }
+            }
+        }
+    }
+
     fn delete_init(&self, id: &str) -> Res<DeleteResponse> {
         let (started, handles) = {
             let mut st = self.lock();
+            self.route_held_exits(&mut st, id);
             let started = st.life.begin_delete(id)?;
             let State { h, .. } = &mut *st;
             self.stop_oom_watch(h, id);
