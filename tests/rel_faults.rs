@@ -412,11 +412,10 @@ fn containerd_killed_with_several_containers() {
 
 /// A container whose init exits while containerd is down, leaving output nobody read (`ctr run
 /// -d` returned long ago). The shim holds the exit back until the output is read or a drain
-/// timeout passes; containerd 1.7 and 2.x, reloading within that window, see the init's pid gone,
-/// call Delete to clean up, and the shim refuses it as the task still looks running: the rootfs
-/// mount, cgroups and shim are left behind. 1.6 waits for the exit and passes.
+/// timeout passes; containerd 1.7 and 2.x, reloading within that window, see no pids and call
+/// Delete to clean up, which must not be refused as "running" (it was, leaking the rootfs mount,
+/// cgroups and shim). 1.6 reconnects and waits for the exit.
 #[test]
-#[ignore = "bug: on containerd 1.7/2.x the shim refuses Delete of a task whose exit it holds back for unread output, leaking its mount, cgroups and shim"]
 fn exit_with_unread_output_while_containerd_is_down() {
     let cd = Containerd::start();
     cd.run_detached(
