@@ -161,7 +161,9 @@ struct Handled {
     handles: HashMap<String, Handles>,
     oom_keys: HashMap<u64, String>,
     /// Containers deleted whose Shutdown has not come yet: containerd sends one on the same
-    /// connection once it has read the Delete answer.
+    /// connection once it has read the Delete answer. (Every containerd does while `start`
+    /// answers a plain address, i.e. shim API v2; 2.x skips it for a sandboxed container of
+    /// a v3 shim, which would leave its id here and delay the exit by the linger bound.)
     awaiting_shutdown: std::collections::HashSet<String>,
     /// Pids whose exit was reaped but is held back for unread output (see
     /// [`Shim::handle_exits`]); the exit itself waits in the reaper's table.
