@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::bundle::{unique_id, Bundle, Output, Pipes, TestRoot};
+use common::bundle::{mounts_under, unique_id, Bundle, Output, Pipes, TestRoot};
 use pelagos::{Container, CreateOptions};
 use serde_json::json;
 
@@ -45,33 +45,6 @@ fn mount_opts<'a>(mountinfo: &'a str, dest: &str) -> Vec<&'a str> {
     let line =
         mount_line(mountinfo, dest).unwrap_or_else(|| panic!("{dest} not mounted:\n{mountinfo}"));
     line.split(' ').nth(5).unwrap().split(',').collect()
-}
-
-/// Host mounts (of this test process's mount namespace) under `path`.
-fn host_mounts_under(path: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|mp| Path::new(mp).starts_with(path))
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-/// Nothing of container `id` remains: no state dir, no cgroup, no host mount in the bundle.
-fn assert_nothing_left(root: &TestRoot, id: &str, bundle: &Bundle) {
-    assert!(
-        !root.root().join(id).exists(),
-        "state dir of {id} left behind"
-    );
-    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let cg = entry.path().join("pelagos").join(id);
-        assert!(!cg.exists(), "cgroup {} left behind", cg.display());
-    }
-    assert_eq!(host_mounts_under(bundle.path()), Vec::<String>::new());
 }
 
 #[test]
@@ -267,7 +240,7 @@ fn symlinked_destination_stays_inside_rootfs() {
     assert_eq!(std::fs::read_dir(&outside.0).unwrap().count(), 0);
     assert!(b.rootfs().join(inside).join("sub").is_dir());
     assert!(b.rootfs().join("file").is_file());
-    assert_eq!(host_mounts_under(&outside.0), Vec::<String>::new());
+    assert_eq!(mounts_under(&outside.0), Vec::<String>::new());
 }
 
 /// Whether the host has only the unified cgroup hierarchy (cgroup2 on /sys/fs/cgroup).
@@ -402,7 +375,7 @@ fn bad_mounts_fail_cleanly() {
             msg.contains(needle),
             "error for {mount} does not name {needle:?}: {msg}"
         );
-        assert_nothing_left(&root, &id, &b);
+        root.assert_nothing_left(&id, &b);
     }
 }
 
@@ -422,7 +395,7 @@ fn bad_device_fails_cleanly() {
         Err(e) => e.to_string(),
     };
     assert!(msg.contains("/dev/all") && msg.contains("\"a\""), "{msg}");
-    assert_nothing_left(&root, &id, &b);
+    root.assert_nothing_left(&id, &b);
 }
 
 #[test]
@@ -539,10 +512,10 @@ fn overlay_rootfs_like_containerd() {
     // The write went to the upper layer, and only the overlay itself is mounted in the bundle.
     assert!(overlay.dir.0.join("upper/newfile").is_file());
     assert_eq!(
-        host_mounts_under(b.path()).len(),
+        mounts_under(b.path()).len(),
         1,
         "{:?}",
-        host_mounts_under(b.path())
+        mounts_under(b.path())
     );
 }
 
@@ -605,7 +578,7 @@ fn mounts_over_proc_are_refused() {
             Err(e) => e.to_string(),
         };
         assert!(msg.contains("/proc"), "{msg}");
-        assert_nothing_left(&root, &id, &b);
+        root.assert_nothing_left(&id, &b);
     }
     // A whitelisted file (as lxcfs does) is fine.
     let src = HostDir::new("lxcfs");

@@ -26,23 +26,6 @@ fn cap_mask(bits: &[u32]) -> String {
     format!("{:016x}", bits.iter().fold(0u64, |m, b| m | 1 << b))
 }
 
-fn assert_nothing_left(root: &TestRoot, id: &str, bundle: &Bundle) {
-    assert!(
-        !root.root().join(id).exists(),
-        "state dir of {id} left behind"
-    );
-    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let cg = entry.path().join("pelagos").join(id);
-        assert!(!cg.exists(), "cgroup {} left behind", cg.display());
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let bundle_path = bundle.path().to_str().unwrap();
-    assert!(
-        !mounts.contains(bundle_path),
-        "mounts left in {bundle_path}:\n{mounts}"
-    );
-}
-
 /// Creating a container from `b` fails with an error containing every `needles`, and leaves
 /// nothing behind.
 fn assert_create_fails(b: &Bundle, needles: &[&str]) {
@@ -59,7 +42,7 @@ fn assert_create_fails(b: &Bundle, needles: &[&str]) {
     for n in needles {
         assert!(msg.contains(n), "error does not name {n:?}: {msg}");
     }
-    assert_nothing_left(&root, &id, b);
+    root.assert_nothing_left(&id, b);
 }
 
 const CHOWN: u32 = 0;
@@ -313,7 +296,7 @@ fn lowering_oom_score_adj_names_the_value() {
                 msg.contains(&format!("oom_score_adj {lower}")) && msg.contains("CAP_SYS_RESOURCE"),
                 "{msg}"
             );
-            assert_nothing_left(&root, &id, &b);
+            root.assert_nothing_left(&id, &b);
         }
     }
 }

@@ -21,8 +21,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::bundle::{unique_id, Bundle, Pipes, TestRoot};
-use common::containerd::{cgroup_mounts, Containerd};
+use common::bundle::{cgroup_exists, mounts_under, unique_id, Bundle, Pipes, TestRoot};
+use common::containerd::Containerd;
 use common::ttrpc_raw::{
     header, request_body, shim_pid, socket_of_bundle, Pb, RawConn, Reply, INVALID_ARGUMENT,
     MAX_MESSAGE, MSG_REQUEST, NOT_FOUND, TASK_SERVICE,
@@ -48,23 +48,6 @@ fn dir_names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-/// `cgroup` (a cgroupsPath) in any hierarchy of the host.
-fn cgroup_exists(cgroup: &str) -> bool {
-    let rel = cgroup.trim_start_matches('/');
-    cgroup_mounts().iter().any(|m| m.join(rel).is_dir())
-}
-
-/// Mount points of this process's namespace under `dir`.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| Path::new(mp).starts_with(dir))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Nothing of a refused core create remains: no state entry, no cgroup, no mount in the

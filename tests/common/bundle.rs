@@ -449,6 +449,25 @@ impl TestRoot {
         )
     }
 
+    /// Nothing of container `id` (made from `bundle`) remains: no state dir, no cgroup at the
+    /// bundle's cgroupsPath in any hierarchy, no mount under the bundle or the state root.
+    pub fn assert_nothing_left(&self, id: &str, bundle: &Bundle) {
+        assert!(
+            !self.root().join(id).exists(),
+            "state dir of {id} left behind"
+        );
+        if let Some(cg) = bundle.cgroup_path() {
+            assert!(!cgroup_exists(&cg), "cgroup {cg} of {id} left behind");
+        }
+        for dir in [bundle.path(), self.root()] {
+            assert_eq!(
+                mounts_under(dir),
+                Vec::<String>::new(),
+                "mounts left by {id}"
+            );
+        }
+    }
+
     /// Create, start, wait, delete; returns the output. Panics on any lifecycle error.
     pub fn run(&self, bundle: &Bundle) -> Output {
         let (stdio, pipes) = Pipes::new();
@@ -469,4 +488,23 @@ impl Drop for TestRoot {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.config.root);
     }
+}
+
+/// `cgroup` (a cgroupsPath) exists in some cgroup hierarchy of the host.
+pub fn cgroup_exists(cgroup: &str) -> bool {
+    let rel = cgroup.trim_start_matches('/');
+    super::containerd::cgroup_mounts()
+        .iter()
+        .any(|m| m.join(rel).is_dir())
+}
+
+/// Mount points of this process's mount namespace at or under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| Path::new(mp).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
 }
