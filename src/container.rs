@@ -283,6 +283,9 @@ impl Container {
                     chan.send(&ToHelper::HooksDone { state })?;
                 }
                 other => {
+                    if ns.fork && record.state.pid == helper_pid {
+                        collect_sibling(&mut chan, &mut undo);
+                    }
                     let e = helper_failure(other, "before the container was ready");
                     return Err(undo.explain(e));
                 }
@@ -560,7 +563,12 @@ impl Container {
                     forked = true;
                     adopt_sibling(&mut chan, &mut undo, pid)?
                 }
-                other => return Err(helper_failure(other, "before exec")),
+                other => {
+                    if fork && !forked {
+                        collect_sibling(&mut chan, &mut undo);
+                    }
+                    return Err(helper_failure(other, "before exec"));
+                }
             }
         }
         let (pid, pidfd) = undo.children.pop().expect("the exec'd process");
@@ -712,6 +720,26 @@ fn adopt_sibling(chan: &mut Channel, undo: &mut Undo, pid: i32) -> Result<(), Er
         reaper::wait(helper, None);
     }
     Ok(())
+}
+
+/// The forked process can fail (and report it) before its parent reported the fork: reads on
+/// for the Forked report so that Undo reaps it too. Unreaped, it would stay a zombie child of
+/// the runtime, and one in the container's pid namespace keeps the init from finishing its
+/// exit.
+fn collect_sibling(chan: &mut Channel, undo: &mut Undo) {
+    while let Ok(Some(frame)) = chan.recv::<FromHelper>() {
+        match frame {
+            Frame::Msg(FromHelper::Forked { pid }) => {
+                if let Err(e) = adopt_sibling(chan, undo, pid) {
+                    log::warn!("collect the forked process {pid}: {e}");
+                }
+                return;
+            }
+            // Only a live process sends these, and it would wait for an answer.
+            Frame::Msg(FromHelper::Ready) => return,
+            _ => {}
+        }
+    }
 }
 
 /// Whether the kernel OOM-killed a process of the cgroup.
