@@ -546,6 +546,50 @@ fn shim_killed_while_containerd_is_down() {
     cd.assert_no_leaks();
 }
 
+/// The attached client of `ctr run` (the container's stdin writer) is SIGKILLed: as with
+/// runc's shim, the container does not get EOF (only CloseIO gives that) and keeps running, and
+/// `ctr task attach` writes to its stdin and reads its stdout again.
+#[test]
+fn stdin_writer_killed_and_reattached() {
+    use std::io::Write;
+    let cd = Containerd::start();
+    let script = "while read l; do echo got-$l; done; echo eof > /tmp/eof; sleep 1000";
+    // ctr run (without -t) always copies its stdin to the container.
+    let mut client = cd.spawn_run("reader", &[], &["sh", "-c", script]);
+    let mut stdin = client.stdin.take().expect("ctr stdin");
+    let lines = Lines::new(client.stdout.take().expect("ctr stdout"));
+    stdin.write_all(b"hello\n").expect("write to ctr");
+    assert_eq!(lines.next(), "got-hello\n");
+    let init = cd.task_pid("reader") as i32;
+    let shim = shim_of(&cd, init);
+    end_client(client);
+    drop(stdin);
+
+    let out = cd.exec("reader", "check", &[], &["sh", "-c", "test ! -e /tmp/eof"]);
+    assert!(out.status.success(), "the container got EOF on stdin");
+    assert_eq!(cd.task("reader"), Some((init as u32, "RUNNING".to_owned())));
+    assert!(
+        Path::new(&format!("/proc/{shim}")).exists(),
+        "shim {shim} died"
+    );
+
+    let mut cmd = cd.ctr_command();
+    cmd.args(["task", "attach", "reader"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut attach = cmd.spawn().expect("spawn ctr task attach");
+    let mut stdin = attach.stdin.take().expect("attach stdin");
+    let lines = Lines::new(attach.stdout.take().expect("attach stdout"));
+    stdin.write_all(b"again\n").expect("write to ctr attach");
+    assert_eq!(lines.next(), "got-again\n");
+    end_client(attach);
+    drop(stdin);
+    cd.remove("reader");
+    cd.clear_fifo_dirs();
+    cd.assert_no_leaks();
+}
+
 /// The attached client of an exec is SIGKILLed while the exec writes: the exec lives on with
 /// nobody reading, and its exit is still reported (the shim stops waiting for a reader that is
 /// gone).
