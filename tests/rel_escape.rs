@@ -403,6 +403,49 @@ fn core_exec_race_cannot_write_the_helper_binary() {
     assert_core_clean(&root, &bundle, pid);
 }
 
+/// The control for the two races: a binary that is not protected (a busybox copy on a plain
+/// bind mount, exec'd into the container) is caught, held, and overwritten once its process is
+/// gone, so the races above would see a writable runtime binary.
+#[test]
+fn the_attacker_overwrites_an_unprotected_binary() {
+    let arena = Arena::new();
+    // Named so that busybox runs its sh applet.
+    let victim = arena.file("sh");
+    std::fs::copy("/bin/busybox", &victim).unwrap();
+    let before = sha256_file(&victim);
+    let root = TestRoot::new();
+    let bundle = Bundle::new()
+        .args(&["/x/escape", "race", "/x"])
+        .mount(arena.mount());
+    let mut c = root.create(&bundle, Stdio::Null).expect("create");
+    c.start().expect("start");
+    let pid = c.pid();
+    arena.wait_for("ready");
+    let script = "until [ -e /x/release ]; do sleep 0.01; done";
+    let p = c
+        .exec(&exec_process(&["/x/sh", "-c", script]), Stdio::Null)
+        .expect("exec");
+    // Released once the attacker holds it (it polls /proc: no event to wait on).
+    let deadline = Instant::now() + WAIT;
+    while !arena.read("race.log").contains("foreign=1") {
+        assert!(Instant::now() < deadline, "{}", arena.read("race.log"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(arena.file("release"), "").unwrap();
+    assert_eq!(reaper::wait(p.pid, None).expect("reap").status, 0);
+    std::fs::write(arena.file("stop"), "").unwrap();
+    assert_eq!(c.wait().expect("wait").status, 0);
+    c.delete(false).expect("delete");
+    let summary = arena.summary();
+    let log = arena.read("race.log");
+    assert!(
+        get(&summary, "held") > 0 && get(&summary, "escapes") > 0,
+        "the attacker did not get through an unprotected binary: {summary:?}\n{log}"
+    );
+    assert_ne!(sha256_file(&victim), before, "{log}");
+    assert_core_clean(&root, &bundle, pid);
+}
+
 #[test]
 fn shim_exec_race_cannot_write_the_shim_binary() {
     let arena = Arena::new();
