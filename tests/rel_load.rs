@@ -459,6 +459,18 @@ fn many_containers_in_one_grouped_shim() {
     assert_eq!(cd.task_status(last).as_deref(), Some("RUNNING"));
     let out = cd.exec(last, "still", &[], &["echo", "alive"]);
     assert_eq!(stdout(&out), "alive\n", "{}", describe(&out));
+    // The shim runs in the first container's bundle, deleted by now: a newcomer still joins it
+    // and works.
+    cd.run_detached("late", &opts, &["sleep", "1000000"]);
+    let late = cd.task_pid("late") as i32;
+    assert_eq!(
+        ppid_of(late),
+        Some(shim),
+        "the newcomer is not a child of the group's shim"
+    );
+    let out = cd.exec("late", "hello", &[], &["echo", "late"]);
+    assert_eq!(stdout(&out), "late\n", "{}", describe(&out));
+    cd.remove("late");
     cd.remove(last);
     assert!(
         wait_pid_gone(shim, Instant::now() + CTR_TIMEOUT),
