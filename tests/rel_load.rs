@@ -598,3 +598,50 @@ fn a_group_started_and_deleted_all_at_once_gets_one_shim() {
     }
     cd.assert_no_leaks();
 }
+
+/// 50 `ctr task exec` into one container at the same instant: each gets its own output and exit
+/// code, and the shim's fds and threads come back to what they were.
+#[test]
+fn fifty_concurrent_execs_in_one_container() {
+    const N: usize = 50;
+    let cd = Containerd::start();
+    cd.run_detached("cx", &[], &["sleep", "1000000"]);
+    let shim = the_shim(&cd);
+    let out = cd.exec("cx", "warm", &[], &["true"]);
+    assert!(out.status.success(), "warm-up exec: {}", describe(&out));
+    let before = quiet(shim);
+    let ids: Vec<usize> = (0..N).collect();
+    let barrier = std::sync::Barrier::new(N);
+    let results = std::sync::Mutex::new(Vec::new());
+    parallel(&ids, N, |&i| {
+        barrier.wait();
+        let script = format!("echo out-{i}; echo err-{i} >&2; exit {}", i % 7);
+        let out = cd.exec("cx", &format!("x{i}"), &[], &["sh", "-c", &script]);
+        results.lock().unwrap().push((i, out));
+    });
+    for (i, out) in results.into_inner().unwrap() {
+        assert_eq!(
+            stdout(&out),
+            format!("out-{i}\n"),
+            "exec {i}: {}",
+            describe(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("err-{i}\n")),
+            "exec {i} stderr: {}",
+            describe(&out)
+        );
+        assert_eq!(out.status.code(), Some((i % 7) as i32), "exec {i}");
+    }
+    let after = settle(shim, |u| u.fds <= before.fds && u.threads <= before.threads);
+    assert_eq!(
+        after.fds, before.fds,
+        "shim fds (before {before:?}, after {after:?})"
+    );
+    assert!(
+        after.threads <= before.threads,
+        "shim threads (before {before:?}, after {after:?})"
+    );
+    cd.remove("cx");
+    cd.assert_no_leaks();
+}
