@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::containerd::{
-    describe, stdout, wait_child_timeout, wait_pid_gone, Containerd, CTR_TIMEOUT,
+    describe, stdout, testing_pelagos, wait_child_timeout, wait_pid_gone, Containerd, CTR_TIMEOUT,
 };
 use common::image::sha256_hex;
 
@@ -119,6 +119,17 @@ fn thread_names(pid: i32) -> BTreeMap<String, usize> {
         *names.entry(comm.trim().to_owned()).or_insert(0) += 1;
     }
     names
+}
+
+/// The shim's thread count is back to its baseline. Only for pelagos: the Go runtime of the
+/// runc shim (the control runtime) keeps the OS threads it once needed.
+fn assert_threads_back(before: &Usage, after: &Usage, what: &str) {
+    if testing_pelagos() {
+        assert!(
+            after.threads <= before.threads,
+            "shim threads {what} (before {before:?}, after {after:?})"
+        );
+    }
 }
 
 /// (pid, ppid, state) of every process.
@@ -375,10 +386,7 @@ fn many_sequential_execs_in_one_container() {
         after.fds, before.fds,
         "shim fd count after {n} execs (before {before:?}, after {after:?})"
     );
-    assert!(
-        after.threads <= before.threads,
-        "shim threads after {n} execs (before {before:?}, after {after:?})"
-    );
+    assert_threads_back(&before, &after, &format!("after {n} execs"));
     let grown = after.rss_anon_kib.saturating_sub(before.rss_anon_kib);
     assert!(
         grown <= MEMORY_BOUND_KIB,
@@ -531,10 +539,7 @@ fn grouped_shim_flat_across_create_delete_cycles() {
         after.fds, before.fds,
         "shim fd count after {n} cycles (before {before:?}, after {after:?})"
     );
-    assert!(
-        after.threads <= before.threads,
-        "shim threads after {n} cycles (before {before:?}, after {after:?})"
-    );
+    assert_threads_back(&before, &after, &format!("after {n} cycles"));
     let grown = after.rss_anon_kib.saturating_sub(before.rss_anon_kib);
     assert!(
         grown <= MEMORY_BOUND_KIB,
@@ -638,10 +643,7 @@ fn fifty_concurrent_execs_in_one_container() {
         after.fds, before.fds,
         "shim fds (before {before:?}, after {after:?})"
     );
-    assert!(
-        after.threads <= before.threads,
-        "shim threads (before {before:?}, after {after:?})"
-    );
+    assert_threads_back(&before, &after, "after the execs");
     cd.remove("cx");
     cd.assert_no_leaks();
 }
