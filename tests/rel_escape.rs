@@ -241,7 +241,12 @@ fn get(summary: &[(String, i64)], key: &str) -> i64 {
 fn assert_race_held(arena: &Arena, what: &str, evil: (usize, usize)) {
     let summary = arena.summary();
     let log = arena.read("race.log");
-    let escapes: Vec<&str> = log.lines().filter(|l| l.starts_with("ESCAPE")).collect();
+    // Each with the probe line it interrupted.
+    let lines: Vec<&str> = log.lines().collect();
+    let escapes: Vec<String> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("ESCAPE"))
+        .map(|i| format!("{} (after: {})", lines[i], lines[i.saturating_sub(1)]))
+        .collect();
     eprintln!(
         "{what}: attacker summary {summary:?}; #!/proc/self/exe execs refused {}, run {}",
         evil.0, evil.1
