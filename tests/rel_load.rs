@@ -132,6 +132,19 @@ fn assert_threads_back(before: &Usage, after: &Usage, what: &str) {
     }
 }
 
+/// The shim's anonymous memory grew by at most [`MEMORY_BOUND_KIB`]. Only for pelagos: the runc
+/// shim's Go heap grows until its collector runs.
+fn assert_memory_bound(before: &Usage, after: &Usage, what: &str) {
+    let grown = after.rss_anon_kib.saturating_sub(before.rss_anon_kib);
+    if testing_pelagos() {
+        assert!(
+            grown <= MEMORY_BOUND_KIB,
+            "shim anonymous memory grew {grown} KiB {what} (bound {MEMORY_BOUND_KIB} KiB; \
+             before {before:?}, after {after:?})"
+        );
+    }
+}
+
 /// (pid, ppid, state) of every process.
 fn process_table() -> Vec<(i32, i32, char)> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -387,12 +400,7 @@ fn many_sequential_execs_in_one_container() {
         "shim fd count after {n} execs (before {before:?}, after {after:?})"
     );
     assert_threads_back(&before, &after, &format!("after {n} execs"));
-    let grown = after.rss_anon_kib.saturating_sub(before.rss_anon_kib);
-    assert!(
-        grown <= MEMORY_BOUND_KIB,
-        "shim anonymous memory grew {grown} KiB over {n} execs (bound {MEMORY_BOUND_KIB} KiB; \
-         before {before:?}, after {after:?})"
-    );
+    assert_memory_bound(&before, &after, &format!("over {n} execs"));
     let zombies: Vec<i32> = children_of(shim)
         .into_iter()
         .filter(|&(_, s)| s == 'Z')
@@ -540,12 +548,7 @@ fn grouped_shim_flat_across_create_delete_cycles() {
         "shim fd count after {n} cycles (before {before:?}, after {after:?})"
     );
     assert_threads_back(&before, &after, &format!("after {n} cycles"));
-    let grown = after.rss_anon_kib.saturating_sub(before.rss_anon_kib);
-    assert!(
-        grown <= MEMORY_BOUND_KIB,
-        "shim anonymous memory grew {grown} KiB over {n} cycles (bound {MEMORY_BOUND_KIB} KiB; \
-         before {before:?}, after {after:?})"
-    );
+    assert_memory_bound(&before, &after, &format!("over {n} cycles"));
     let zombies: Vec<i32> = children_of(shim)
         .into_iter()
         .filter(|&(_, s)| s == 'Z')
