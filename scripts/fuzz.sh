@@ -63,6 +63,13 @@ if [ -z "$engine" ] || [ "$engine" = libfuzzer ]; then
     fi
 fi
 
+if [ "$engine" = libfuzzer ] && [ -n "${RUSTC_BOOTSTRAP:-}" ] \
+    && ! cargo fuzz build -s none "${targets[@]:0:1}"; then
+    echo "fuzz: cargo-fuzz does not build on this stable toolchain; the stable runner instead" >&2
+    unset RUSTC_BOOTSTRAP
+    engine=stable
+fi
+
 status=0
 case "$engine" in
 libfuzzer)
@@ -82,7 +89,7 @@ stable)
     # A debug build (overflow checks on) in the main target directory: after `make test` only
     # pelagos-fuzz itself is compiled, which keeps CI's short run short.
     target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-    CARGO_TARGET_DIR="$target_dir" cargo build --quiet --no-default-features --bin stable-fuzz
+    CARGO_TARGET_DIR="$target_dir" cargo build --quiet --no-default-features --features stable --bin stable-fuzz
     "$target_dir/debug/stable-fuzz" --seconds "$seconds" "${targets[@]}" || status=1
     ;;
 *) die "unknown FUZZ_ENGINE $engine (libfuzzer or stable)" ;;

@@ -3,6 +3,7 @@
 //! interesting values, tokens from the corpus) for its share of the time. No coverage
 //! feedback, so it finds far less than libFuzzer; it keeps CI honest on every commit.
 //!
+//! Build: `cargo build --no-default-features --features stable --bin stable-fuzz`.
 //! Usage: `stable-fuzz [--seconds N] [--corpus DIR] [--artifacts DIR] [--seed S] [TARGET...]`.
 //! A panic saves the input as `<artifacts>/<target>/crash-<hash>` and exits 1.
 
