@@ -3,6 +3,8 @@
 #   make demo    install deps, build, run "echo hello from pelagos" through a private containerd
 #   make test    install deps, build, run every test (containerd 1.6), then the shim tests on 2.1
 #   make test-v2 the integration suites in a pure cgroup v2 VM (qemu)
+#   make test-long the reliability suites (tests/rel_*) at the full sizes of RELIABILITY.md
+#   make fuzz    every fuzz target for FUZZ_SECONDS (default 15) each, see RELIABILITY.md
 #   make lint    rustfmt check and clippy with warnings as errors
 #   make install install the shim (release build) into $(PREFIX)/bin
 #   make bench   pelagos vs runc's shim (latency, exec, memory, throughput), see BENCHMARKS.md
@@ -15,7 +17,7 @@ SHIM_TESTS := $(foreach t,$(basename $(notdir $(wildcard tests/shim_*.rs))),--te
 # The shim tests start one containerd per test; two at a time suits the 2-core machines.
 TEST_THREADS ?= 2
 
-.PHONY: all setup build demo test test-shim-2.1 test-v2 lint install bench
+.PHONY: all setup build demo test test-shim-2.1 test-v2 test-long fuzz lint install bench
 
 all: build
 
@@ -40,6 +42,17 @@ test-shim-2.1:
 
 TEST_SHIM_21 = bash scripts/fetch-containerd.sh 2.1 >/dev/null && \
 	PELAGOS_CONTAINERD=2.1 $(CARGO) test -p pelagos --no-fail-fast $(SHIM_TESTS) -- --test-threads=$(TEST_THREADS)
+
+REL_TESTS := $(foreach t,$(basename $(notdir $(wildcard tests/rel_*.rs))),--test $(t))
+
+# The reliability suites with PELAGOS_LONG=1: the issue's full sizes (1000 cycles, 500 execs
+# under attack, 50 MiB configs...); about 10 minutes.
+test-long: setup build
+	PELAGOS_LONG=1 $(CARGO) test -p pelagos --no-fail-fast $(REL_TESTS) -- --test-threads=$(TEST_THREADS)
+
+FUZZ_SECONDS ?= 15
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # The integration suites in a qemu VM that is a pure cgroup v2 host (scripts/vm/README.md).
 test-v2: setup
