@@ -9,8 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard};
 
-use common::bundle::{unique_id, Bundle, Pipes, TestRoot};
-use pelagos::oci_spec::runtime::Process;
+use common::bundle::{exec_process, unique_id, Bundle, Pipes, TestRoot};
 use pelagos::{reaper, Container, CreateOptions, Status, Stdio};
 use serde_json::json;
 
@@ -27,16 +26,6 @@ fn readlink(p: impl AsRef<Path>) -> String {
         .unwrap()
         .to_string_lossy()
         .into_owned()
-}
-
-fn exec_process(args: &[&str]) -> Process {
-    serde_json::from_value(json!({
-        "args": args,
-        "cwd": "/",
-        "user": {"uid": 0, "gid": 0},
-        "env": ["PATH=/bin"]
-    }))
-    .unwrap()
 }
 
 /// Runs `args` in `c` and returns (exit code, stdout, stderr).

@@ -25,10 +25,9 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::bundle::{unique_id, Bundle, Pipes, TestRoot};
+use common::bundle::{exec_process, unique_id, Bundle, Pipes, TestRoot};
 use common::containerd::{shim_binary, Containerd};
 use common::image::sha256_hex;
-use pelagos::oci_spec::runtime::Process;
 use pelagos::{reaper, Config, Container, CreateOptions, Stdio};
 use serde_json::{json, Value};
 
@@ -290,16 +289,6 @@ fn assert_race_held(arena: &Arena, what: &str, evil: (usize, usize), frozen: boo
             "{what}: the runtime's binary ran in the container but the attacker never held it"
         );
     }
-}
-
-fn exec_process(args: &[&str]) -> Process {
-    serde_json::from_value(json!({
-        "args": args,
-        "cwd": "/",
-        "user": {"uid": 0, "gid": 0},
-        "env": ["PATH=/bin"]
-    }))
-    .unwrap()
 }
 
 /// Runs `args` in `c`, returns (exit code, stdout).

@@ -20,7 +20,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use common::containerd::{
-    describe, stdout, testing_pelagos, wait_child_timeout, wait_pid_gone, Containerd, CTR_TIMEOUT,
+    describe, procs, stdout, testing_pelagos, wait_child_timeout, wait_pid_gone, Containerd,
+    CTR_TIMEOUT,
 };
 use common::image::sha256_hex;
 
@@ -133,19 +134,9 @@ fn stat(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
-fn all_pids() -> Vec<i32> {
-    fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Zombies whose parent is one of `parents`.
 fn zombies_of(parents: &BTreeSet<i32>) -> Vec<i32> {
-    all_pids()
+    procs()
         .into_iter()
         .filter(|&p| matches!(stat(p), Some(('Z', ppid)) if parents.contains(&ppid)))
         .collect()
@@ -707,7 +698,10 @@ fn run_forker(cd: &Containerd, id: &str, script: &str) -> u64 {
     let mut events = cd.events();
     cd.run_detached(id, &[], &["sh", "-c", script]);
     let init = cd.task_pid(id) as i32;
-    let shim = shim_of(cd, init);
+    // The init may be gone already (it exits right after forking): its containerd's only shim.
+    let shims = cd.shim_pids();
+    assert_eq!(shims.len(), 1, "shims: {shims:?}");
+    let shim = shims[0];
     let exit = events.wait_topic("/tasks/exit", id, Some(id));
     let left = survivors(cd.container_pids(), Duration::from_secs(10));
     assert!(

@@ -13,6 +13,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use pelagos::oci_spec::runtime::Process;
 use pelagos::{Config, Container, CreateOptions, Stdio};
 use serde_json::{json, Value};
 
@@ -507,4 +508,15 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|mp| Path::new(mp).starts_with(dir))
         .map(str::to_owned)
         .collect()
+}
+
+/// An exec process spec: `args` as root in `/`, with a PATH.
+pub fn exec_process(args: &[&str]) -> Process {
+    serde_json::from_value(json!({
+        "args": args,
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0},
+        "env": ["PATH=/bin"]
+    }))
+    .unwrap()
 }

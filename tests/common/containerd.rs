@@ -1398,7 +1398,8 @@ pub fn wait_pid_gone(pid: i32, deadline: Instant) -> bool {
     poll_pidfd(&fd, deadline.saturating_duration_since(Instant::now()))
 }
 
-fn procs() -> Vec<i32> {
+/// Every pid in /proc.
+pub fn procs() -> Vec<i32> {
     fs::read_dir("/proc")
         .map(|rd| {
             rd.flatten()
