@@ -607,8 +607,11 @@ impl Shim {
             }
         };
         let pid = ep.pid;
-        let exited = pidfd_exited(ep.pidfd.as_fd());
         let mut st = self.lock();
+        st.life.exec_started(id, exec_id, pid);
+        // Read only now, registered and under the lock: an exit the monitor reaped before
+        // the registration stayed in the reaper's table, and this is its only claim.
+        let exited = pidfd_exited(ep.pidfd.as_fd());
         if let Some(eh) =
             st.h.handles
                 .get_mut(id)
@@ -617,7 +620,6 @@ impl Shim {
             eh.io = Some(pio);
             eh.pidfd = Some(ep.pidfd);
         }
-        st.life.exec_started(id, exec_id, pid);
         self.claim_early_exit(&mut st, pid, exited);
         drop(st);
         self.changed.notify_all();
