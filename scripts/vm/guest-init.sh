@@ -35,6 +35,10 @@ mkdir -p /dev/pts /dev/shm /dev/mqueue
 mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
 mount -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue
+# The root as it is before the tmpfs mounts below: a checkout under /tmp (or /run, /var/...)
+# is hidden by them and bound back from here once the job names it.
+mkdir -p /mnt/vm-root
+mount --bind / /mnt/vm-root
 mount -t tmpfs -o nosuid,nodev,mode=0755 run /run
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmp /tmp
 mount -t tmpfs -o nosuid,nodev,mode=1777 vartmp /var/tmp
@@ -50,6 +54,10 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose resul
 fi
 # The job names REPO, MODULES, DEADLINE_SECS and SUITE_TIMEOUT.
 . "$results/job.env"
+if [ ! -e "$REPO/Cargo.toml" ] && [ -e "/mnt/vm-root$REPO/Cargo.toml" ]; then
+    mkdir -p "$REPO" && mount --bind "/mnt/vm-root$REPO" "$REPO" ||
+        echo "vm: cannot bind the checkout back over $REPO" >/dev/console
+fi
 # The host's snapshots of the executables, over their paths (see run-tests.sh).
 while read -r snap path; do
     mount --bind "$results/bin/$snap" "$path" || echo "vm: cannot bind $snap over $path" >/dev/console
