@@ -94,6 +94,8 @@ const V2_FILES: &[&str] = &[
     "cpu.max",
     "cpu.max.burst",
     "cpu.idle",
+    "cpuset.cpus",
+    "cpuset.mems",
     "io.weight",
     "io.max",
     "hugetlb.2MB.max",

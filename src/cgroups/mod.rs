@@ -624,9 +624,11 @@ fn wait_frozen(dir: &Path, timeout: Duration) -> Result<bool, CgroupError> {
     }
 }
 
-/// Fuzzing entry point (fuzz/): checks `r` as [`Cgroup::create`] does for `mode`, then writes
-/// every resource as both versions would into plain-file fixture directories (never cgroupfs).
-/// Returns how many controller writes failed (a fixture lacks files a real cgroup has).
+/// Fuzzing entry point (fuzz/): checks `r` as [`Cgroup::create`] does for `mode`, then applies
+/// it as creation does to a v1 cgroup (every controller in `v1_dir`) and a v2 one (`v2_dir`),
+/// both plain-file fixture directories (never cgroupfs). Network limits go only to v1 and the
+/// unified map only to v2, as on real hosts. Returns how many of the two applies failed (a
+/// fixture lacks files a real cgroup has).
 #[doc(hidden)]
 pub fn fuzz_translate(
     r: &LinuxResources,
@@ -635,39 +637,40 @@ pub fn fuzz_translate(
     v2_dir: &Path,
 ) -> Result<usize, CgroupError> {
     resources::validate(r, mode)?;
-    let mut failed = 0;
-    let mut run = |res: Result<(), CgroupError>| failed += usize::from(res.is_err());
-    if let Some(m) = r.memory() {
-        run(v1::memory(v1_dir, m));
-        run(v2::memory(v2_dir, m));
-    }
-    if let Some(c) = r.cpu() {
-        run(v1::cpu(v1_dir, c));
-        run(v2::cpu(v2_dir, c));
-        run(v1::cpuset(v1_dir, c));
-    }
-    if let Some(p) = r.pids() {
-        run(v1::pids(v1_dir, p.limit()));
-    }
-    if let Some(b) = r.block_io() {
-        run(v1::blkio(v1_dir, b));
-        run(v2::io(v2_dir, b));
-    }
-    if let Some(h) = r.hugepage_limits() {
-        run(v1::hugetlb(v1_dir, h));
-        run(v2::hugetlb(v2_dir, h));
-    }
-    let mut rules = r.devices().clone().unwrap_or_default();
-    rules.extend(default_device_rules());
-    run(v1::devices(v1_dir, &rules));
-    if let Some(n) = r.network() {
-        run(v1::net_cls(v1_dir, n));
-        run(v1::net_prio(v1_dir, n));
-    }
-    if let Some(u) = r.unified() {
-        run(v2::unified(v2_dir, u));
-    }
-    Ok(failed)
+    let fixture = |mode, v1: Vec<V1Dir>, unified: Option<&Path>, v2: &[&str]| Cgroup {
+        path: "/fuzz".into(),
+        mode,
+        v1,
+        unified: unified.map(Path::to_path_buf),
+        v2_controllers: v2.iter().map(|c| c.to_string()).collect(),
+        unified_fd: None,
+    };
+    let all_v1 = [
+        "memory", "cpu", "cpuset", "pids", "blkio", "hugetlb", "devices", "net_cls", "net_prio",
+    ];
+    let v1 = fixture(
+        Mode::Legacy,
+        vec![V1Dir {
+            controllers: all_v1.iter().map(|c| c.to_string()).collect(),
+            dir: v1_dir.to_path_buf(),
+        }],
+        None,
+        &[],
+    );
+    let v2 = fixture(
+        Mode::Unified,
+        Vec::new(),
+        Some(v2_dir),
+        &["memory", "cpu", "cpuset", "pids", "io", "hugetlb"],
+    );
+    let mut for_v1 = r.clone();
+    for_v1.set_unified(None);
+    let mut for_v2 = r.clone();
+    for_v2.set_network(None);
+    Ok([(&v1, &for_v1), (&v2, &for_v2)]
+        .into_iter()
+        .filter(|(cg, r)| resources::apply(cg, r, true).is_err())
+        .count())
 }
 
 /// Fuzzing entry point (fuzz/): the host layout read from mountinfo and /proc/cgroups text.
