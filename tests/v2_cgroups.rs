@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio as ProcStdio};
 
 use common::bundle::{Bundle, Output, Pipes, TestRoot};
-use common::v2::{cgroup_root, pure_v2, read};
+use common::v2::{cgroup_root, pure_v2, read, real_block_device};
 use oci_spec::runtime::{
     LinuxBlockIoBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
 };
@@ -315,27 +315,6 @@ fn unified_map_writes_files_and_names_bad_keys() {
         let dir = cgroup_root().join(path.trim_start_matches('/'));
         assert!(!dir.exists(), "{key}: {} left behind", dir.display());
     }
-}
-
-/// A block device with a size, for io.* (the VM has a virtio disk; loop and ram devices do
-/// not count I/O the same way).
-fn real_block_device() -> Option<(String, String)> {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            !["loop", "ram", "zram", "nbd", "dm-", "md"]
-                .iter()
-                .any(|p| n.starts_with(p))
-        })
-        .collect();
-    names.sort();
-    names.into_iter().find_map(|n| {
-        let sys = Path::new("/sys/block").join(&n);
-        let size: u64 = read(&sys, "size").parse().ok()?;
-        (size > 0 && Path::new("/dev").join(&n).exists()).then(|| (n.clone(), read(&sys, "dev")))
-    })
 }
 
 #[test]

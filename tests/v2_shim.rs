@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::containerd::{describe, Containerd};
-use common::v2::{cgroup_root, pure_v2, read};
+use common::v2::{cgroup_root, pure_v2, read, real_block_device};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -66,32 +66,12 @@ fn task_metrics_are_v2_metrics() {
     cd.assert_no_leaks();
 }
 
-/// The first disk of the host with a size (the VM's virtio disk), as (name, "major:minor").
-fn disk() -> Option<(String, String)> {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            !["loop", "ram", "zram", "nbd", "dm-", "md"]
-                .iter()
-                .any(|p| n.starts_with(p))
-        })
-        .collect();
-    names.sort();
-    names.into_iter().find_map(|n| {
-        let sys = Path::new("/sys/block").join(&n);
-        let size: u64 = read(&sys, "size").parse().ok()?;
-        (size > 0 && Path::new("/dev").join(&n).exists()).then(|| (n.clone(), read(&sys, "dev")))
-    })
-}
-
 #[test]
 fn io_stat_reaches_task_metrics() {
     if !pure_v2("io_stat_reaches_task_metrics") {
         return;
     }
-    let Some((name, dev)) = disk() else {
+    let Some((name, dev)) = real_block_device() else {
         println!("skipped io_stat_reaches_task_metrics: no block device");
         return;
     };

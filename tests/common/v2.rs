@@ -37,3 +37,24 @@ pub fn read(dir: &Path, file: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// A block device with a size, for io.* (the VM has a virtio disk; loop and ram devices do
+/// not count I/O the same way).
+pub fn real_block_device() -> Option<(String, String)> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !["loop", "ram", "zram", "nbd", "dm-", "md"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|n| {
+        let sys = Path::new("/sys/block").join(&n);
+        let size: u64 = read(&sys, "size").parse().ok()?;
+        (size > 0 && Path::new("/dev").join(&n).exists()).then(|| (n.clone(), read(&sys, "dev")))
+    })
+}
