@@ -22,7 +22,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::bundle::{cgroup_exists, mounts_under, unique_id, Bundle, Pipes, TestRoot};
-use common::containerd::Containerd;
+use common::containerd::{dir_entries, Containerd};
 use common::ttrpc_raw::{
     header, request_body, shim_pid, socket_of_bundle, Pb, RawConn, Reply, INVALID_ARGUMENT,
     MAX_MESSAGE, MSG_REQUEST, NOT_FOUND, TASK_SERVICE,
@@ -38,23 +38,11 @@ fn shim_state_root(ns: &str) -> PathBuf {
     Path::new("/run/pelagos").join(ns)
 }
 
-fn dir_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// Nothing of a refused core create remains: no state entry, no cgroup, no mount in the
 /// bundle or state root.
 fn assert_core_clean(root: &TestRoot, bundle: &Bundle, what: &str) {
     assert_eq!(
-        dir_names(root.root()),
+        dir_entries(root.root()),
         Vec::<String>::new(),
         "{what}: state left in {}",
         root.root().display()
@@ -207,14 +195,14 @@ fn a_rootfs_symlink_out_of_the_bundle_is_refused_like_runc() {
         let b = Bundle::new().args(&["true"]);
         std::fs::remove_dir_all(b.rootfs()).unwrap();
         std::os::unix::fs::symlink(&dest, b.rootfs()).unwrap();
-        let before = dir_names(&dest);
+        let before = dir_entries(&dest);
         let err = create_err(&root, &unique_id("symroot"), &b, what);
         assert!(
             err.contains("root.path rootfs") && err.contains("symlink"),
             "{what}: {err}"
         );
         assert_eq!(
-            dir_names(&dest),
+            dir_entries(&dest),
             before,
             "{what}: created in {}",
             dest.display()
@@ -259,7 +247,7 @@ fn mount_destinations_stay_in_the_rootfs() {
     want.sort();
     assert_eq!(got, want, "{}", out.stderr);
     assert_eq!(
-        dir_names(&outside),
+        dir_entries(&outside),
         Vec::<String>::new(),
         "a mount point was made in the host dir the rootfs links to"
     );
@@ -649,7 +637,7 @@ fn create_req(id: &str, bundle: &Path, stdout: &str) -> Vec<u8> {
 fn raw_create_with_bad_ids_or_stdio_creates_nothing() {
     let v = Victim::start();
     let state = shim_state_root(&v.cd.namespace);
-    let before = dir_names(&state);
+    let before = dir_entries(&state);
     let b = Bundle::new().args(&["echo", "hi"]);
     let outside = std::env::temp_dir().join(unique_id("pelagos-shim-escape"));
     let escape = format!("../../../..{}", outside.display());
@@ -683,7 +671,7 @@ fn raw_create_with_bad_ids_or_stdio_creates_nothing() {
             "{id:?}: the error does not name the id: {}",
             r.message()
         );
-        assert_eq!(dir_names(&state), before, "{id:?} left state");
+        assert_eq!(dir_entries(&state), before, "{id:?} left state");
         assert!(!probe.exists(), "{id:?}: stdout was opened");
         assert_eq!(mounts_under(b.path()), Vec::<String>::new(), "{id:?}");
         v.assert_serving(&format!("Create of id {id:?}"));
@@ -713,7 +701,7 @@ fn raw_create_with_bad_ids_or_stdio_creates_nothing() {
             "stdout {what}: {}",
             r.message()
         );
-        assert_eq!(dir_names(&state), before, "stdout {what} left state");
+        assert_eq!(dir_entries(&state), before, "stdout {what} left state");
         assert!(!cgroup_exists(&b.cgroup_path().unwrap()), "stdout {what}");
         assert_eq!(mounts_under(b.path()), Vec::<String>::new());
         v.assert_serving(&format!("stdout {what}"));
@@ -734,7 +722,7 @@ fn raw_create_with_bad_ids_or_stdio_creates_nothing() {
     r.ok();
     let r = c.call("Delete", &Pb::new().str(1, &id).0).expect("a reply");
     r.ok();
-    assert_eq!(dir_names(&state), before);
+    assert_eq!(dir_entries(&state), before);
     assert!(!cgroup_exists(&b.cgroup_path().unwrap()));
     drop(c);
     v.assert_exec_works();
@@ -891,7 +879,7 @@ fn oversized_config_is_bounded_in_the_shim() {
     };
     let v = Victim::start();
     let state = shim_state_root(&v.cd.namespace);
-    let before = dir_names(&state);
+    let before = dir_entries(&state);
     let rss_before = v.shim_status_kib("VmRSS");
     let mut c = v.conn();
 
@@ -942,7 +930,7 @@ fn oversized_config_is_bounded_in_the_shim() {
             failure.contains("Argument list too long") || failure.contains("config.json too large"),
             "{what}: {failure}"
         );
-        assert_eq!(dir_names(&state), before, "{what} left state");
+        assert_eq!(dir_entries(&state), before, "{what} left state");
         assert!(!cgroup_exists(&b.cgroup_path().unwrap()), "{what}");
         let grown = v.shim_hwm_kib().saturating_sub(hwm) * 1024;
         assert!(

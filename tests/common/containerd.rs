@@ -1481,14 +1481,17 @@ fn under(path: &str, dir: &str) -> bool {
     path == dir || path.starts_with(&format!("{dir}/"))
 }
 
-fn dir_entries(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
+/// The names in `dir`, sorted; empty if it cannot be read.
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// Removes a cgroup directory and its children, deepest first (cgroupfs only removes empty ones).
