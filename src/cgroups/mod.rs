@@ -446,7 +446,7 @@ impl Cgroup {
 
     /// Sends `signal` to every process in the cgroup. Processes may exit or fork meanwhile:
     /// callers that need everything gone freeze first or repeat until [`Cgroup::pids`] is
-    /// empty. A frozen v1 cgroup is thawed after SIGKILL so the kill takes effect.
+    /// empty. A frozen cgroup is thawed after SIGKILL so the kill takes effect.
     pub fn kill_all(&self, signal: nix::sys::signal::Signal) -> Result<(), CgroupError> {
         use nix::sys::signal::Signal::SIGKILL;
         if signal == SIGKILL {
@@ -469,10 +469,20 @@ impl Cgroup {
                 Err(e) => log::warn!("kill {pid} ({signal}) in cgroup {}: {e}", self.path),
             }
         }
-        if signal == SIGKILL && self.is_frozen().unwrap_or(false) {
+        if signal == SIGKILL && self.freeze_requested().unwrap_or(false) {
             self.thaw()?;
         }
         Ok(())
+    }
+
+    /// Whether a freeze was asked for and not undone. Unlike [`Cgroup::is_frozen`] this does
+    /// not flicker while killed members wake up to die (v2 reports `frozen 0` until they are
+    /// gone, then `frozen 1` again for the empty cgroup).
+    fn freeze_requested(&self) -> Result<bool, CgroupError> {
+        match self.freezer()? {
+            Route::V1(d) => Ok(fs::read(d, "freezer.state")?.trim() != "THAWED"),
+            Route::V2(d) => Ok(fs::read(d, "cgroup.freeze")?.trim() == "1"),
+        }
     }
 
     /// Removes the cgroup from every hierarchy (it must be empty), sub-cgroups first. Tasks
