@@ -9,7 +9,8 @@
 //!
 //! Processes are tracked by pidfd, so signals never reach a recycled pid. Kernel needs: pidfds
 //! and waitid(P_PIDFD) (5.4), setns through a pidfd for exec (5.8); clone3 with
-//! CLONE_INTO_CGROUP (5.7) is used on cgroup v2 hosts when available.
+//! CLONE_INTO_CGROUP (5.7) places the helper in the v2 hierarchy when there is one, and the
+//! helper moves itself into the v1 hierarchies (see [`Cgroup::join_plan`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -202,6 +203,12 @@ impl Container {
         ]
         .iter()
         .any(|h| !h.is_empty());
+        // A helper cloned into a new user namespace is no longer root for the host's cgroupfs.
+        let join = undo
+            .cgroup
+            .as_ref()
+            .expect("created")
+            .join_plan(spawned.in_cgroup, ns.userns != Userns::AtClone);
         let plan = Plan {
             process: spec.process().clone().expect("validated"),
             preserve_fds: preserve_count,
@@ -218,7 +225,8 @@ impl Container {
             unshare: ns.unshare,
             userns: ns.userns,
             fork: ns.fork,
-            await_cgroup: !spawned.in_cgroup,
+            await_cgroup: !join.by_runtime.is_empty(),
+            join_cgroup: join.by_process,
             init: Some(InitPlan {
                 spec: spec.clone(),
                 rootfs: bundle.rootfs.clone(),
@@ -230,9 +238,10 @@ impl Container {
         chan.send_byte(0).map_err(|e| undo.explain(e.into()))?;
         chan.send(&ToHelper::Plan(Box::new(plan)))
             .map_err(|e| undo.explain(e.into()))?;
-        if !spawned.in_cgroup {
+        if !join.by_runtime.is_empty() {
             // Overlaps the helper's exec and start-up (see Plan::await_cgroup).
-            undo.cgroup.as_ref().expect("created").add_pid(helper_pid)?;
+            let cgroup = undo.cgroup.as_ref().expect("created");
+            cgroup.add_pid_in(helper_pid, &join.by_runtime)?;
             chan.send(&ToHelper::CgroupJoined)
                 .map_err(|e| undo.explain(e.into()))?;
         }
@@ -530,6 +539,8 @@ impl Container {
         // With a fork the exec'd process is the helper's child, reported by Forked; an EOF
         // without it means the helper died, and its own pid is no process of ours to return.
         let fork = join_flags & (libc::CLONE_NEWPID | libc::CLONE_NEWTIME) != 0;
+        // The helper enters the container's user namespace only after moving itself.
+        let join = cgroup.join_plan(spawned.in_cgroup, true);
         let plan = Plan {
             process: process.clone(),
             preserve_fds: 0,
@@ -542,13 +553,14 @@ impl Container {
             unshare: 0,
             userns: Userns::Host,
             fork,
-            await_cgroup: !spawned.in_cgroup,
+            await_cgroup: !join.by_runtime.is_empty(),
+            join_cgroup: join.by_process,
             init: None,
         };
         chan.send_byte(0)?;
         chan.send(&ToHelper::Plan(Box::new(plan)))?;
-        if !spawned.in_cgroup {
-            cgroup.add_pid(helper_pid)?;
+        if !join.by_runtime.is_empty() {
+            cgroup.add_pid_in(helper_pid, &join.by_runtime)?;
             chan.send(&ToHelper::CgroupJoined)?;
         }
         // EOF: the process exec'd (the socket is close-on-exec).

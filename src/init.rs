@@ -114,6 +114,13 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         None => return Ok(()), // the runtime gave up before sending it
     };
     relocate_socket(chan, &plan)?;
+    for tasks in &plan.join_cgroup {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(tasks)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"0"))
+            .step(&format!("join cgroup {}", tasks.display()))?;
+    }
     if plan.await_cgroup {
         match chan.recv::<ToHelper>().step("wait for the cgroup")? {
             Some(Frame::Msg(ToHelper::CgroupJoined)) => {}

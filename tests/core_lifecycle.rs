@@ -701,6 +701,34 @@ fn cli_run_uses_the_sealed_self_copy_as_helper() {
     assert!(std::fs::read_dir(root.root()).unwrap().next().is_none());
 }
 
+/// Every hierarchy lists the container's cgroup for its init and for an exec'd process, with
+/// and without a user namespace (the helper moves itself into the v1 hierarchies, unless a
+/// new user namespace took its rights on the host's cgroupfs: the runtime moves it then).
+#[test]
+fn init_and_exec_are_in_the_container_cgroup_in_every_hierarchy() {
+    let _g = shared();
+    let root = TestRoot::new();
+    for b in [Bundle::new(), Bundle::new().userns(200000, 65536)] {
+        let b = b.args(&["sleep", "100"]);
+        let want = b.cgroup_path().expect("the bundle has a cgroupsPath");
+        let c = start_sleeper(&root, &b);
+        let e = c
+            .exec(&exec_process(&["sleep", "100"]), Stdio::Null)
+            .expect("exec");
+        for (who, pid) in [("init", c.pid()), ("exec", e.pid)] {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+            assert!(text.lines().count() > 0);
+            for line in text.lines() {
+                assert!(line.ends_with(&format!(":{want}")), "{who}: {line}\n{text}");
+            }
+        }
+        let sigkill = nix::sys::signal::Signal::SIGKILL;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(e.pid), sigkill).unwrap();
+        reaper::wait(e.pid, None).unwrap();
+        kill_and_delete(c);
+    }
+}
+
 #[test]
 fn exec_into_a_user_namespace_container() {
     let _g = shared();

@@ -197,6 +197,7 @@ fn plan_round_trip(
         userns: ns.userns,
         fork: ns.fork,
         await_cgroup: false,
+        join_cgroup: Vec::new(),
         init: Some(InitPlan {
             spec: spec.clone(),
             rootfs: PathBuf::from("/rootfs"),

@@ -138,8 +138,17 @@ pub struct Cgroup {
     unified: Option<PathBuf>,
     /// Controllers available in `unified` (from its cgroup.controllers).
     v2_controllers: Vec<String>,
-    /// `unified` opened O_DIRECTORY, for CLONE_INTO_CGROUP; unified hosts only.
+    /// `unified` opened O_DIRECTORY, for CLONE_INTO_CGROUP (unified and hybrid hosts).
     unified_fd: Option<OwnedFd>,
+}
+
+/// See [`Cgroup::join_plan`].
+#[derive(Debug, Default)]
+pub struct JoinPlan<'a> {
+    /// `tasks` files the process writes `0` into itself.
+    pub by_process: Vec<PathBuf>,
+    /// Directories whose `cgroup.procs` the runtime writes the pid into.
+    pub by_runtime: Vec<&'a Path>,
 }
 
 fn check_path(path: &str) -> Result<(), CgroupError> {
@@ -240,9 +249,6 @@ impl Cgroup {
     }
 
     fn open_fd(&mut self) -> Result<(), CgroupError> {
-        if self.mode != Mode::Unified {
-            return Ok(());
-        }
         let Some(dir) = &self.unified else {
             return Ok(());
         };
@@ -283,7 +289,8 @@ impl Cgroup {
         self.mode
     }
 
-    /// A directory fd usable with clone3's CLONE_INTO_CGROUP: only on a Unified host.
+    /// A directory fd usable with clone3's CLONE_INTO_CGROUP: the cgroup2 directory, on a
+    /// hybrid host too (it places the child in the v2 hierarchy only).
     pub fn unified_dir_fd(&self) -> Option<BorrowedFd<'_>> {
         self.unified_fd.as_ref().map(|f| f.as_fd())
     }
@@ -323,11 +330,38 @@ impl Cgroup {
 
     /// Moves `pid` into this cgroup in every hierarchy (on hybrid hosts including the v2 mount).
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
+        self.add_pid_in(pid, &self.dirs())
+    }
+
+    /// Moves `pid` into this cgroup in the hierarchies of `dirs` (from [`Cgroup::join_plan`]).
+    pub fn add_pid_in(&self, pid: i32, dirs: &[&Path]) -> Result<(), CgroupError> {
         let pid = pid.to_string();
-        for d in self.dirs() {
+        for d in dirs {
             fs::write(d, "cgroup.procs", &pid)?;
         }
         Ok(())
+    }
+
+    /// How a new single-threaded process gets into this cgroup. Writing another process's
+    /// pid to `cgroup.procs` takes the kernel's global threadgroup lock, and its first writer
+    /// waits for an RCU grace period: ~10 ms per container on this kind of host, the largest
+    /// part of a create. A thread moving itself (`0` into a v1 `tasks` file) does not take it
+    /// (recent kernels; older ones take it either way), nor does a clone3 into the v2 cgroup.
+    ///
+    /// `in_v2`: the process was cloned into the v2 directory. `self_join`: it may move itself
+    /// in the v1 hierarchies (it is still root of the host's user namespace).
+    pub fn join_plan(&self, in_v2: bool, self_join: bool) -> JoinPlan<'_> {
+        let mut plan = JoinPlan::default();
+        for v in &self.v1 {
+            match self_join {
+                true => plan.by_process.push(v.dir.join("tasks")),
+                false => plan.by_runtime.push(v.dir.as_path()),
+            }
+        }
+        if let (Some(u), false) = (&self.unified, in_v2) {
+            plan.by_runtime.push(u.as_path());
+        }
+        plan
     }
 
     /// Applies new resource values (as `runc update`); device rules are left as created.

@@ -61,6 +61,10 @@ pub struct Plan {
     /// Wait for `CgroupJoined` before entering namespaces: the runtime moves the helper into
     /// the cgroup while it starts up (a cgroup v1 migration can take milliseconds).
     pub await_cgroup: bool,
+    /// cgroup v1 `tasks` files the helper moves itself into (writing `0`) before anything
+    /// else (see `Cgroup::join_plan`).
+    #[serde(default)]
+    pub join_cgroup: Vec<PathBuf>,
     /// Container setup; `None` for exec.
     pub init: Option<InitPlan>,
 }
