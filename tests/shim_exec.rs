@@ -18,21 +18,45 @@ fn sizes(text: &str) -> Vec<(u16, u16)> {
         .collect()
 }
 
-/// Sends a line to a `while read x; do stty size; done` loop until it prints `want`.
+/// Sends a line to a `while read x; do stty size; done` loop until it prints `want`, at most
+/// `rounds` times; whether it did.
 ///
 /// The size is set by ctr's Resize call, which races with the first commands of the process, so
 /// a few rounds may show the previous size. A line typed while the terminal is being set up can
 /// also be discarded (seen with runc as well), so a round without an answer is retried.
-fn expect_size(pty: &mut common::containerd::PtyChild, want: (u16, u16)) {
-    for _ in 0..60 {
+fn size_seen(pty: &mut common::containerd::PtyChild, want: (u16, u16), rounds: usize) -> bool {
+    for _ in 0..rounds {
         let before = sizes(&pty.output()).len();
         pty.write(b"x\n");
         if !pty.expect(Duration::from_secs(2), |t| sizes(t).len() > before) {
             continue;
         }
         if sizes(&pty.output()).last() == Some(&want) {
+            return true;
+        }
+    }
+    false
+}
+
+fn expect_size(pty: &mut common::containerd::PtyChild, want: (u16, u16)) {
+    assert!(
+        size_seen(pty, want, 60),
+        "terminal size never became {want:?}; terminal output:\n{}",
+        pty.output()
+    );
+}
+
+/// Resizes ctr's terminal to `want` until the process sees it. ctr follows SIGWINCH only once
+/// its first Resize call returned, which the process's first output can precede: a change
+/// before that is lost (with any runtime), so it is made again, through another size so that
+/// a signal is sent.
+fn resize_to(pty: &mut common::containerd::PtyChild, want: (u16, u16)) {
+    for _ in 0..10 {
+        pty.resize(want.0, want.1);
+        if size_seen(pty, want, 6) {
             return;
         }
+        pty.resize(want.0 + 1, want.1);
     }
     panic!(
         "terminal size never became {want:?}; terminal output:\n{}",
@@ -163,8 +187,7 @@ fn run_with_tty_has_the_initial_size_and_follows_resize() {
         pty.output()
     );
     expect_size(&mut pty, (30, 90));
-    pty.resize(50, 120);
-    expect_size(&mut pty, (50, 120));
+    resize_to(&mut pty, (50, 120));
     pty.write(b"\x04");
     let (status, out) = pty.wait(CTR_TIMEOUT);
     assert_eq!(
@@ -198,8 +221,7 @@ fn exec_with_tty() {
         pty.output()
     );
     expect_size(&mut pty, (25, 80));
-    pty.resize(40, 100);
-    expect_size(&mut pty, (40, 100));
+    resize_to(&mut pty, (40, 100));
     pty.write(b"\x04");
     let (status, out) = pty.wait(CTR_TIMEOUT);
     assert_eq!(
