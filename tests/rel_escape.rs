@@ -243,9 +243,10 @@ fn get(summary: &[(String, i64)], key: &str) -> i64 {
 
 /// Checks the race's outcome: no escape, and the attacker really caught setup helpers in the
 /// container (so the protection held, not luck). `evil` is (refused, run) of the
-/// `#!/proc/self/exe` execs: this kernel refuses the runtime's binary as an interpreter once
-/// it is outside the container's mounts (ENOENT, runc gets the same), so the attacker can only
-/// meet the runtime's binary in the helper, before its exec.
+/// `#!/proc/self/exe` execs: they fail with ENOENT (runc's too) because the dynamically linked
+/// runtime binary finds no ELF interpreter in this busybox-static image, so the attacker can
+/// only meet the runtime's binary in the helper, before its exec (RELIABILITY.md: with an image
+/// that has `ld.so`, or a static shim, the binary runs there unprivileged).
 ///
 /// Without SIGSTOP (`frozen` false: a pid namespace shared with the host) catching a helper is
 /// luck, so only the processes of the container are required to have been seen.
