@@ -243,10 +243,11 @@ fn get(summary: &[(String, i64)], key: &str) -> i64 {
 
 /// Checks the race's outcome: no escape, and the attacker really caught setup helpers in the
 /// container (so the protection held, not luck). `evil` is (refused, run) of the
-/// `#!/proc/self/exe` execs: they fail with ENOENT (runc's too) because the dynamically linked
-/// runtime binary finds no ELF interpreter in this busybox-static image, so the attacker can
-/// only meet the runtime's binary in the helper, before its exec (RELIABILITY.md: with an image
-/// that has `ld.so`, or a static shim, the binary runs there unprivileged).
+/// `#!/proc/self/exe` execs: without an ELF loader in the container (the busybox-static image)
+/// they fail with ENOENT (runc's too) and the attacker meets the runtime's binary only in the
+/// helper, before its exec; with one (the shim race mounts the host's) the binary runs as the
+/// script's interpreter, the exec'd process, which the attacker may trace but whose binary it
+/// must not be able to write, then or after it exited.
 ///
 /// Without SIGSTOP (`frozen` false: a pid namespace shared with the host) catching a helper is
 /// luck, so only the processes of the container are required to have been seen.
@@ -507,8 +508,21 @@ fn shim_exec_race_cannot_write_the_shim_binary() {
     let cd = containerd();
     let hashes = Hashes::of(&[shim_copy(), &shim_binary()]);
     let id = "race";
-    let mount = arena.ctr_mount();
-    cd.run_detached(id, &["--mount", &mount], &["/x/escape", "race", "/x"]);
+    let mut opts = vec!["--mount".to_string(), arena.ctr_mount()];
+    // The host's ELF loader and libraries, read-only, as any glibc-based image has them: then
+    // the `#!/proc/self/exe` execs run the (dynamically linked) shim binary in the container,
+    // the CVE's first step, and the attacker gets to hold and trace it.
+    for dir in ["/lib", "/lib64"] {
+        if let Ok(src) = std::fs::canonicalize(dir) {
+            opts.push("--mount".into());
+            opts.push(format!(
+                "type=bind,src={},dst={dir},options=rbind:ro",
+                src.display()
+            ));
+        }
+    }
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    cd.run_detached(id, &opts, &["/x/escape", "race", "/x"]);
     arena.wait_for("ready");
     let n = execs();
     // Two concurrent exec streams, as a busy host would run them.
