@@ -1662,7 +1662,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     repo = Path(__file__).resolve().parent.parent
     p.add_argument("--shim", default=str(repo / "target/release/containerd-shim-pelagos-v2"),
-                   help="the pelagos shim binary")
+                   help="the pelagos shim binary (scripts/bench.sh passes the static release "
+                        "build of scripts/build-release.sh)")
     p.add_argument("--containerd-dir", default=os.path.dirname(shutil.which("containerd") or
                                                                "/usr/bin/containerd"),
                    help="directory holding containerd and ctr")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make bench: build containerd-shim-pelagos-v2 in release, start one private containerd with both
-# runtimes (pelagos and runc), measure them interleaved, print the table, write bench/results.json.
+# make bench: build the release containerd-shim-pelagos-v2 (scripts/build-release.sh), start one
+# private containerd with both runtimes (pelagos and runc), measure them interleaved, print the
+# table, write bench/results.json.
 #
 #   scripts/bench.sh [bench.py options]     e.g. --full, --rounds 50, --only run,exec
 #
@@ -21,10 +22,11 @@ done
 [ -x /bin/busybox ] || die "/bin/busybox is missing: install busybox-static"
 
 if [ -z "${BENCH_NO_BUILD:-}" ]; then
-    echo "bench: cargo build --release -p containerd-shim-pelagos-v2" >&2
-    cargo build --release --quiet -p containerd-shim-pelagos-v2
+    echo "bench: scripts/build-release.sh (the static release shim)" >&2
+    shim="$(bash scripts/build-release.sh)"
+else
+    shim="$(bash scripts/build-release.sh --path)"
 fi
-shim="$repo/target/release/containerd-shim-pelagos-v2"
 [ -x "$shim" ] || die "$shim is missing"
 
 args=(--shim "$shim")
