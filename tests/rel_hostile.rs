@@ -29,6 +29,12 @@ use common::ttrpc_raw::{
 };
 use serde_json::json;
 
+/// ttrpc-rust keeps 1 to 3 idle workers on containerd's own connection to the shim
+/// (shim/src/daemon.rs); how many depends on how the RPCs of an exec overlapped, so a thread
+/// count compared across execs may differ by this much without anything leaking (a leak of
+/// the flooded connections would be hundreds).
+const WORKER_SLACK: u64 = 2;
+
 fn long() -> bool {
     std::env::var("PELAGOS_LONG").is_ok_and(|v| v == "1")
 }
@@ -470,7 +476,7 @@ fn garbage_frames_leave_the_shim_serving() {
     let v = Victim::start();
     let before_hwm = v.shim_hwm_kib();
     let before_fds = v.shim_fds();
-    let before_threads = v.shim_status_kib("Threads");
+    let before_threads = v.shim_status_kib("Threads") + WORKER_SLACK;
 
     // A header, then the connection closes before the body.
     let mut c = v.conn();
@@ -576,7 +582,7 @@ fn garbage_frames_leave_the_shim_serving() {
     );
     assert!(
         v.shim_status_kib("Threads") <= before_threads,
-        "the shim runs {} threads, {before_threads} before the garbage",
+        "the shim runs {} threads, at most {before_threads} allowed (before the garbage + slack)",
         v.shim_status_kib("Threads")
     );
 
@@ -598,7 +604,7 @@ fn an_idle_connection_flood_does_not_deafen_the_shim() {
     let limit = v.shim_nofile();
     let n = if long() { 1000 } else { 300 }.min(limit.saturating_sub(64));
     let before_fds = v.shim_fds();
-    let before_threads = v.shim_status_kib("Threads");
+    let before_threads = v.shim_status_kib("Threads") + WORKER_SLACK;
     let mut idle: Vec<RawConn> = (0..n).map(|_| v.conn()).collect();
     // Half of them also start a request and stall in the middle of it.
     for c in idle.iter_mut().step_by(2) {
@@ -616,7 +622,7 @@ fn an_idle_connection_flood_does_not_deafen_the_shim() {
     assert!(
         v.shim_fds() <= before_fds && v.shim_status_kib("Threads") <= before_threads,
         "after {n} connections closed the shim holds {} fds ({before_fds} before) and {} \
-         threads ({before_threads} before)",
+         threads (at most {before_threads} allowed: before + slack)",
         v.shim_fds(),
         v.shim_status_kib("Threads")
     );

@@ -31,6 +31,23 @@ impl TempDir {
         self.0.join(name)
     }
 
+    /// Writes an executable script through a child process: a file this test process had
+    /// open for writing while another test thread forked would be busy (ETXTBSY at exec) until
+    /// that fork's child exec'd.
+    fn script(&self, name: &str, text: &str) -> PathBuf {
+        use std::io::Write;
+        let path = self.path(name);
+        let mut sh = std::process::Command::new("/bin/sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        sh.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        assert!(sh.wait().unwrap().success(), "writing {}", path.display());
+        path
+    }
+
     fn fifo(&self, name: &str) -> String {
         let p = self.path(name);
         nix::unistd::mkfifo(&p, Mode::from_bits_truncate(0o600)).unwrap();
@@ -331,17 +348,14 @@ fn terminal_stdin_eof_hangs_up_the_console() {
 fn binary_logger_reads_fd3_and_fd4() {
     let dir = TempDir::new("logger");
     let d = dir.0.display();
-    let script = dir.path("logger.sh");
-    std::fs::write(
-        &script,
-        format!(
+    let script = dir.script(
+        "logger.sh",
+        &format!(
             "#!/bin/sh\ntrap '' TERM\n\
              echo \"$@\" > {d}/args\necho \"$CONTAINER_ID $CONTAINER_NAMESPACE $FOO\" > {d}/env\n\
              printf x >&5\nexec 5>&-\n/bin/cat <&3 > {d}/out\n/bin/cat <&4 > {d}/err\n"
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let uri = format!("binary://{}?b=2&a=1&env.FOO=bar", script.display());
     let io = IoLoop::start().unwrap();
     let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &uri, &uri), &ctx()).unwrap();
@@ -376,10 +390,8 @@ fn binary_logger_reads_fd3_and_fd4() {
 #[test]
 fn binary_logger_is_stopped_with_sigterm() {
     let dir = TempDir::new("logterm");
-    let script = dir.path("logger.sh");
     // Ready at once, then waits for a stdin that never ends, until SIGTERM.
-    std::fs::write(&script, "#!/bin/sh\nexec 5>&-\nexec /bin/sleep 1000\n").unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = dir.script("logger.sh", "#!/bin/sh\nexec 5>&-\nexec /bin/sleep 1000\n");
     let uri = format!("binary://{}", script.display());
     let io = IoLoop::start().unwrap();
     let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &uri, ""), &ctx()).unwrap();
