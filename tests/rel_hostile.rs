@@ -20,6 +20,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::bundle::{cgroup_exists, mounts_under, unique_id, Bundle, Pipes, TestRoot};
 use common::containerd::{dir_entries, Containerd};
@@ -450,6 +451,33 @@ impl Victim {
             .count()
     }
 
+    /// The shim's fd count and thread count plus [`WORKER_SLACK`]: what it must come back
+    /// under once a test's connections are closed.
+    fn baseline(&self) -> (usize, u64) {
+        (
+            self.shim_fds(),
+            self.shim_status_kib("Threads") + WORKER_SLACK,
+        )
+    }
+
+    /// Waits (at most `within`: a closed connection's threads take a moment to see the
+    /// hang-up) until the shim holds no more fds and threads than `baseline`.
+    fn assert_back_to(&self, (fds, threads): (usize, u64), within: Duration, after: &str) {
+        let deadline = std::time::Instant::now() + within;
+        let (f, t) = loop {
+            let (f, t) = (self.shim_fds(), self.shim_status_kib("Threads"));
+            if (f <= fds && t <= threads) || std::time::Instant::now() >= deadline {
+                break (f, t);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            f <= fds && t <= threads,
+            "after {after} the shim holds {f} fds ({fds} before) and {t} threads (at most \
+             {threads} allowed: before + slack)"
+        );
+    }
+
     /// Peak resident memory of the shim, in KiB.
     fn shim_hwm_kib(&self) -> u64 {
         self.shim_status_kib("VmHWM")
@@ -475,8 +503,7 @@ impl Victim {
 fn garbage_frames_leave_the_shim_serving() {
     let v = Victim::start();
     let before_hwm = v.shim_hwm_kib();
-    let before_fds = v.shim_fds();
-    let before_threads = v.shim_status_kib("Threads") + WORKER_SLACK;
+    let before = v.baseline();
 
     // A header, then the connection closes before the body.
     let mut c = v.conn();
@@ -567,24 +594,8 @@ fn garbage_frames_leave_the_shim_serving() {
     v.assert_exec_works();
     drop(stalled);
 
-    // Every connection is closed: the shim holds no more fds or threads than before (it may
-    // take a moment for a connection's threads to see the hang-up).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while (v.shim_fds() > before_fds || v.shim_status_kib("Threads") > before_threads)
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(
-        v.shim_fds() <= before_fds,
-        "the shim holds {} fds, {before_fds} before the garbage",
-        v.shim_fds()
-    );
-    assert!(
-        v.shim_status_kib("Threads") <= before_threads,
-        "the shim runs {} threads, at most {before_threads} allowed (before the garbage + slack)",
-        v.shim_status_kib("Threads")
-    );
+    // Every connection is closed: the shim holds no more fds or threads than before.
+    v.assert_back_to(before, Duration::from_secs(20), "the garbage");
 
     // Nothing claimed was allocated: the lying lengths add up to > 4 GiB.
     let grown = v.shim_hwm_kib().saturating_sub(before_hwm);
@@ -603,8 +614,7 @@ fn an_idle_connection_flood_does_not_deafen_the_shim() {
     let v = Victim::start();
     let limit = v.shim_nofile();
     let n = if long() { 1000 } else { 300 }.min(limit.saturating_sub(64));
-    let before_fds = v.shim_fds();
-    let before_threads = v.shim_status_kib("Threads") + WORKER_SLACK;
+    let before = v.baseline();
     let mut idle: Vec<RawConn> = (0..n).map(|_| v.conn()).collect();
     // Half of them also start a request and stall in the middle of it.
     for c in idle.iter_mut().step_by(2) {
@@ -613,18 +623,10 @@ fn an_idle_connection_flood_does_not_deafen_the_shim() {
     v.assert_serving(&format!("{n} idle connections"));
     v.assert_exec_works();
     drop(idle);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while (v.shim_fds() > before_fds || v.shim_status_kib("Threads") > before_threads)
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(
-        v.shim_fds() <= before_fds && v.shim_status_kib("Threads") <= before_threads,
-        "after {n} connections closed the shim holds {} fds ({before_fds} before) and {} \
-         threads (at most {before_threads} allowed: before + slack)",
-        v.shim_fds(),
-        v.shim_status_kib("Threads")
+    v.assert_back_to(
+        before,
+        Duration::from_secs(30),
+        &format!("{n} connections closed"),
     );
     v.assert_serving("the flood ended");
     v.finish();
