@@ -367,34 +367,84 @@ fn result_of<'a>(out: &'a str, what: &str) -> &'a str {
 
 // ---- CVE-2019-5736 ------------------------------------------------------------------------
 
+/// A core-level race: the attacker runs as the init of a container whose setup helper is a
+/// protected copy of the CLI binary.
+struct CoreRace {
+    arena: Arena,
+    hashes: Hashes,
+    root: TestRoot,
+    bundle: Bundle,
+    c: Container,
+    pid: i32,
+}
+
+impl CoreRace {
+    /// Starts `/x/escape <mode> /x` in a container from `bundle` (edited by the test).
+    fn start(mode: &str, bundle: impl FnOnce(Bundle) -> Bundle) -> CoreRace {
+        let arena = Arena::new();
+        let original = Path::new(env!("CARGO_BIN_EXE_pelagos"));
+        let helper = protected_copy(original);
+        let hashes = Hashes::of(&[&helper, original]);
+        let root = TestRoot::new();
+        let config = Config {
+            root: root.root().to_path_buf(),
+            helper: Some(helper.clone()),
+        };
+        let bundle = bundle(Bundle::new())
+            .args(&["/x/escape", mode, "/x"])
+            .mount(arena.mount());
+        let mut c = core_create(&config, &bundle);
+        c.start().expect("start");
+        let pid = c.pid();
+        arena.wait_for("ready");
+        CoreRace {
+            arena,
+            hashes,
+            root,
+            bundle,
+            c,
+            pid,
+        }
+    }
+
+    fn exec_true(&self) {
+        let p = self
+            .c
+            .exec(&exec_process(&["true"]), Stdio::Null)
+            .expect("exec");
+        assert_eq!(reaper::wait(p.pid, None).expect("reap exec").status, 0);
+    }
+
+    /// Stops the attacker, then checks the race held (see [`assert_race_held`]), the binaries
+    /// are unchanged and nothing is left.
+    fn finish(self, what: &str, evil: (usize, usize), frozen: bool) {
+        std::fs::write(self.arena.file("stop"), "").unwrap();
+        let status = self.c.wait().expect("wait for the attacker").status;
+        self.c.delete(false).expect("delete");
+        assert_eq!(
+            status,
+            0,
+            "attacker failed; log:\n{}",
+            self.arena.read("race.log")
+        );
+        assert_race_held(&self.arena, what, evil, frozen);
+        self.hashes.assert_unchanged();
+        assert_core_clean(&self.root, &self.bundle, self.pid);
+    }
+}
+
 #[test]
 fn core_exec_race_cannot_write_the_helper_binary() {
-    let arena = Arena::new();
-    let original = Path::new(env!("CARGO_BIN_EXE_pelagos"));
-    let helper = protected_copy(original);
-    let hashes = Hashes::of(&[&helper, original]);
-    let root = TestRoot::new();
-    let config = Config {
-        root: root.root().to_path_buf(),
-        helper: Some(helper.clone()),
-    };
-    let bundle = Bundle::new()
-        .args(&["/x/escape", "race", "/x"])
-        .mount(arena.mount());
-    let mut c = core_create(&config, &bundle);
-    c.start().expect("start");
-    let pid = c.pid();
-    arena.wait_for("ready");
+    let race = CoreRace::start("race", |b| b);
     let mut evil = (0, 0);
     for i in 0..execs() {
         // Half the execs try to run the helper's own binary in the container, as the CVE's
         // image does.
         if i % 2 == 0 {
-            let p = c.exec(&exec_process(&["true"]), Stdio::Null).expect("exec");
-            assert_eq!(reaper::wait(p.pid, None).expect("reap exec").status, 0);
+            race.exec_true();
             continue;
         }
-        match c.exec(&exec_process(&["/x/evil"]), Stdio::Null) {
+        match race.c.exec(&exec_process(&["/x/evil"]), Stdio::Null) {
             Ok(p) => {
                 reaper::wait(p.pid, None).expect("reap exec");
                 evil.1 += 1;
@@ -403,18 +453,7 @@ fn core_exec_race_cannot_write_the_helper_binary() {
             Err(e) => panic!("exec /x/evil: {e}"),
         }
     }
-    std::fs::write(arena.file("stop"), "").unwrap();
-    let status = c.wait().expect("wait for the attacker").status;
-    c.delete(false).expect("delete");
-    assert_eq!(
-        status,
-        0,
-        "attacker failed; log:\n{}",
-        arena.read("race.log")
-    );
-    assert_race_held(&arena, "core exec race", evil, true);
-    hashes.assert_unchanged();
-    assert_core_clean(&root, &bundle, pid);
+    race.finish("core exec race", evil, true);
 }
 
 /// The race with the host's pid namespace shared (Bundle without a pid namespace): exec helpers
@@ -424,39 +463,11 @@ fn core_exec_race_cannot_write_the_helper_binary() {
 /// lacks).
 #[test]
 fn core_exec_race_in_the_host_pid_namespace() {
-    let arena = Arena::new();
-    let original = Path::new(env!("CARGO_BIN_EXE_pelagos"));
-    let helper = protected_copy(original);
-    let hashes = Hashes::of(&[&helper, original]);
-    let root = TestRoot::new();
-    let config = Config {
-        root: root.root().to_path_buf(),
-        helper: Some(helper.clone()),
-    };
-    let bundle = Bundle::new()
-        .without_namespace("pid")
-        .args(&["/x/escape", "watch", "/x"])
-        .mount(arena.mount());
-    let mut c = core_create(&config, &bundle);
-    c.start().expect("start");
-    let pid = c.pid();
-    arena.wait_for("ready");
+    let race = CoreRace::start("watch", |b| b.without_namespace("pid"));
     for _ in 0..execs() {
-        let p = c.exec(&exec_process(&["true"]), Stdio::Null).expect("exec");
-        assert_eq!(reaper::wait(p.pid, None).expect("reap exec").status, 0);
+        race.exec_true();
     }
-    std::fs::write(arena.file("stop"), "").unwrap();
-    let status = c.wait().expect("wait for the attacker").status;
-    c.delete(false).expect("delete");
-    assert_eq!(
-        status,
-        0,
-        "attacker failed; log:\n{}",
-        arena.read("race.log")
-    );
-    assert_race_held(&arena, "core exec race, host pid namespace", (0, 0), false);
-    hashes.assert_unchanged();
-    assert_core_clean(&root, &bundle, pid);
+    race.finish("core exec race, host pid namespace", (0, 0), false);
 }
 
 /// The control for the two races: a binary that is not protected (a busybox copy on a plain
