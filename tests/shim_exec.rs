@@ -1,5 +1,5 @@
 //! Exec and terminals through containerd: exec with and without a tty, duplicate exec ids,
-//! `ctr run -t` with its initial size and a resize.
+//! `ctr run -t` with its initial size and a resize, exits whose output is held open or unread.
 
 mod common;
 
@@ -119,6 +119,70 @@ fn exec_stdin_and_exit_codes() {
     assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
     cd.remove("box");
+    cd.assert_no_leaks();
+}
+
+/// An exec that leaves a child running in the background with its stdout: `ctr task exec`
+/// gets the output and the exit code, the exit is reported when the exec exits rather than when
+/// the child closes the output (it never does), and the child lives on. runc's shim reports the
+/// exit at once and closes the exec's stdio 2 s after it, at Delete; so does this shim.
+#[test]
+fn exec_leaving_a_background_child_is_reported_at_its_exit() {
+    let cd = Containerd::start();
+    cd.run_detached("host", &[], &["sleep", "1000"]);
+    let mut events = cd.events();
+    let script = "sleep 1000 & echo started; exit 4";
+    let out = cd.exec("host", "bg", &[], &["sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert_eq!(stdout(&out), "started\n");
+    let exit = events.wait_topic("/tasks/exit", "host", Some("bg"));
+    assert_eq!(exit.exit_status(), Some(4), "{exit:?}");
+    exit.assert_not_held();
+    let left = cd.exec(
+        "host",
+        "ps",
+        &[],
+        &["sh", "-c", "ps -o args | grep -c '^sleep 1000'"],
+    );
+    assert_eq!(
+        stdout(&left).trim(),
+        "2",
+        "the init and the exec's child: {}",
+        describe(&left)
+    );
+    cd.remove("host");
+    cd.assert_no_leaks();
+}
+
+/// Detached, a task's and an exec's exits are reported when they exit, though the output they
+/// wrote last was never read: `ctr run -d` and `ctr task exec -d` returned long before, so no
+/// client is there to wait for (runc's shim reports them at once; this one used to hold them
+/// for its 1 s stall bound).
+#[test]
+fn detached_exits_with_unread_output_are_not_held() {
+    let cd = Containerd::start();
+    let talker =
+        |code: u8| format!("trap 'echo bye; echo bye >&2; exit {code}' TERM; sleep 1000 & wait");
+    cd.run_detached("quiet", &[], &["sh", "-c", &talker(3)]);
+    cd.exec_detached("quiet", "side", &["sh", "-c", &talker(4)]);
+    let mut events = cd.events();
+    cd.ctr_ok(&[
+        "task",
+        "kill",
+        "--exec-id",
+        "side",
+        "-s",
+        "SIGTERM",
+        "quiet",
+    ]);
+    let side = events.wait_topic("/tasks/exit", "quiet", Some("side"));
+    cd.ctr_ok(&["task", "kill", "-s", "SIGTERM", "quiet"]);
+    let init = events.wait_topic("/tasks/exit", "quiet", Some("quiet"));
+    for (exit, code) in [(side, 4), (init, 3)] {
+        assert_eq!(exit.exit_status(), Some(code), "{exit:?}");
+        exit.assert_not_held();
+    }
+    cd.remove("quiet");
     cd.assert_no_leaks();
 }
 

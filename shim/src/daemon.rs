@@ -26,8 +26,8 @@ use pelagos::reaper::{self, Exit};
 use crate::args::Flags;
 use crate::delete::state_root;
 use crate::events::Publisher;
-use crate::io::{DrainWaiter, IoLoop};
-use crate::service::{ExitSignal, Shim, EXIT_DRAIN_TIMEOUT};
+use crate::io::{DrainWaiter, IoLoop, Outputs};
+use crate::service::{ExitSignal, Shim, EXIT_DRAIN_TIMEOUT, HELD_OPEN_GRACE};
 use crate::start::LISTENER_FD;
 
 const SIGNAL_KEY: u64 = 0;
@@ -156,7 +156,7 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
                     let exits = reaper::reap_all();
                     if !exits.is_empty() {
                         for (e, waiter) in shim.handle_exits(&exits) {
-                            deferred.add(e, &waiter, &drained);
+                            deferred.add(e, waiter, &drained);
                         }
                     }
                 }
@@ -195,24 +195,52 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
 /// exit is routed from this loop as soon as its output is read, with no thread per exit.
 #[derive(Default)]
 struct Deferred {
-    exits: Vec<(Exit, Instant, Arc<AtomicBool>)>,
+    exits: Vec<HeldExit>,
+}
+
+struct HeldExit {
+    exit: Exit,
+    /// Reported at this instant at the latest.
+    deadline: Instant,
+    /// Set by the copy loop once the output is read.
+    done: Arc<AtomicBool>,
+    waiter: DrainWaiter,
+    /// When to look again at an output another process held open (see [`HELD_OPEN_GRACE`]),
+    /// and how much of it was unread the last time; `None` once no process holds it open.
+    recheck: Option<(Instant, usize)>,
 }
 
 impl Deferred {
-    fn add(&mut self, exit: Exit, waiter: &DrainWaiter, wake: &Arc<EventFd>) {
+    fn add(&mut self, exit: Exit, waiter: DrainWaiter, wake: &Arc<EventFd>) {
+        let now = Instant::now();
         let done = Arc::new(AtomicBool::new(false));
         let (flag, wake) = (done.clone(), wake.clone());
-        self.exits
-            .push((exit, Instant::now() + EXIT_DRAIN_TIMEOUT, done));
         // May run at once, on this thread; else on the thread that finishes the copy.
         waiter.on_done(move || {
             flag.store(true, Ordering::SeqCst);
             let _ = wake.write(1);
         });
+        let recheck = match waiter.outputs() {
+            Outputs::Ending => None,
+            Outputs::HeldOpen { unread } => Some((now + HELD_OPEN_GRACE, unread)),
+        };
+        self.exits.push(HeldExit {
+            exit,
+            deadline: now + EXIT_DRAIN_TIMEOUT,
+            done,
+            waiter,
+            recheck,
+        });
     }
 
     fn timeout(&self) -> EpollTimeout {
-        let Some(first) = self.exits.iter().map(|(_, at, _)| *at).min() else {
+        let next = self
+            .exits
+            .iter()
+            .flat_map(|h| [Some(h.deadline), h.recheck.map(|(at, _)| at)])
+            .flatten()
+            .min();
+        let Some(first) = next else {
             return EpollTimeout::NONE;
         };
         // Rounded up, so the wait does not end just before the deadline.
@@ -223,20 +251,36 @@ impl Deferred {
         EpollTimeout::from(ms.min(u128::from(u16::MAX)) as u16)
     }
 
-    /// The exits whose output was read, or that waited [`EXIT_DRAIN_TIMEOUT`] for it.
+    /// The exits whose output was read (to its end, or so far while another process holds it
+    /// open: see [`HELD_OPEN_GRACE`]), or that waited [`EXIT_DRAIN_TIMEOUT`] for it.
     fn take_ready(&mut self, now: Instant) -> Vec<Exit> {
         let mut ready = Vec::new();
-        self.exits.retain(|(exit, deadline, done)| {
-            if done.load(Ordering::SeqCst) {
-                ready.push(*exit);
+        self.exits.retain_mut(|h| {
+            if h.done.load(Ordering::SeqCst) {
+                ready.push(h.exit);
                 return false;
             }
-            if now >= *deadline {
+            if let Some((_, before)) = h.recheck.filter(|(at, _)| now >= *at) {
+                h.recheck = match h.waiter.outputs() {
+                    Outputs::Ending => None,
+                    // Read so far, or nobody read any of it since the last look.
+                    Outputs::HeldOpen { unread } if unread == 0 || unread == before => {
+                        log::debug!(
+                            "pid {}: output held open by another process ({unread} bytes unread); reporting the exit",
+                            h.exit.pid
+                        );
+                        ready.push(h.exit);
+                        return false;
+                    }
+                    Outputs::HeldOpen { unread } => Some((now + HELD_OPEN_GRACE, unread)),
+                };
+            }
+            if now >= h.deadline {
                 log::warn!(
                     "pid {}: output not read by the client after {EXIT_DRAIN_TIMEOUT:?}; reporting the exit",
-                    exit.pid
+                    h.exit.pid
                 );
-                ready.push(*exit);
+                ready.push(h.exit);
                 return false;
             }
             true

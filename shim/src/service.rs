@@ -30,20 +30,41 @@ use pelagos::reaper::{self, Exit};
 use ttrpc::{Code, TtrpcContext};
 
 use crate::events::{timestamp, Event, Publisher};
-use crate::io::{DrainWaiter, IoLoop, LoggerContext, ProcessIo, StdioConfig};
+use crate::io::{DrainWaiter, IoLoop, LoggerContext, Outputs, ProcessIo, StdioConfig};
 use crate::lifecycle::{Action, Lifecycle, LifecycleError, Sink, Status};
 use crate::mount::{self, MountSpec};
 use crate::{metrics, options};
 
 /// How long Delete waits for a process's output to be copied out.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long Delete waits for an output another process still holds open (a child left in the
+/// background): runc's shim waits as long before it closes the stdio of a deleted process.
+const HELD_OPEN_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an exit waits for the client to read the process's output before it is reported
-/// anyway (a leftover child still holding the output, a client that stopped reading).
+/// anyway (a client that stopped reading).
 pub const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// An exit whose output still has a writer this long after it (a child left running in the
+/// background holds it) is reported once the client has read what was written so far, or has
+/// read nothing of it for as long, without waiting for the output to end, which it may never
+/// do (runc's shim reports every exit at once). The grace covers the setup helper, which holds
+/// the stdio of the process it spawned until it has exited itself; it is also how often such
+/// an output is looked at.
+pub const HELD_OPEN_GRACE: Duration = Duration::from_millis(50);
 /// Epoll keys below this are the daemon's own (signalfd, wake-up eventfd).
 pub const FIRST_OOM_KEY: u64 = 16;
 
 type Res<T> = ttrpc::Result<T>;
+
+/// Waits for a deleted process's output to be copied out, for as long as it may take to end.
+fn drain_before_delete(io: &ProcessIo, what: &str) {
+    let timeout = match io.outputs() {
+        Outputs::Ending => DRAIN_TIMEOUT,
+        Outputs::HeldOpen { .. } => HELD_OPEN_DRAIN_TIMEOUT,
+    };
+    if !io.wait_drained(timeout) {
+        log::warn!("{what}: output not drained after {timeout:?}");
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -691,8 +712,8 @@ impl Shim {
         };
         if let Some(h) = handles {
             if let Some(io) = h.init_io {
-                if started && !io.wait_drained(DRAIN_TIMEOUT) {
-                    log::warn!("container {id}: output not drained after {DRAIN_TIMEOUT:?}");
+                if started {
+                    drain_before_delete(&io, &format!("container {id}"));
                 }
                 io.shutdown();
             }
@@ -750,9 +771,7 @@ impl Shim {
         };
         self.changed.notify_all();
         if let Some(io) = io {
-            if !io.wait_drained(DRAIN_TIMEOUT) {
-                log::warn!("exec {exec_id} of {id}: output not drained after {DRAIN_TIMEOUT:?}");
-            }
+            drain_before_delete(&io, &format!("exec {exec_id} of {id}"));
             io.shutdown();
         }
         Ok(DeleteResponse {

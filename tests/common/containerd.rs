@@ -32,6 +32,9 @@ const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 const PELAGOS_STATE_ROOT: &str = "/run/pelagos";
 /// Generous: the CI machine has two cores shared with the build.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+/// An exit event published this long after the process died was held back on purpose (the
+/// pelagos shim's holds for unread output last 1 s and more); it normally takes milliseconds.
+pub const EXIT_HELD: Duration = Duration::from_millis(500);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long processes of a deleted task may take to go away before they count as leaked.
@@ -1092,13 +1095,15 @@ impl Drop for Containerd {
 /// One event printed by `ctr events`.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// When the runtime published it (the envelope's timestamp), seconds since the epoch.
+    pub published: Option<f64>,
     pub namespace: String,
     pub topic: String,
     pub body: serde_json::Value,
 }
 
 impl Event {
-    /// Parses `<timestamp...> <namespace> <topic> <json>`.
+    /// Parses `<date> <time> <zone offset> <zone> <namespace> <topic> <json>`.
     fn parse(line: &str) -> Option<Event> {
         let fields: Vec<&str> = line.split(' ').collect();
         let t = fields.iter().position(|f| f.starts_with('/'))?;
@@ -1106,11 +1111,40 @@ impl Event {
         let topic = fields[t].to_string();
         let rest = fields[t + 1..].join(" ");
         let body = serde_json::from_str(rest.trim()).unwrap_or(serde_json::Value::Null);
+        let published = match fields.as_slice() {
+            [date, time, offset, ..] => epoch_seconds(date, time, offset),
+            _ => None,
+        };
         Some(Event {
+            published,
             namespace,
             topic,
             body,
         })
+    }
+
+    /// `exited_at` of an exit event, seconds since the epoch. ctr 1.x prints an RFC 3339 string,
+    /// 2.x the protobuf fields.
+    pub fn exited_at(&self) -> Option<f64> {
+        let at = self.body.get("exited_at")?;
+        if let Some(s) = at.as_str() {
+            let (date, time) = s.split_once('T')?;
+            return epoch_seconds(date, time.strip_suffix('Z')?, "+0000");
+        }
+        let field = |name| at.get(name).and_then(|v| v.as_u64()).unwrap_or(0) as f64;
+        Some(field("seconds") + field("nanos") / 1e9)
+    }
+
+    /// Panics if this exit event was published [`EXIT_HELD`] or more after the process died.
+    pub fn assert_not_held(&self) {
+        let (Some(published), Some(exited)) = (self.published, self.exited_at()) else {
+            panic!("no publication or exit time in {self:?}");
+        };
+        let held = Duration::from_secs_f64((published - exited).max(0.0));
+        assert!(
+            held < EXIT_HELD,
+            "exit published {held:?} after the process died: {self:?}"
+        );
     }
 
     pub fn str_field(&self, name: &str) -> Option<&str> {
@@ -1130,6 +1164,27 @@ impl Event {
     pub fn exit_status(&self) -> Option<u64> {
         self.body.get("exit_status").and_then(|v| v.as_u64())
     }
+}
+
+/// `YYYY-MM-DD`, `HH:MM:SS[.fraction]` and a `+HHMM` offset as seconds since the epoch.
+fn epoch_seconds(date: &str, time: &str, offset: &str) -> Option<f64> {
+    let num = |s: &str| s.parse::<i64>().ok();
+    let mut d = date.splitn(3, '-').map(num);
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':');
+    let (h, min) = (num(t.next()?)?, num(t.next()?)?);
+    let sec: f64 = t.next()?.parse().ok()?;
+    let sign = if offset.starts_with('-') { -1 } else { 1 };
+    let off = offset.get(1..5).and_then(num)?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let local = days * 86_400 + h * 3600 + min * 60;
+    let utc = local - sign * ((off / 100) * 3600 + (off % 100) * 60);
+    Some(utc as f64 + sec)
 }
 
 /// A running `ctr events` subscription.

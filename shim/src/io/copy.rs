@@ -14,7 +14,8 @@
 //! once it has written out what it read. ctr 1.6 closes its fifos and exits as soon as it
 //! learns of the exit, without waiting for its copies, so "drained" must mean "consumed by the
 //! client", not "handed to the kernel"; the exit is published only after that (see the
-//! service).
+//! service). A copy whose client is gone (`ctr run -d` returned) does not linger: there is
+//! nobody to wait for.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -54,9 +55,19 @@ const LINGER_POLL: Duration = Duration::from_millis(2);
 /// Its going is an inotify event (the close of a read-only fd); this only catches a reader
 /// opened read-write (its close is not watched, see [`watch_reader`]) and the stall limit.
 const READER_POLL: Duration = Duration::from_millis(20);
-/// A lingering copy whose client made no progress for this long gives up: nobody reads the
-/// fifo, or the client keeps it open past EOF.
+/// A lingering copy whose client made no progress for this long gives up: the client holds
+/// the fifo open but does not read it, or keeps it open past EOF.
 const LINGER_STALL: Duration = Duration::from_secs(1);
+
+/// Where the outputs of one process stand (see [`IoLoop::outputs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    /// No process writes them any more: they end once copied out and read.
+    Ending,
+    /// Another process still holds one open (a child left running); `unread` bytes written so
+    /// far have not been read by the client yet.
+    HeldOpen { unread: usize },
+}
 
 /// Run once when the last pending output of a process is done.
 pub(crate) type OnDrained = Box<dyn FnOnce() + Send>;
@@ -270,8 +281,15 @@ impl Job {
     }
 
     fn at_eof(&mut self) -> Step {
-        if self.probe.is_none() {
+        let Some(probe) = &self.probe else {
             return Step::Done;
+        };
+        // The copy held the fifo read-write so that nothing written with no client attached
+        // was lost. From here on only a client reads it, and [`has_reader`] can tell whether
+        // one is there.
+        match open_writer(probe) {
+            Ok(writer) => self.spec.dst = writer,
+            Err(e) => log::debug!("io {}: reopen the fifo write-only: {e}", self.spec.name),
         }
         self.linger = Some((Linger::Unread(usize::MAX), Instant::now()));
         match self.linger_done(Instant::now()) {
@@ -295,6 +313,9 @@ impl Job {
                     }
                     (phase, since) = (Linger::Reader, now);
                 }
+                // Nobody reads (`ctr run -d` returned, a client died): runc's shim reports
+                // such an exit at once, and so does this one.
+                _ if !self.probe.as_ref().is_some_and(has_reader) => return true,
                 n if n != left => (phase, since) = (Linger::Unread(n), now),
                 _ => {}
             }
@@ -504,6 +525,32 @@ impl IoLoop {
         Ok(())
     }
 
+    /// Where the outputs of `owner` stand. An output is held open while its copy has not
+    /// reached EOF and its source reports no hangup (a pipe with no writer left, or a pty
+    /// master whose slave is closed, reports POLLHUP even while data is still in it).
+    pub(crate) fn outputs(&self, owner: u64) -> Outputs {
+        let state = lock(&self.shared.state);
+        let mut outputs = Outputs::Ending;
+        for j in state.jobs.values() {
+            if j.owner != owner || j.spec.drain.is_none() || j.linger.is_some() {
+                continue;
+            }
+            if hung_up(&j.spec.src) {
+                continue;
+            }
+            let in_fifo = match j.probe {
+                Some(_) => unread(&j.spec.dst),
+                None => 0,
+            };
+            let unread = unread(&j.spec.src) + in_fifo;
+            outputs = match outputs {
+                Outputs::HeldOpen { unread: n } => Outputs::HeldOpen { unread: n + unread },
+                Outputs::Ending => Outputs::HeldOpen { unread },
+            };
+        }
+        outputs
+    }
+
     /// Stops and closes every job of `owner`. Returns once their fds are closed.
     pub(crate) fn remove_owner(&self, owner: u64) {
         let mut state = lock(&self.shared.state);
@@ -711,6 +758,17 @@ fn watch_reader(shared: &Shared, probe: &OwnedFd) -> Option<Watch> {
     }
 }
 
+fn hung_up(fd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().is_some_and(|r| {
+            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+        }),
+        Err(_) => true,
+    }
+}
+
 /// Bytes written into a pipe or fifo and not read yet (0 for anything else).
 fn unread(fd: &OwnedFd) -> usize {
     let mut n: libc::c_int = 0;
@@ -727,18 +785,18 @@ fn unread(fd: &OwnedFd) -> usize {
 /// without blocking fails with ENXIO exactly when it has none. The probe writer is closed at
 /// once; a client blocked in read sees EOF when it goes (pipe_release wakes the readers).
 fn has_reader(probe: &OwnedFd) -> bool {
+    open_writer(probe).is_ok()
+}
+
+/// A non-blocking write-only fd on the fifo behind the path handle `probe`; ENXIO when the
+/// fifo has no reader.
+fn open_writer(probe: &OwnedFd) -> nix::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", probe.as_raw_fd());
     let flags = nix::fcntl::OFlag::O_WRONLY
         | nix::fcntl::OFlag::O_NONBLOCK
         | nix::fcntl::OFlag::O_CLOEXEC
         | nix::fcntl::OFlag::O_NOCTTY;
-    match nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty()) {
-        Ok(fd) => {
-            drop(fd);
-            true
-        }
-        Err(_) => false,
-    }
+    nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty())
 }
 
 /// A path-only handle on the file behind `fd`: it counts as neither a reader nor a writer.

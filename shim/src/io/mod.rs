@@ -29,8 +29,8 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 
-pub use copy::IoLoop;
 use copy::{Console, Drain, DrainToken, JobSpec, OnEof};
+pub use copy::{IoLoop, Outputs};
 use logger::{Logger, LoggerCommand};
 
 #[derive(Debug, thiserror::Error)]
@@ -162,18 +162,27 @@ pub fn parse_stdio(stdout: &str, stderr: &str) -> Result<(), IoError> {
 
 /// Waits for the output of one process to be read by the client (see [`ProcessIo::wait_drained`]).
 #[derive(Debug, Clone)]
-pub struct DrainWaiter(Arc<Drain>);
+pub struct DrainWaiter {
+    drain: Arc<Drain>,
+    io_loop: Arc<IoLoop>,
+    owner: u64,
+}
 
 impl DrainWaiter {
     pub fn is_done(&self) -> bool {
-        self.0.is_done()
+        self.drain.is_done()
+    }
+
+    /// See [`ProcessIo::outputs`].
+    pub fn outputs(&self) -> Outputs {
+        self.io_loop.outputs(self.owner)
     }
 
     /// Calls `f` once the output is read: at once if it already is, else from the thread
     /// that finishes the last copy (which holds locks of the copy loop or the service:
     /// `f` must only hand the news on, e.g. queue it and wake a loop).
     pub fn on_done(&self, f: impl FnOnce() + Send + 'static) {
-        self.0.on_done(Box::new(f))
+        self.drain.on_done(Box::new(f))
     }
 }
 
@@ -361,7 +370,18 @@ impl ProcessIo {
     /// A handle that waits for this process's output like [`ProcessIo::wait_drained`]
     /// without borrowing it.
     pub fn drain_waiter(&self) -> DrainWaiter {
-        DrainWaiter(Arc::clone(&self.drain))
+        DrainWaiter {
+            drain: Arc::clone(&self.drain),
+            io_loop: Arc::clone(&self.io_loop),
+            owner: self.owner,
+        }
+    }
+
+    /// Whether some process still holds an output of this one open, so that its EOF may never
+    /// come: a child left running in the background (in the same pid namespace as an exec, or
+    /// with a shared or host pid namespace), or the setup helper for a moment after spawning.
+    pub fn outputs(&self) -> Outputs {
+        self.io_loop.outputs(self.owner)
     }
 
     /// Stops the copies, closes the fifos and stops a binary logger (SIGTERM, then SIGKILL

@@ -15,6 +15,8 @@ use nix::sys::stat::Mode;
 use super::*;
 
 const DRAIN: Duration = Duration::from_secs(30);
+/// Half the copy loop's stall limit: a drain this quick did not wait the stall out.
+const LINGER_STALL_BOUND: Duration = Duration::from_millis(500);
 
 struct TempDir(PathBuf);
 
@@ -219,6 +221,74 @@ fn fifo_stdout_is_byte_exact_with_output_written_just_before_exit() {
     assert_eq!(err_reader.join().unwrap(), b"oops\n");
     pio.shutdown();
     assert_eq!(io.job_count(), 0);
+}
+
+/// Polls `pio.outputs()` until `want` (at most 30 s); the copy loop moves bytes on its own.
+fn await_outputs(pio: &ProcessIo, want: Outputs) {
+    let deadline = Instant::now() + DRAIN;
+    while pio.outputs() != want {
+        assert!(
+            Instant::now() < deadline,
+            "outputs {:?}, want {want:?}",
+            pio.outputs()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A child left running in the background with the process's stdout holds the output open,
+/// and the bytes the client has not read are counted; once the child dies the output ends.
+#[test]
+fn output_held_open_by_a_background_child() {
+    let dir = TempDir::new("held");
+    let (out, pidfile) = (dir.fifo("out"), dir.path("pid"));
+    let io = IoLoop::start().unwrap();
+    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    let mut reader = BufReader::new(open_reader(&out));
+    let script = format!("sleep 1000 & echo $! > {}; echo started", pidfile.display());
+    let mut child = spawn(&script, stdio);
+    assert!(wait_child(&mut child).success());
+    await_outputs(&pio, Outputs::HeldOpen { unread: 8 });
+
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    await_outputs(&pio, Outputs::HeldOpen { unread: 0 });
+    assert!(!pio.drain_waiter().is_done());
+
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    await_outputs(&pio, Outputs::Ending);
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "");
+    drop(reader);
+    assert!(pio.wait_drained(DRAIN));
+    pio.shutdown();
+}
+
+/// Output left in a fifo nobody reads any more does not hold the drain: there is no client to
+/// wait for (`ctr run -d` returned). The bound is far below the stall limit the drain used to
+/// wait out.
+#[test]
+fn unread_output_without_a_reader_drains_at_eof() {
+    let dir = TempDir::new("noreader");
+    let out = dir.fifo("out");
+    let io = IoLoop::start().unwrap();
+    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    drop(open_reader(&out)); // a client came and went
+    let mut child = spawn("echo nobody reads this", stdio);
+    assert!(wait_child(&mut child).success());
+    assert!(
+        pio.wait_drained(LINGER_STALL_BOUND),
+        "drain waited for a reader that is gone"
+    );
+    pio.shutdown();
+    assert!(no_reader(&out), "the shim still holds the fifo");
 }
 
 #[test]
