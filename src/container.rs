@@ -139,6 +139,10 @@ pub struct Container {
     /// The socket to the init until it is started (only in the process that created it).
     channel: Option<Channel>,
     cgroup: Option<Cgroup>,
+    /// The namespaces the container created, held until delete (only in the process that
+    /// created it): the init's exit then does not wait for their teardown, its mount tree above
+    /// all, and reaches the waiter sooner.
+    namespaces: Vec<OwnedFd>,
 }
 
 impl Container {
@@ -308,6 +312,7 @@ impl Container {
             })?;
         record.state.status = Status::Created;
         record.save(&dir)?;
+        let namespaces = hold_namespaces(record.state.pid, ns);
 
         let (pidfd, cgroup) = undo.disarm();
         log::debug!("created container {} (pid {})", opts.id, record.state.pid);
@@ -318,6 +323,7 @@ impl Container {
             pidfd,
             channel: Some(chan),
             cgroup,
+            namespaces,
         })
     }
 
@@ -345,6 +351,7 @@ impl Container {
             pidfd,
             channel: None,
             cgroup,
+            namespaces: Vec::new(),
         })
     }
 
@@ -355,6 +362,12 @@ impl Container {
     /// Host pid of the container's init.
     pub fn pid(&self) -> i32 {
         self.record.state.pid
+    }
+
+    /// The namespaces held since create (see [`Container`]), for a caller that releases them
+    /// itself once the init's exit is handled; else they go at delete.
+    pub fn take_namespaces(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.namespaces)
     }
 
     /// pidfd of the init (signals never reach a recycled pid).
@@ -680,6 +693,7 @@ impl Container {
                 reaper::wait(self.pid(), None);
             }
         }
+        self.namespaces.clear();
         // Without a pid namespace of its own, the init's death does not end the others.
         if !self.record.own_pid_ns {
             self.kill_cgroup(libc::SIGKILL)?;
@@ -875,6 +889,22 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
 
 /// The fifo in the state dir on which a created init waits for a start from any process.
 const START_FIFO: &str = "start.fifo";
+
+/// Opens the namespaces the container created, through its init `pid` (alive: it waits for
+/// Start). Best effort: one that cannot be opened goes with the init as usual.
+fn hold_namespaces(pid: i32, ns: &namespaces::NsPlan) -> Vec<OwnedFd> {
+    Kind::ALL
+        .into_iter()
+        .filter(|k| ns.creates(*k))
+        .filter_map(|k| {
+            let path = format!("/proc/{pid}/ns/{}", k.proc_name());
+            std::fs::File::open(&path)
+                .map_err(|e| log::debug!("hold {path}: {e}"))
+                .ok()
+                .map(OwnedFd::from)
+        })
+        .collect()
+}
 
 /// Makes `<dir>/start.fifo` and opens it read-write for the init: it never sees EOF there, and
 /// a starter can open it for writing while the init waits.

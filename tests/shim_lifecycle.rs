@@ -10,6 +10,31 @@ use common::containerd::{
     describe, stdout, testing_pelagos, wait_child_timeout, Containerd, CTR_TIMEOUT,
 };
 
+/// The namespaces of `pid` that are not this test's own, as `/proc/<pid>/ns/*` links read
+/// (`mnt:[4026532250]`).
+fn own_namespaces(pid: u32) -> Vec<String> {
+    let link = |p: String| std::fs::read_link(p).ok().map(|l| l.display().to_string());
+    std::fs::read_dir(format!("/proc/{pid}/ns"))
+        .expect("read the init's ns dir")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let theirs = link(format!("/proc/{pid}/ns/{name}"))?;
+            (link(format!("/proc/self/ns/{name}")).as_deref() != Some(&theirs)).then_some(theirs)
+        })
+        .collect()
+}
+
+/// Links of every fd of `pid`.
+fn fd_links(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|l| l.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 const MIB: u64 = 1 << 20;
 
 /// Reads the child's stdout until a line equal to `want`.
@@ -239,6 +264,37 @@ fn deleting_a_running_task_is_refused() {
     assert_eq!(exit.exit_status(), Some(137), "{exit:?}");
     cd.ctr_ok(&["task", "rm", "busy"]);
     cd.ctr_ok(&["containers", "rm", "busy"]);
+    cd.assert_no_leaks();
+}
+
+/// A container's namespaces are gone once its task is deleted, even from a grouped shim that
+/// lives on for another container (the pelagos shim holds them from create until containerd has
+/// the init's exit, so that their teardown comes after the exit event, not before it).
+#[test]
+fn a_deleted_tasks_namespaces_are_not_held_by_the_shim() {
+    let cd = Containerd::start();
+    let group = "io.containerd.runc.v2.group=ns-held";
+    let opts = ["--annotation", group];
+    cd.run_detached("keeper", &opts, &["sleep", "1000"]);
+    cd.run_detached("gone", &opts, &["sleep", "1000"]);
+    let namespaces = own_namespaces(cd.task_pid("gone"));
+    assert!(
+        namespaces.iter().any(|n| n.starts_with("mnt:")),
+        "no mount namespace of its own: {namespaces:?}"
+    );
+    let mut events = cd.events();
+    cd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "gone"]);
+    events.wait_topic("/tasks/exit", "gone", Some("gone"));
+    cd.ctr_ok(&["task", "rm", "gone"]);
+    let shims = cd.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim for the group: {shims:?}");
+    let held: Vec<String> = fd_links(shims[0])
+        .into_iter()
+        .filter(|l| namespaces.contains(l))
+        .collect();
+    assert!(held.is_empty(), "the shim still holds {held:?}");
+    cd.ctr_ok(&["containers", "rm", "gone"]);
+    cd.remove("keeper");
     cd.assert_no_leaks();
 }
 

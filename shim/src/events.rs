@@ -9,12 +9,13 @@
 //! The client is a minimal unary ttrpc client on a blocking socket: requests are strictly
 //! sequential here, so the generic client's two extra threads per connection buy nothing.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
@@ -30,6 +31,10 @@ use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_TYPE_RESPONSE};
 /// How many times one event is tried before it is dropped, and the per-try timeout.
 const MAX_TRIES: u32 = 6;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after the events queued before it a [`Publisher::release`] runs: time for containerd
+/// to hand those events to its subscribers before the release's work (a container's mount tree
+/// going) competes with it for the CPUs.
+const RELEASE_DELAY: Duration = Duration::from_millis(20);
 /// Largest response accepted from containerd (a Forward answer is an empty message).
 const MAX_RESPONSE: u32 = 1 << 20;
 
@@ -132,6 +137,15 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     }
 }
 
+enum Item {
+    Event(Queued),
+    /// Run [`RELEASE_DELAY`] after every event queued before it was forwarded (or given up on).
+    Release(Release),
+}
+
+/// Work put off until containerd has the events (see [`Publisher::release`]).
+pub type Release = Box<dyn FnOnce() + Send>;
+
 struct Queued {
     event: Event,
     at: SystemTime,
@@ -139,7 +153,7 @@ struct Queued {
 
 /// The sending side of the queue. Cloneable handles are not needed: the service owns it.
 pub struct Publisher {
-    tx: Mutex<Option<Sender<Queued>>>,
+    tx: Mutex<Option<Sender<Item>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -162,8 +176,18 @@ impl Publisher {
     pub fn publish(&self, event: Event) {
         let at = SystemTime::now();
         log::debug!("event {} {}", event.topic(), event.summary());
+        self.send(Item::Event(Queued { event, at }));
+    }
+
+    /// Runs `release` on the forwarding thread, [`RELEASE_DELAY`] after containerd has every
+    /// event queued so far.
+    pub fn release(&self, release: Release) {
+        self.send(Item::Release(release));
+    }
+
+    fn send(&self, item: Item) {
         if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let _ = tx.send(Queued { event, at });
+            let _ = tx.send(item);
         }
     }
 
@@ -176,9 +200,32 @@ impl Publisher {
     }
 }
 
-fn forward_loop(rx: Receiver<Queued>, address: &str, namespace: &str) {
+fn forward_loop(rx: Receiver<Item>, address: &str, namespace: &str) {
     let mut client: Option<Client> = None;
-    for q in rx.iter() {
+    let mut releases: VecDeque<(Instant, Release)> = VecDeque::new();
+    loop {
+        let now = Instant::now();
+        while releases.front().is_some_and(|(due, _)| *due <= now) {
+            if let Some((_, release)) = releases.pop_front() {
+                release();
+            }
+        }
+        let item = match releases.front() {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some((due, _)) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        let q = match item {
+            Ok(Item::Event(q)) => q,
+            Ok(Item::Release(release)) => {
+                releases.push_back((Instant::now() + RELEASE_DELAY, release));
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => {
+                releases.into_iter().for_each(|(_, release)| release());
+                break;
+            }
+        };
         let req = match envelope(&q, namespace) {
             Ok(r) => r,
             Err(e) => {

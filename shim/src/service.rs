@@ -55,6 +55,11 @@ pub const FIRST_OOM_KEY: u64 = 16;
 
 type Res<T> = ttrpc::Result<T>;
 
+fn release_namespaces(held: &Mutex<Vec<OwnedFd>>) {
+    let fds = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(fds);
+}
+
 /// Waits for a deleted process's output to be copied out, for as long as it may take to end.
 fn drain_before_delete(io: &ProcessIo, what: &str) {
     let timeout = match io.outputs() {
@@ -175,6 +180,11 @@ struct Handles {
     /// Set when Create mounted containerd's rootfs mounts here.
     rootfs: Option<PathBuf>,
     oom: Option<(u64, pelagos::cgroups::OomWatch)>,
+    /// The namespaces the container created, held until containerd has its init's exit (or
+    /// until Delete, whichever comes first): their teardown (the container's mount tree above
+    /// all) is kernel work that would otherwise come between the init's death and the exit
+    /// event.
+    namespaces: Arc<Mutex<Vec<OwnedFd>>>,
 }
 
 #[derive(Default)]
@@ -214,6 +224,7 @@ pub struct Shim {
     epoll: Arc<Epoll>,
     next_key: AtomicU64,
     exit: Arc<ExitSignal>,
+    publisher: Arc<Publisher>,
 }
 
 impl Shim {
@@ -230,13 +241,14 @@ impl Shim {
             config,
             io,
             state: Mutex::new(State {
-                life: Lifecycle::new(publisher),
+                life: Lifecycle::new(publisher.clone()),
                 h: Handled::default(),
             }),
             changed: Condvar::new(),
             epoll,
             next_key: AtomicU64::new(FIRST_OOM_KEY),
             exit,
+            publisher,
         }
     }
 
@@ -353,9 +365,18 @@ impl Shim {
 
     fn route_exit(&self, st: &mut State, exit: Exit) {
         let State { life, h } = st;
+        let init_of = match life.process_of(exit.pid) {
+            Some((id, "")) => Some(id.to_owned()),
+            _ => None,
+        };
         let mut final_check = |id: &str| final_oom(h, id);
         if let Some(actions) = life.on_exit(exit, &mut final_check) {
             self.run_actions(h, actions);
+        }
+        if let Some(x) = init_of.and_then(|id| h.handles.get(&id)) {
+            let held = Arc::clone(&x.namespaces);
+            self.publisher
+                .release(Box::new(move || release_namespaces(&held)));
         }
     }
 
@@ -469,7 +490,7 @@ impl Shim {
                     }
                 },
             });
-        let container = match created {
+        let mut container = match created {
             Ok(c) => c,
             Err(e) => {
                 pio.shutdown();
@@ -481,6 +502,7 @@ impl Shim {
             }
         };
         let pid = container.pid();
+        let namespaces = Arc::new(Mutex::new(container.take_namespaces()));
         let oom = match container.cgroup().map(|c| c.oom_watch()) {
             Some(Ok(w)) => Some(w),
             Some(Err(e)) => {
@@ -516,6 +538,7 @@ impl Shim {
                 execs: HashMap::new(),
                 rootfs: (!mounts.is_empty()).then_some(rootfs),
                 oom,
+                namespaces,
             },
         );
         st.life.created(
@@ -711,6 +734,9 @@ impl Shim {
             (started, h.handles.remove(id))
         };
         if let Some(h) = handles {
+            // Gone before Delete answers, as with an init that held none: the snapshotter may
+            // remove the rootfs next.
+            release_namespaces(&h.namespaces);
             if let Some(io) = h.init_io {
                 if started {
                     drain_before_delete(&io, &format!("container {id}"));
