@@ -15,7 +15,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 host="$(rustc -vV | sed -n 's/^host: //p')"
 [ -n "$host" ] || { echo "build-release: cannot read the host triple from rustc -vV" >&2; exit 1; }
-shim="$repo/target/$host/release/containerd-shim-pelagos-v2"
+shim="${CARGO_TARGET_DIR:-$repo/target}/$host/release/containerd-shim-pelagos-v2"
 
 if [ "${1:-}" != "--path" ]; then
     (cd "$repo" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static" \
