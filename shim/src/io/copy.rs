@@ -299,7 +299,8 @@ impl Job {
     }
 
     /// A lingering job: done once the client has read the fifo empty and closed its reader,
-    /// or made no progress for [`LINGER_STALL`].
+    /// as soon as no client has the fifo open, or when the client made no progress for
+    /// [`LINGER_STALL`].
     fn linger_done(&mut self, now: Instant) -> bool {
         let Some((mut phase, mut since)) = self.linger else {
             return true;
