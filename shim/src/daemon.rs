@@ -27,7 +27,7 @@ use crate::args::Flags;
 use crate::delete::state_root;
 use crate::events::Publisher;
 use crate::io::{DrainWaiter, IoLoop, Outputs};
-use crate::service::{ExitSignal, Shim, EXIT_DRAIN_TIMEOUT, HELD_OPEN_GRACE};
+use crate::service::{ExitSignal, Shim, EXIT_DRAIN_TIMEOUT, HELD_OPEN_POLL};
 use crate::start::LISTENER_FD;
 
 const SIGNAL_KEY: u64 = 0;
@@ -205,7 +205,7 @@ struct HeldExit {
     /// Set by the copy loop once the output is read.
     done: Arc<AtomicBool>,
     waiter: DrainWaiter,
-    /// When to look again at an output another process held open (see [`HELD_OPEN_GRACE`]),
+    /// When to look again at an output another process held open (see [`HELD_OPEN_POLL`]),
     /// and how much of it was unread the last time; `None` once no process holds it open.
     recheck: Option<(Instant, usize)>,
 }
@@ -222,7 +222,7 @@ impl Deferred {
         });
         let recheck = match waiter.outputs() {
             Outputs::Ending => None,
-            Outputs::HeldOpen { unread } => Some((now + HELD_OPEN_GRACE, unread)),
+            Outputs::HeldOpen { unread } => Some((now + HELD_OPEN_POLL, unread)),
         };
         self.exits.push(HeldExit {
             exit,
@@ -252,7 +252,7 @@ impl Deferred {
     }
 
     /// The exits whose output was read (to its end, or so far while another process holds it
-    /// open: see [`HELD_OPEN_GRACE`]), or that waited [`EXIT_DRAIN_TIMEOUT`] for it.
+    /// open: see [`HELD_OPEN_POLL`]), or that waited [`EXIT_DRAIN_TIMEOUT`] for it.
     fn take_ready(&mut self, now: Instant) -> Vec<Exit> {
         let mut ready = Vec::new();
         self.exits.retain_mut(|h| {
@@ -272,7 +272,7 @@ impl Deferred {
                         ready.push(h.exit);
                         return false;
                     }
-                    Outputs::HeldOpen { unread } => Some((now + HELD_OPEN_GRACE, unread)),
+                    Outputs::HeldOpen { unread } => Some((now + HELD_OPEN_POLL, unread)),
                 };
             }
             if now >= h.deadline {

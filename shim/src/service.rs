@@ -43,13 +43,13 @@ const HELD_OPEN_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an exit waits for the client to read the process's output before it is reported
 /// anyway (a client that stopped reading).
 pub const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// An exit whose output still has a writer this long after it (a child left running in the
-/// background holds it) is reported once the client has read what was written so far, or has
-/// read nothing of it for as long, without waiting for the output to end, which it may never
-/// do (runc's shim reports every exit at once). The grace covers the setup helper, which holds
-/// the stdio of the process it spawned until it has exited itself; it is also how often such
-/// an output is looked at.
-pub const HELD_OPEN_GRACE: Duration = Duration::from_millis(50);
+/// An exit whose output another process still holds open (a child left running in the
+/// background) is reported once the client has read what was written so far, or has read
+/// none of it for this long, without waiting for the output to end, which it may never do
+/// (runc's shim reports every exit at once); this is also how often such an output is looked
+/// at. When the exit is routed the setup helper, which held the process's stdio, has been
+/// reaped (the core waits for it), so any writer left is the process's own.
+pub const HELD_OPEN_POLL: Duration = Duration::from_millis(50);
 /// Epoll keys below this are the daemon's own (signalfd, wake-up eventfd).
 pub const FIRST_OOM_KEY: u64 = 16;
 
@@ -306,7 +306,10 @@ impl Shim {
             e => h.execs.get(e).and_then(|x| x.io.as_ref()),
         }?;
         let waiter = io.drain_waiter();
-        (!waiter.is_done()).then_some(waiter)
+        // Output another process holds open, all read so far: nothing to wait for (see
+        // [`HELD_OPEN_POLL`]).
+        let read_so_far = waiter.outputs() == Outputs::HeldOpen { unread: 0 };
+        (!waiter.is_done() && !read_so_far).then_some(waiter)
     }
 
     /// The OOM fd registered under `key` became readable.
