@@ -79,6 +79,14 @@ fn fifo_cfg(stdin: &str, stdout: &str, stderr: &str) -> StdioConfig {
     }
 }
 
+/// A process whose only stdio is stdout, into the fifo `out` made in `dir`.
+fn stdout_only(dir: &TempDir) -> (String, ProcessIo, pelagos::Stdio) {
+    let out = dir.fifo("out");
+    let io = IoLoop::start().unwrap();
+    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    (out, pio, stdio)
+}
+
 /// A client reader, opened once the shim holds the fifo (so blocking reads wait for data
 /// instead of returning EOF at once for want of a writer).
 fn open_reader(path: &str) -> File {
@@ -241,9 +249,8 @@ fn await_outputs(pio: &ProcessIo, want: Outputs) {
 #[test]
 fn output_held_open_by_a_background_child() {
     let dir = TempDir::new("held");
-    let (out, pidfile) = (dir.fifo("out"), dir.path("pid"));
-    let io = IoLoop::start().unwrap();
-    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    let pidfile = dir.path("pid");
+    let (out, pio, stdio) = stdout_only(&dir);
     let mut reader = BufReader::new(open_reader(&out));
     let script = format!("sleep 1000 & echo $! > {}; echo started", pidfile.display());
     let mut child = spawn(&script, stdio);
@@ -277,9 +284,7 @@ fn output_held_open_by_a_background_child() {
 #[test]
 fn unread_output_without_a_reader_drains_at_eof() {
     let dir = TempDir::new("noreader");
-    let out = dir.fifo("out");
-    let io = IoLoop::start().unwrap();
-    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    let (out, pio, stdio) = stdout_only(&dir);
     drop(open_reader(&out)); // a client came and went
     let mut child = spawn("echo nobody reads this", stdio);
     assert!(wait_child(&mut child).success());
@@ -607,9 +612,7 @@ fn all_empty_is_null() {
 #[test]
 fn empty_streams_are_none() {
     let dir = TempDir::new("partial");
-    let out = dir.fifo("out");
-    let io = IoLoop::start().unwrap();
-    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    let (out, pio, stdio) = stdout_only(&dir);
     let reader = read_to_end(open_reader(&out));
     let pelagos::Stdio::Fds {
         stdin,
@@ -696,9 +699,7 @@ fn scheme_parsing_follows_go() {
 #[ignore]
 fn throughput_1_gib_through_fifos() {
     let dir = TempDir::new("speed");
-    let out = dir.fifo("out");
-    let io = IoLoop::start().unwrap();
-    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    let (out, pio, stdio) = stdout_only(&dir);
     let mut reader = open_reader(&out);
     let counter = std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 20];
@@ -736,11 +737,9 @@ fn drained_means_read_by_a_client_that_stops_at_once() {
     use std::sync::Arc;
 
     let dir = TempDir::new("slow");
-    let out = dir.fifo("out");
     let data_path = dir.path("data");
     let expected = random_file(&data_path, 3 << 20);
-    let io = IoLoop::start().unwrap();
-    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    let (out, pio, stdio) = stdout_only(&dir);
     let stop = Arc::new(AtomicBool::new(false));
     let finished = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -786,9 +785,7 @@ fn drain_callback_runs_once_after_the_client_read_everything() {
     use std::sync::mpsc::channel;
 
     let dir = TempDir::new("ondone");
-    let out = dir.fifo("out");
-    let io = IoLoop::start().unwrap();
-    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    let (out, pio, stdio) = stdout_only(&dir);
     let mut reader = open_reader(&out);
     let (tx, rx) = channel();
     let waiter = pio.drain_waiter();
