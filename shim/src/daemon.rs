@@ -155,8 +155,8 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
                     while let Ok(Some(_)) = sfd.read_signal() {}
                     let exits = reaper::reap_all();
                     if !exits.is_empty() {
-                        for (e, waiter) in shim.handle_exits(&exits) {
-                            deferred.add(e, waiter, &drained);
+                        for (e, waiter, outputs) in shim.handle_exits(&exits) {
+                            deferred.add(e, waiter, outputs, &drained);
                         }
                     }
                 }
@@ -211,7 +211,8 @@ struct HeldExit {
 }
 
 impl Deferred {
-    fn add(&mut self, exit: Exit, waiter: DrainWaiter, wake: &Arc<EventFd>) {
+    /// Holds `exit` back; `outputs` is where its output stood when the exit was handled.
+    fn add(&mut self, exit: Exit, waiter: DrainWaiter, outputs: Outputs, wake: &Arc<EventFd>) {
         let now = Instant::now();
         let done = Arc::new(AtomicBool::new(false));
         let (flag, wake) = (done.clone(), wake.clone());
@@ -220,7 +221,7 @@ impl Deferred {
             flag.store(true, Ordering::SeqCst);
             let _ = wake.write(1);
         });
-        let recheck = match waiter.outputs() {
+        let recheck = match outputs {
             Outputs::Ending => None,
             Outputs::HeldOpen { unread } => Some((now + HELD_OPEN_POLL, unread)),
         };

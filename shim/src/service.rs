@@ -55,6 +55,7 @@ pub const FIRST_OOM_KEY: u64 = 16;
 
 type Res<T> = ttrpc::Result<T>;
 
+/// Closes the held namespaces outside the lock: the teardown they start can take a while.
 fn release_namespaces(held: &Mutex<Vec<OwnedFd>>) {
     let fds = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
     drop(fds);
@@ -264,15 +265,15 @@ impl Shim {
     /// or [`EXIT_DRAIN_TIMEOUT`] passed. Clients close their fifos when they learn of the exit
     /// (ctr 1.6 even before waiting for EOF), which would drop the output still in the pipes
     /// and fifos.
-    pub fn handle_exits(&self, exits: &[Exit]) -> Vec<(Exit, DrainWaiter)> {
+    pub fn handle_exits(&self, exits: &[Exit]) -> Vec<(Exit, DrainWaiter, Outputs)> {
         let mut st = self.lock();
         let mut now = Vec::with_capacity(exits.len());
         let mut later = Vec::new();
         for e in exits {
             match self.undrained(&st, e.pid) {
-                Some(waiter) => {
+                Some((waiter, outputs)) => {
                     st.h.held.insert(e.pid);
-                    later.push((*e, waiter));
+                    later.push((*e, waiter, outputs));
                 }
                 None => now.push(*e),
             }
@@ -297,8 +298,9 @@ impl Shim {
         }
     }
 
-    /// The output of our process `pid` if the client has not read all of it yet.
-    fn undrained(&self, st: &State, pid: i32) -> Option<DrainWaiter> {
+    /// The output of our process `pid` and where it stands, if the client has not read all of
+    /// it yet.
+    fn undrained(&self, st: &State, pid: i32) -> Option<(DrainWaiter, Outputs)> {
         let (id, exec_id) = st.life.process_of(pid)?;
         let h = st.h.handles.get(id)?;
         let io = match exec_id {
@@ -306,10 +308,15 @@ impl Shim {
             e => h.execs.get(e).and_then(|x| x.io.as_ref()),
         }?;
         let waiter = io.drain_waiter();
-        // Output another process holds open, all read so far: nothing to wait for (see
-        // [`HELD_OPEN_POLL`]).
-        let read_so_far = waiter.outputs() == Outputs::HeldOpen { unread: 0 };
-        (!waiter.is_done() && !read_so_far).then_some(waiter)
+        if waiter.is_done() {
+            return None;
+        }
+        match waiter.outputs() {
+            // Held open by another process, all read so far: nothing to wait for (see
+            // [`HELD_OPEN_POLL`]).
+            Outputs::HeldOpen { unread: 0 } => None,
+            outputs => Some((waiter, outputs)),
+        }
     }
 
     /// The OOM fd registered under `key` became readable.
