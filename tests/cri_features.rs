@@ -7,6 +7,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
+use common::containerd::ns_link;
 use common::cri::{map, Cri, PELAGOS, RUNC};
 use k8s_cri::v1::*;
 
@@ -28,13 +29,6 @@ fn cap_mask(status: &str, name: &str) -> u64 {
 const CAP_CHOWN: u64 = 1 << 0;
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_SYS_ADMIN: u64 = 1 << 21;
-
-fn ns_link(pid: u32, ns: &str) -> String {
-    fs::read_link(format!("/proc/{pid}/ns/{ns}"))
-        .unwrap_or_else(|e| panic!("readlink /proc/{pid}/ns/{ns}: {e}"))
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// ContainerStats and PodSandboxStats report CPU and memory use; UpdateContainerResources
 /// changes the container's cgroup.

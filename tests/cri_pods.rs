@@ -7,6 +7,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
+use common::containerd::ns_link;
 use common::cri::{map, Cri, PELAGOS, RUNC};
 use k8s_cri::v1::*;
 
@@ -33,13 +34,6 @@ fn wait_log(path: &std::path::Path, want: &[(&str, &str)]) -> Vec<(String, Strin
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn ns_link(pid: u32, ns: &str) -> String {
-    fs::read_link(format!("/proc/{pid}/ns/{ns}"))
-        .unwrap_or_else(|e| panic!("readlink /proc/{pid}/ns/{ns}: {e}"))
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// One shim serves a whole pod. runc's `start` gives up on the pod's shim when its dial does

@@ -7,19 +7,18 @@ use std::io::{BufRead, BufReader};
 use std::process::Child;
 
 use common::containerd::{
-    describe, stdout, testing_pelagos, wait_child_timeout, Containerd, CTR_TIMEOUT,
+    describe, ns_link, stdout, testing_pelagos, wait_child_timeout, Containerd, CTR_TIMEOUT,
 };
 
 /// The namespaces of `pid` that are not this test's own, as `/proc/<pid>/ns/*` links read
 /// (`mnt:[4026532250]`).
 fn own_namespaces(pid: u32) -> Vec<String> {
-    let link = |p: String| std::fs::read_link(p).ok().map(|l| l.display().to_string());
     std::fs::read_dir(format!("/proc/{pid}/ns"))
         .expect("read the init's ns dir")
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
-            let theirs = link(format!("/proc/{pid}/ns/{name}"))?;
-            (link(format!("/proc/self/ns/{name}")).as_deref() != Some(&theirs)).then_some(theirs)
+            let theirs = ns_link(pid, &name);
+            (ns_link(std::process::id(), &name) != theirs).then_some(theirs)
         })
         .collect()
 }

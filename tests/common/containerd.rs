@@ -1453,6 +1453,14 @@ pub fn wait_pid_gone(pid: i32, deadline: Instant) -> bool {
     poll_pidfd(&fd, deadline.saturating_duration_since(Instant::now()))
 }
 
+/// Where `/proc/<pid>/ns/<ns>` points (`mnt:[4026532250]`).
+pub fn ns_link(pid: u32, ns: &str) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .unwrap_or_else(|e| panic!("readlink /proc/{pid}/ns/{ns}: {e}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Every pid in /proc.
 pub fn procs() -> Vec<i32> {
     fs::read_dir("/proc")
