@@ -45,10 +45,10 @@ const HELD_OPEN_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// An exit whose output another process still holds open (a child left running in the
 /// background) is reported once the client has read what was written so far, or has read
-/// none of it for this long, without waiting for the output to end, which it may never do
-/// (runc's shim reports every exit at once); this is also how often such an output is looked
-/// at. When the exit is routed the setup helper, which held the process's stdio, has been
-/// reaped (the core waits for it), so any writer left is the process's own.
+/// none of it since the last look, without waiting for the output to end, which it may never
+/// do (runc's shim reports every exit at once). Such an output is looked at this often, the
+/// first time this long after the exit: a hangup is not always visible the moment the exit is
+/// (reporting "held open, all read" at once lost the tail of a tty once in CI).
 pub const HELD_OPEN_POLL: Duration = Duration::from_millis(50);
 /// Epoll keys below this are the daemon's own (signalfd, wake-up eventfd).
 pub const FIRST_OOM_KEY: u64 = 16;
@@ -311,12 +311,8 @@ impl Shim {
         if waiter.is_done() {
             return None;
         }
-        match waiter.outputs() {
-            // Held open by another process, all read so far: nothing to wait for (see
-            // [`HELD_OPEN_POLL`]).
-            Outputs::HeldOpen { unread: 0 } => None,
-            outputs => Some((waiter, outputs)),
-        }
+        let outputs = waiter.outputs();
+        Some((waiter, outputs))
     }
 
     /// The OOM fd registered under `key` became readable.
