@@ -1698,7 +1698,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "logs) here before tearing down")
     p.add_argument("--debug", action="store_true", help="containerd and shims log at debug")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 if a round failed or something was left behind (for CI smoke runs)")
+                   help="exit 1 if a pelagos round failed or something was left behind (for CI "
+                   "smoke runs; runc's failed rounds are reported, not fatal)")
     p.add_argument("--profile", default="", metavar="DIR",
                    help="instead of the table: perf record -a around --rounds lifecycles and "
                    "execs per runtime, CPU per process group, pelagos symbols (build the shim "
@@ -1786,7 +1787,9 @@ def main(argv: list[str]) -> int:
     log(f"wrote {args.json} ({elapsed:.0f}s)")
     if args.markdown:
         Path(args.markdown).write_text(markdown_table(res))
-    failed = any(m.failures[r] for m in res.metrics.values() for r in RUNTIMES)
+    # runc's rounds are the control: ctr itself loses a tty's tail now and then with either
+    # shim (seen with runc's too), which is no failure of the shim under test.
+    failed = any(m.failures[PELAGOS] for m in res.metrics.values())
     return 1 if args.strict and (failed or res.notes) else 0
 
 
