@@ -179,6 +179,11 @@ pub(crate) struct JobSpec {
     pub drain: Option<DrainToken>,
     /// The job reads the console (a stdin hangup drains and ends it).
     pub reads_console: bool,
+    /// A client has had the destination fifo open for reading. Until one has, output left in
+    /// the fifo at EOF waits for one (up to [`LINGER_STALL`]): the client opens its reader
+    /// concurrently with the create or exec (ctr opens it in a goroutine), and a quick process
+    /// can be done before it does.
+    pub client_seen: bool,
 }
 
 struct Job {
@@ -314,11 +319,18 @@ impl Job {
                     }
                     (phase, since) = (Linger::Reader, now);
                 }
-                // Nobody reads (`ctr run -d` returned, a client died): runc's shim reports
-                // such an exit at once, and so does this one.
-                _ if !self.probe.as_ref().is_some_and(has_reader) => return true,
-                n if n != left => (phase, since) = (Linger::Unread(n), now),
-                _ => {}
+                n => {
+                    let reader = self.probe.as_ref().is_some_and(has_reader);
+                    self.spec.client_seen |= reader;
+                    // The client is gone (`ctr run -d` returned, a client died): runc's shim
+                    // reports such an exit at once, and so does this one.
+                    if !reader && self.spec.client_seen {
+                        return true;
+                    }
+                    if n != left {
+                        (phase, since) = (Linger::Unread(n), now);
+                    }
+                }
             }
         }
         if phase == Linger::Reader && !has_reader(&self.spec.dst) {

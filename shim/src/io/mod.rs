@@ -253,9 +253,9 @@ impl ProcessIo {
                     // Like containerd: stderr goes to the file only if stderr was asked for.
                     let stderr = match cfg.stderr.is_empty() {
                         true => None,
-                        false => Some(pio.output_pipe("stderr", dup(&file)?, &mut jobs)?),
+                        false => Some(pio.output_pipe("stderr", dup(&file)?, false, &mut jobs)?),
                     };
-                    let stdout = Some(pio.output_pipe("stdout", file, &mut jobs)?);
+                    let stdout = Some(pio.output_pipe("stdout", file, false, &mut jobs)?);
                     pelagos::Stdio::Fds {
                         stdin,
                         stdout,
@@ -303,6 +303,7 @@ impl ProcessIo {
         let PendingConsole {
             socket: _,
             out,
+            out_client,
             stdin,
             drain,
         } = pending;
@@ -320,6 +321,7 @@ impl ProcessIo {
             on_eof: OnEof::Close,
             drain: Some(drain),
             reads_console: true,
+            client_seen: out_client,
         }];
         let console: Console = Arc::new(Mutex::new(None));
         if let Some(src) = stdin {
@@ -330,6 +332,7 @@ impl ProcessIo {
                 on_eof: OnEof::HangUp(Arc::clone(&console)),
                 drain: None,
                 reads_console: false,
+                client_seen: false,
             });
         }
         *console.lock().unwrap_or_else(|e| e.into_inner()) = Some(master);
@@ -420,6 +423,7 @@ impl ProcessIo {
             on_eof: OnEof::Close,
             drain: None,
             reads_console: false,
+            client_seen: false,
         });
         Ok(Some(r))
     }
@@ -448,15 +452,17 @@ impl ProcessIo {
         path: PathBuf,
         jobs: &mut Vec<JobSpec>,
     ) -> Result<OwnedFd, IoError> {
-        let dst = open_output_fifo(stream, path)?;
-        self.output_pipe(stream, dst, jobs)
+        let (dst, client) = open_output_fifo(stream, path)?;
+        self.output_pipe(stream, dst, client, jobs)
     }
 
-    /// A pipe whose write end goes to the container and whose read end is copied into `dst`.
+    /// A pipe whose write end goes to the container and whose read end is copied into `dst`
+    /// (`client`: see [`JobSpec::client_seen`]).
     fn output_pipe(
         &mut self,
         stream: &'static str,
         dst: OwnedFd,
+        client: bool,
         jobs: &mut Vec<JobSpec>,
     ) -> Result<OwnedFd, IoError> {
         let (r, w) = pipe(stream)?;
@@ -468,6 +474,7 @@ impl ProcessIo {
             on_eof: OnEof::Close,
             drain: Some(self.drain.token()),
             reads_console: false,
+            client_seen: client,
         });
         Ok(w)
     }
@@ -481,20 +488,21 @@ impl ProcessIo {
         target: Target,
     ) -> Result<pelagos::Stdio, IoError> {
         // stderr is unused with a terminal: the slave is 0, 1 and 2.
-        let out = match target {
+        let (out, out_client) = match target {
             Target::Fifo { stdout: Some(path) } => open_output_fifo("stdout", path)?,
             // Nobody reads the output, but the tty must not fill up and block the process.
-            Target::Fifo { stdout: None } => {
-                open_stream("stdout", "/dev/null".as_ref(), OFlag::O_WRONLY)?.0
-            }
-            Target::File(path) => open_log_file(&path)?,
+            Target::Fifo { stdout: None } => (
+                open_stream("stdout", "/dev/null".as_ref(), OFlag::O_WRONLY)?.0,
+                false,
+            ),
+            Target::File(path) => (open_log_file(&path)?, false),
             Target::Binary(cmd) => {
                 let (out_r, out_w) = pipe("stdout")?;
                 let (err_r, err_w) = pipe("stderr")?;
                 set_nonblocking(&out_w, "stdout")?;
                 self.logger = Some(Logger::spawn(&cmd, ctx, out_r.as_fd(), err_r.as_fd())?);
                 self.held.extend([out_r, err_r, err_w]);
-                out_w
+                (out_w, false)
             }
         };
         let stdin = self.open_stdin(cfg)?;
@@ -502,6 +510,7 @@ impl ProcessIo {
         self.pending = Some(PendingConsole {
             socket: Some(socket),
             out,
+            out_client,
             stdin,
             drain: self.drain.token(),
         });
@@ -514,6 +523,8 @@ impl ProcessIo {
 struct PendingConsole {
     socket: Option<pelagos::ConsoleSocket>,
     out: OwnedFd,
+    /// See [`JobSpec::client_seen`].
+    out_client: bool,
     stdin: Option<OwnedFd>,
     /// Held from open, so `wait_drained` also waits for output not attached yet.
     drain: DrainToken,
@@ -565,13 +576,17 @@ fn open_stream(
 
 /// An output fifo, opened O_RDWR: the shim is a reader of the fifo for as long as it copies
 /// into it, so the container never sees EPIPE and output waits in the fifo while no client
-/// reads. (A character device such as /dev/null is accepted too.)
-fn open_output_fifo(stream: &'static str, path: PathBuf) -> Result<OwnedFd, IoError> {
+/// reads. (A character device such as /dev/null is accepted too.) Also whether a client had
+/// it open for reading already, which only an open made before the shim's own can tell: a
+/// write-only open without blocking fails (ENXIO) when the fifo has no reader. That writer is
+/// closed only once the shim's own is open, or a client waiting in read would see EOF.
+fn open_output_fifo(stream: &'static str, path: PathBuf) -> Result<(OwnedFd, bool), IoError> {
+    let client = open_stream(stream, &path, OFlag::O_WRONLY).ok();
     let (fd, kind) = open_stream(stream, &path, OFlag::O_RDWR)?;
     if kind == SFlag::S_IFREG {
         return Err(IoError::NotFifo { stream, path });
     }
-    Ok(fd)
+    Ok((fd, client.is_some()))
 }
 
 /// `file://` target: created (with its directory) if missing, appended to.

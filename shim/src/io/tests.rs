@@ -284,8 +284,12 @@ fn output_held_open_by_a_background_child() {
 #[test]
 fn unread_output_without_a_reader_drains_at_eof() {
     let dir = TempDir::new("noreader");
-    let (out, pio, stdio) = stdout_only(&dir);
-    drop(open_reader(&out)); // a client came and went
+    let out = dir.fifo("out");
+    // The client opens its reader before the create, as ctr does, and goes before the end.
+    let client = open_reader(&out);
+    let io = IoLoop::start().unwrap();
+    let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
+    drop(client);
     let mut child = spawn("echo nobody reads this", stdio);
     assert!(wait_child(&mut child).success());
     assert!(
@@ -294,6 +298,21 @@ fn unread_output_without_a_reader_drains_at_eof() {
     );
     pio.shutdown();
     assert!(no_reader(&out), "the shim still holds the fifo");
+}
+
+/// A client opens its reader concurrently with the create or exec (ctr: in a goroutine), so a
+/// quick process can write and exit before it has: the output waits in the fifo for it.
+#[test]
+fn output_written_before_the_client_arrives_is_kept_for_it() {
+    let dir = TempDir::new("late");
+    let (out, pio, stdio) = stdout_only(&dir);
+    let mut child = spawn("echo written before the client came", stdio);
+    assert!(wait_child(&mut child).success());
+    std::thread::sleep(Duration::from_millis(100));
+    let got = read_to_end(open_reader(&out));
+    assert!(pio.wait_drained(DRAIN));
+    assert_eq!(got.join().unwrap(), b"written before the client came\n");
+    pio.shutdown();
 }
 
 #[test]
