@@ -431,6 +431,13 @@ impl Lifecycle {
         let Some(t) = self.tasks.get_mut(id) else {
             return Vec::new();
         };
+        if t.init.status == Status::Created {
+            log::info!(
+                "container {id}: init (pid {}) ended before start, status {}",
+                exit.pid,
+                exit.status
+            );
+        }
         t.init_reaped = true;
         t.pending_init_exit = Some(exit);
         let mut actions = Vec::new();
