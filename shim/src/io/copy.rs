@@ -53,7 +53,7 @@ const INOTIFY_TOKEN: u64 = u64::MAX - 1;
 const LINGER_POLL: Duration = Duration::from_millis(2);
 /// How often a copy whose fifo is closed on our side looks for the client's reader to go.
 /// Its going is an inotify event (the close of a read-only fd); this only catches a reader
-/// opened read-write (its close is not watched, see [`watch_reader`]) and the stall limit.
+/// opened read-write (its close is not watched, see [`check_lingering`]) and the stall limit.
 const READER_POLL: Duration = Duration::from_millis(20);
 /// A lingering copy whose client made no progress for this long gives up: the client holds
 /// the fifo open but does not read it, or keeps it open past EOF.
@@ -203,6 +203,9 @@ struct Job {
     /// The inotify watch on the fifo that reports the client closing its reader, once the
     /// job waits for that (`Some(None)`: could not watch, polled instead).
     watch: Option<Option<Watch>>,
+    /// Until EOF, while no client was seen: the inotify watch that reports the fifo being
+    /// opened, which only the client does meanwhile (see [`JobSpec::client_seen`]).
+    arrival: Option<Watch>,
 }
 
 /// Removed with the job. Two jobs on one fifo share the kernel's watch, so the first to go
@@ -286,6 +289,8 @@ impl Job {
     }
 
     fn at_eof(&mut self) -> Step {
+        // From here on the job opens the fifo itself.
+        self.arrival = None;
         let Some(probe) = &self.probe else {
             return Step::Done;
         };
@@ -508,6 +513,10 @@ impl IoLoop {
                 true => path_handle(&spec.dst),
                 false => None,
             };
+            let arrival = match (&probe, spec.client_seen) {
+                (Some(p), false) => watch(&self.shared, p, AddWatchFlags::IN_OPEN),
+                _ => None,
+            };
             let job = Job {
                 spec,
                 owner,
@@ -517,6 +526,7 @@ impl IoLoop {
                 probe,
                 linger: None,
                 watch: None,
+                arrival,
             };
             if let Err(e) = register(&self.shared.epoll, id, &job) {
                 unregister(&self.shared.epoll, &job);
@@ -678,17 +688,17 @@ fn run(shared: &Shared) {
             break;
         }
         let mut state = lock(&shared.state);
+        // Inotify first: a client that opened its fifo before its process's output ended must
+        // be seen before that end is.
+        if events[..n].iter().any(|e| e.data() == INOTIFY_TOKEN) {
+            read_inotify(shared, &mut state);
+        }
         for event in &events[..n] {
             match event.data() {
                 WAKE_TOKEN => {
                     let _ = shared.wake.read();
                 }
-                // Only wakes the loop: the lingering jobs are checked below.
-                INOTIFY_TOKEN => {
-                    if let Some(i) = &shared.inotify {
-                        while matches!(i.read_events(), Ok(ev) if !ev.is_empty()) {}
-                    }
-                }
+                INOTIFY_TOKEN => {}
                 t => pump(shared, &mut state, t >> 1),
             }
         }
@@ -743,7 +753,13 @@ fn check_lingering(shared: &Shared, state: &mut State) {
         };
         let mut done = job.linger_done(now);
         if !done && job.watch.is_none() && job.linger.is_some_and(|(p, _)| p == Linger::Reader) {
-            job.watch = Some(watch_reader(shared, &job.spec.dst));
+            // Closes of fds opened for writing are not watched: the job's own [`has_reader`]
+            // check opens one, and would wake the loop again after every check.
+            job.watch = Some(watch(
+                shared,
+                &job.spec.dst,
+                AddWatchFlags::IN_CLOSE_NOWRITE,
+            ));
             // The reader may have gone before the watch existed.
             done = job.linger_done(now);
         }
@@ -756,17 +772,39 @@ fn check_lingering(shared: &Shared, state: &mut State) {
     });
 }
 
-/// Watches the fifo behind the path handle `probe` for a read-only fd of it being closed
-/// (`IN_CLOSE_NOWRITE`). Closes of fds opened for writing are not watched: our own
-/// [`has_reader`] check opens one, and would wake the loop again after every check.
-fn watch_reader(shared: &Shared, probe: &OwnedFd) -> Option<Watch> {
+/// Watches the fifo behind the path handle `probe` for `events`.
+fn watch(shared: &Shared, probe: &OwnedFd, events: AddWatchFlags) -> Option<Watch> {
     let inotify = shared.inotify.as_ref()?;
     let path = format!("/proc/self/fd/{}", probe.as_raw_fd());
-    match inotify.add_watch(path.as_str(), AddWatchFlags::IN_CLOSE_NOWRITE) {
+    match inotify.add_watch(path.as_str(), events) {
         Ok(wd) => Some(Watch(Arc::clone(inotify), wd)),
         Err(e) => {
-            log::debug!("io: watch {path}: {e}; polling for the client's reader");
+            log::debug!("io: watch {path} for {events:?}: {e}; polling");
             None
+        }
+    }
+}
+
+/// Reads the inotify events: a fifo opened is the client arriving for the jobs that wait for
+/// theirs; a reader closed only wakes the loop (the lingering jobs are checked after).
+fn read_inotify(shared: &Shared, state: &mut State) {
+    let Some(inotify) = &shared.inotify else {
+        return;
+    };
+    while let Ok(events) = inotify.read_events() {
+        if events.is_empty() {
+            break;
+        }
+        for e in events
+            .iter()
+            .filter(|e| e.mask.contains(AddWatchFlags::IN_OPEN))
+        {
+            for job in state.jobs.values_mut() {
+                if job.arrival.as_ref().is_some_and(|w| w.1 == e.wd) {
+                    job.spec.client_seen = true;
+                    job.arrival = None;
+                }
+            }
         }
     }
 }

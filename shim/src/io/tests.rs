@@ -300,6 +300,23 @@ fn unread_output_without_a_reader_drains_at_eof() {
     assert!(no_reader(&out), "the shim still holds the fifo");
 }
 
+/// A client that opened its reader only after the shim opened the fifo (its open raced the
+/// create or exec) and went before the end is not waited for either.
+#[test]
+fn a_client_that_came_after_the_open_and_went_is_not_waited_for() {
+    let dir = TempDir::new("cameandwent");
+    let (out, pio, stdio) = stdout_only(&dir);
+    drop(open_reader(&out));
+    let mut child = spawn("echo nobody reads this", stdio);
+    assert!(wait_child(&mut child).success());
+    assert!(
+        pio.wait_drained(LINGER_STALL_BOUND),
+        "drain waited for a reader that is gone"
+    );
+    pio.shutdown();
+    assert!(no_reader(&out), "the shim still holds the fifo");
+}
+
 /// A client opens its reader concurrently with the create or exec (ctr: in a goroutine), so a
 /// quick process can write and exit before it has: the output waits in the fifo for it.
 #[test]
