@@ -179,8 +179,12 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         _ => Ok(()),
     };
     seccomp(!nnp)?;
+    // Read while still privileged: the passwd file need not be readable by the user.
+    let env = crate::user::exec_env(process.env().as_deref().unwrap_or_default(), || {
+        crate::user::home_of(process.user().uid())
+    });
     crate::user::finalize_identity(process).step("user, groups and capabilities")?;
-    let exe = prepare_exec(process)?;
+    let exe = prepare_exec(process, &env)?;
     seccomp(nnp)?;
 
     if let Some(init) = &plan.init {
@@ -538,9 +542,8 @@ struct Exec {
 
 /// Resolves args[0] like execvp, with the process's own PATH, so a missing binary is a create
 /// error (as in runc) rather than a start error.
-fn prepare_exec(process: &Process) -> Result<Exec, InitError> {
+fn prepare_exec(process: &Process, env: &[String]) -> Result<Exec, InitError> {
     let args = process.args().as_deref().unwrap_or_default();
-    let env = process.env().as_deref().unwrap_or_default();
     let cstr = |s: &str, what: &str| {
         CString::new(s).map_err(|_| fail("exec", format!("{what} {s:?} contains a NUL byte")))
     };

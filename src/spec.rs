@@ -33,6 +33,12 @@ pub enum SpecError {
     MissingProcess,
     #[error("{0}: args is missing or empty")]
     MissingArgs(&'static str),
+    #[error("{what}: env entry {entry:?} {problem}")]
+    Env {
+        what: &'static str,
+        entry: String,
+        problem: &'static str,
+    },
     #[error("{what}: cwd {cwd:?} is not an absolute path")]
     RelativeCwd { what: &'static str, cwd: PathBuf },
     #[error("config.json: root.path is missing")]
@@ -180,6 +186,19 @@ pub fn validate_process(process: &Process, what: &'static str) -> Result<(), Spe
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(SpecError::MissingArgs(what));
     }
+    for entry in process.env().iter().flatten() {
+        let problem = match entry.split_once('=') {
+            None => "has no '='",
+            Some(("", _)) => "has an empty name",
+            Some(_) if entry.contains('\0') => "contains a NUL byte",
+            Some(_) => continue,
+        };
+        return Err(SpecError::Env {
+            what,
+            entry: entry.clone(),
+            problem,
+        });
+    }
     if !process.cwd().is_absolute() {
         return Err(SpecError::RelativeCwd {
             what,
@@ -221,6 +240,26 @@ mod tests {
     fn check(v: serde_json::Value) -> Result<NsPlan, SpecError> {
         let spec = parse(v.to_string().as_bytes(), Path::new("config.json"))?;
         validate(&spec)
+    }
+
+    #[test]
+    fn env_entries_need_a_name_and_an_equals_sign() {
+        for (entry, problem) in [
+            ("FOO", "has no '='"),
+            ("=bar", "has an empty name"),
+            ("A=b\u{0}c", "contains a NUL byte"),
+        ] {
+            let mut v = base();
+            v["process"]["env"] = serde_json::json!(["PATH=/bin", entry]);
+            let err = check(v).unwrap_err().to_string();
+            assert!(
+                err.contains("env entry") && err.contains(problem),
+                "{entry:?}: {err}"
+            );
+        }
+        let mut v = base();
+        v["process"]["env"] = serde_json::json!(["EMPTY=", "A==b"]);
+        assert!(check(v).is_ok());
     }
 
     #[test]

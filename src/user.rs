@@ -1,5 +1,5 @@
-//! Process identity and attributes: uid/gid/additional groups, rlimits, umask, oom_score_adj,
-//! no_new_privileges, sysctls.
+//! Process identity and attributes: uid/gid/additional groups, the environment it gets,
+//! rlimits, umask, oom_score_adj, no_new_privileges, sysctls.
 
 use std::path::PathBuf;
 
@@ -280,6 +280,49 @@ fn prctl(op: libc::c_int, a: libc::c_ulong) -> Result<(), Errno> {
     .map(drop)
 }
 
+/// The environment a process execs with, as runc gives it: `env` with each name once (the
+/// last value, at the place of the first), and HOME, when unset or empty, set to what `home`
+/// returns (see [`home_of`]). Entries were validated (spec::validate_process).
+pub fn exec_env(env: &[String], home: impl FnOnce() -> String) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(env.len() + 1);
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for entry in env {
+        let name = entry.split_once('=').map_or(entry.as_str(), |(n, _)| n);
+        match at.get(name) {
+            Some(&i) => out[i] = entry.clone(),
+            None => {
+                at.insert(name, out.len());
+                out.push(entry.clone());
+            }
+        }
+    }
+    let home_entry = |home: String| format!("HOME={home}");
+    match at.get("HOME") {
+        Some(&i) if out[i] == "HOME=" => out[i] = home_entry(home()),
+        Some(_) => {}
+        None => out.push(home_entry(home())),
+    }
+    out
+}
+
+/// The home directory of `uid` in this mount namespace's /etc/passwd (the container's, once
+/// its root is set up): the first entry with that uid, else "/", runc's default.
+pub fn home_of(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| home_in(&passwd, uid))
+        .unwrap_or_else(|| "/".into())
+}
+
+fn home_in(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        // name:password:uid:gid:gecos:home:shell
+        let fields: Vec<&str> = line.trim().split(':').collect();
+        let matches = fields.get(2).and_then(|u| u.parse::<u32>().ok()) == Some(uid);
+        matches.then(|| fields.get(5).copied().unwrap_or_default().to_string())
+    })
+}
+
 /// Bounding set, then setgroups/setgid/setuid keeping capabilities, then the capability sets
 /// (runc's finalizeNamespace order), umask and no_new_privileges.
 pub fn finalize_identity(process: &Process) -> Result<(), UserError> {
@@ -407,6 +450,35 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("vm.swappiness"), "{e}");
+    }
+
+    #[test]
+    fn home_comes_from_the_first_passwd_entry_of_the_uid() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\n  app:x:1000:1000::/home/app:/bin/sh\n\
+                      again:x:1000:1000::/elsewhere:/bin/sh\nshort:x:7\n";
+        assert_eq!(home_in(passwd, 0).as_deref(), Some("/root"));
+        assert_eq!(home_in(passwd, 1000).as_deref(), Some("/home/app"));
+        assert_eq!(home_in(passwd, 7).as_deref(), Some(""));
+        assert_eq!(home_in(passwd, 42), None);
+    }
+
+    #[test]
+    fn exec_env_keeps_one_entry_per_name_and_sets_home() {
+        let env = |e: &[&str]| e.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let home = || "/root".to_string();
+        assert_eq!(
+            exec_env(&env(&["A=1", "PATH=/bin", "A=2"]), home),
+            env(&["A=2", "PATH=/bin", "HOME=/root"])
+        );
+        assert_eq!(
+            exec_env(&env(&["HOME=/data", "X=y"]), || unreachable!()),
+            env(&["HOME=/data", "X=y"])
+        );
+        assert_eq!(
+            exec_env(&env(&["HOME=", "X=y"]), home),
+            env(&["HOME=/root", "X=y"])
+        );
+        assert_eq!(exec_env(&[], home), env(&["HOME=/root"]));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::Child;
+use std::process::{Child, Output};
 
 use common::containerd::{describe, stdout, wait_child_timeout, Containerd, CTR_TIMEOUT};
 
@@ -126,6 +126,44 @@ fn env_and_cwd_are_applied() {
     assert_eq!(lines.first(), Some(&"bar baz"), "{text}");
     assert_eq!(lines.get(1), Some(&"/tmp"), "{text}");
     assert!(lines.get(2).is_some_and(|p| p.contains("/bin")), "{text}");
+    cd.assert_no_leaks();
+}
+
+/// HOME, when the spec leaves it unset, comes from the container's /etc/passwd for the uid,
+/// "/" without an entry (runc's default); a HOME given is kept. (ctr 1.6 sets a user only for
+/// execs.)
+#[test]
+fn home_is_set_from_the_containers_passwd_like_runc() {
+    let cd = Containerd::start();
+    let echo_home = ["sh", "-c", "echo \"$HOME\""];
+    let home_of = |out: Output| {
+        assert!(out.status.success(), "{}", describe(&out));
+        stdout(&out).trim_end().to_string()
+    };
+    // The test image's passwd: root's home is /root, nobody's (65534) /nonexistent.
+    assert_eq!(home_of(cd.run("root", &[], &echo_home)), "/root");
+    let given = cd.run("given", &["--env", "HOME=/data"], &echo_home);
+    assert_eq!(home_of(given), "/data");
+
+    cd.run_detached("box", &[], &["sleep", "1000"]);
+    for (user, want) in [("65534", "/nonexistent"), ("1234", "/"), ("0", "/root")] {
+        let out = cd.ctr(
+            &[
+                "task",
+                "exec",
+                "--exec-id",
+                &format!("u{user}"),
+                "--user",
+                user,
+                "box",
+            ]
+            .into_iter()
+            .chain(echo_home)
+            .collect::<Vec<_>>(),
+        );
+        assert_eq!(home_of(out), want, "exec as uid {user}");
+    }
+    cd.remove("box");
     cd.assert_no_leaks();
 }
 
