@@ -656,6 +656,11 @@ fn unregister(epoll: &Epoll, job: &Job) {
 fn run(shared: &Shared) {
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
+        // Checked before every wait: the wake-up that came with the stop may have been read by
+        // the turn that was running when it came.
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
         let timeout = {
             let state = lock(&shared.state);
             if !state.ready.is_empty() {
