@@ -180,9 +180,10 @@ pub(crate) struct JobSpec {
     /// The job reads the console (a stdin hangup drains and ends it).
     pub reads_console: bool,
     /// A client has had the destination fifo open for reading. Until one has, output left in
-    /// the fifo at EOF waits for one (up to [`LINGER_STALL`]): the client opens its reader
-    /// concurrently with the create or exec (ctr opens it in a goroutine), and a quick process
-    /// can be done before it does.
+    /// the fifo at EOF waits for one to read it (up to [`LINGER_STALL`]): the client opens its
+    /// reader concurrently with the create or exec (ctr opens it in a goroutine), and a quick
+    /// process can be done before it does. Seen: a reader when the shim opened the fifo, or an
+    /// open of it before EOF (see `Job::arrival`).
     pub client_seen: bool,
 }
 
@@ -325,11 +326,11 @@ impl Job {
                     (phase, since) = (Linger::Reader, now);
                 }
                 n => {
-                    let reader = self.probe.as_ref().is_some_and(has_reader);
-                    self.spec.client_seen |= reader;
                     // The client is gone (`ctr run -d` returned, a client died): runc's shim
-                    // reports such an exit at once, and so does this one.
-                    if !reader && self.spec.client_seen {
+                    // reports such an exit at once, and so does this one. One not seen yet may
+                    // still come. (A reader found now is no proof of a client: a process the
+                    // shim is forking holds the shim's fds for a moment.)
+                    if self.spec.client_seen && !self.probe.as_ref().is_some_and(has_reader) {
                         return true;
                     }
                     if n != left {
