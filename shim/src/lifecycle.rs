@@ -26,24 +26,38 @@ use pelagos::reaper::Exit;
 
 use crate::events::{timestamp, Event};
 
-/// Errors carry the gRPC meaning containerd expects (see the service's mapping).
+/// Errors carry the gRPC meaning containerd expects (see the service's mapping); their texts
+/// are runc's shim's, which clients may show or match.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LifecycleError {
-    #[error("container {0} not created")]
+    #[error("container not created")]
     NotFound(String),
-    #[error("process {exec_id} does not exist in container {id}")]
+    #[error("process does not exist {exec_id}")]
     ExecNotFound { id: String, exec_id: String },
     #[error("container {0} already exists")]
     AlreadyExists(String),
-    #[error("exec {exec_id} already exists in container {id}")]
+    #[error("id {exec_id}")]
     ExecExists { id: String, exec_id: String },
     #[error("container {0} init process is not running")]
     InitNotRunning(String),
-    #[error("cannot {action} a {state} process")]
+    #[error("{}", bad_state(action, state))]
     BadState {
         action: &'static str,
         state: &'static str,
     },
+}
+
+/// runc's shim words these by the state's kind: its init's created state speaks of the task,
+/// paused and stopped of the container, exec of the state, the rest of the process.
+fn bad_state(action: &str, state: &str) -> String {
+    match (action, state) {
+        ("exec in", _) => format!("cannot exec in a {state} state"),
+        ("pause" | "resume", "created") => format!("cannot {action} task in created state"),
+        ("pause" | "resume" | "update", "paused" | "stopped") => {
+            format!("cannot {action} a {state} container")
+        }
+        _ => format!("cannot {action} a {state} process"),
+    }
 }
 
 /// Where events go; the service passes its publisher, tests a recorder.
@@ -308,9 +322,14 @@ impl Lifecycle {
             });
         }
         match t.init.status {
-            _ if t.init_reaped || t.init.status == Status::Stopped => {
-                return Err(LifecycleError::InitNotRunning(id.to_owned()))
+            Status::Stopped => {
+                return Err(LifecycleError::BadState {
+                    action: "exec in",
+                    state: "stopped",
+                })
             }
+            // Reaped, its exit not published yet (runc's shim refuses at Start).
+            _ if t.init_reaped => return Err(LifecycleError::InitNotRunning(id.to_owned())),
             Status::Paused | Status::Pausing => {
                 return Err(LifecycleError::BadState {
                     action: "exec in",

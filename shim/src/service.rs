@@ -78,8 +78,29 @@ pub enum ServiceError {
     Spec { path: PathBuf, reason: String },
 }
 
+/// An error as containerd's Go shims send it: the message of one of containerd's error
+/// classes (errdefs) ends with the class, "process already finished: not found". containerd
+/// 1.x strips that suffix before showing the message, 2.x shows it.
 fn status(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.to_string()))
+    let mut msg = msg.to_string();
+    if let Some(class) = errdefs_class(code) {
+        if msg != class && !msg.ends_with(&format!(": {class}")) {
+            msg = format!("{msg}: {class}");
+        }
+    }
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+}
+
+fn errdefs_class(code: Code) -> Option<&'static str> {
+    Some(match code {
+        Code::INVALID_ARGUMENT => "invalid argument",
+        Code::NOT_FOUND => "not found",
+        Code::ALREADY_EXISTS => "already exists",
+        Code::FAILED_PRECONDITION => "failed precondition",
+        Code::UNAVAILABLE => "unavailable",
+        Code::UNIMPLEMENTED => "not implemented",
+        _ => return None,
+    })
 }
 
 impl From<LifecycleError> for ttrpc::Error {
@@ -867,9 +888,10 @@ fn kill_error(e: impl std::fmt::Display) -> ttrpc::Error {
         "already finished",
     ];
     if gone.iter().any(|g| msg.contains(g)) {
-        status(Code::NOT_FOUND, format!("process already finished: {msg}"))
+        log::debug!("kill: {msg}");
+        status(Code::NOT_FOUND, "process already finished")
     } else {
-        status(Code::UNKNOWN, msg)
+        status(Code::UNKNOWN, format!("unknown error after kill: {msg}"))
     }
 }
 
@@ -1080,7 +1102,8 @@ impl Task for Shim {
         let cell = {
             let st = self.lock();
             let t = st.life.get(&req.id)?;
-            if t.init_reaped() || t.init.status == Status::Stopped {
+            // With `all`, what is left in the cgroup still gets the signal (runc's `kill --all`).
+            if (t.init_reaped() || t.init.status == Status::Stopped) && !req.all {
                 return Err(status(Code::NOT_FOUND, "process already finished"));
             }
             st.h.of(&req.id)?.container.clone()
@@ -1088,6 +1111,7 @@ impl Task for Shim {
         let guard = cell.read().unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
             Some(c) => c.kill(sig, req.all).map_err(kill_error)?,
+            None if req.all => {}
             None => return Err(status(Code::NOT_FOUND, "process already finished")),
         }
         Ok(Empty::new())
@@ -1299,6 +1323,43 @@ mod tests {
             }),
             Code::UNKNOWN
         );
+    }
+
+    #[test]
+    fn error_texts_are_runc_shims() {
+        let message = |e: ttrpc::Error| match e {
+            ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+            other => panic!("{other:?}"),
+        };
+        let bad = |action, state| message(LifecycleError::BadState { action, state }.into());
+        assert_eq!(bad("exec in", "stopped"), "cannot exec in a stopped state");
+        assert_eq!(bad("pause", "paused"), "cannot pause a paused container");
+        assert_eq!(
+            bad("resume", "stopped"),
+            "cannot resume a stopped container"
+        );
+        assert_eq!(
+            bad("pause", "created"),
+            "cannot pause task in created state"
+        );
+        assert_eq!(bad("resume", "running"), "cannot resume a running process");
+        assert_eq!(bad("start", "stopped"), "cannot start a stopped process");
+        let exists = LifecycleError::ExecExists {
+            id: "c".into(),
+            exec_id: "e2".into(),
+        };
+        assert_eq!(message(exists.into()), "id e2: already exists");
+        let missing = LifecycleError::ExecNotFound {
+            id: "c".into(),
+            exec_id: "nope".into(),
+        };
+        assert_eq!(
+            message(missing.into()),
+            "process does not exist nope: not found"
+        );
+        let gone = status(Code::NOT_FOUND, "process already finished: not found");
+        assert_eq!(message(gone), "process already finished: not found");
+        assert_eq!(message(status(Code::UNKNOWN, "boom")), "boom");
     }
 
     #[test]
