@@ -35,6 +35,15 @@ fn fail(step: impl Into<String>, message: impl std::fmt::Display) -> InitError {
     }
 }
 
+/// An OS error as runc words it (Go's errno texts: "no such file or directory"), for the
+/// failures users see most: the process's binary and cwd. Tools match these texts (Docker
+/// maps "no such file or directory" and "executable file not found" to exit code 127).
+fn os_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    text.to_lowercase()
+}
+
 /// Attaches a step name to any error.
 trait Step<T> {
     fn step(self, step: &str) -> Result<T, InitError>;
@@ -167,7 +176,15 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         // runc creates a missing cwd inside the container too.
         std::fs::create_dir_all(cwd).step(&format!("create cwd {}", cwd.display()))?;
     }
-    std::env::set_current_dir(cwd).step(&format!("chdir to cwd {}", cwd.display()))?;
+    std::env::set_current_dir(cwd).map_err(|e| {
+        fail(
+            format!(
+                "chdir to cwd ({:?}) set in config.json failed",
+                cwd.display()
+            ),
+            os_text(&e),
+        )
+    })?;
     // Without no_new_privileges, loading a filter needs CAP_SYS_ADMIN, which finalize_identity
     // may drop: load it first then (as runc). Otherwise as late as possible, so the profile
     // need not allow the setup syscalls.
@@ -206,7 +223,7 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
                 .and_then(|a| a.first())
                 .cloned()
                 .unwrap_or_default(),
-            err
+            os_text(&err)
         ),
     ))
 }
@@ -583,7 +600,10 @@ fn resolve(name: &str, path_var: &str) -> Result<PathBuf, InitError> {
         return match std::fs::metadata(&path) {
             Ok(_) if is_executable(&path) => Ok(path),
             Ok(_) => Err(fail("exec", format!("{name:?}: permission denied"))),
-            Err(e) => Err(fail("exec", format!("{name:?}: {e}"))),
+            Err(e) => Err(fail(
+                "exec",
+                format!("{name:?}: stat {name}: {}", os_text(&e)),
+            )),
         };
     }
     for dir in path_var.split(':') {
@@ -593,9 +613,10 @@ fn resolve(name: &str, path_var: &str) -> Result<PathBuf, InitError> {
             return Ok(candidate);
         }
     }
+    log::debug!("{name:?} is in none of PATH={path_var}");
     Err(fail(
         "exec",
-        format!("executable file {name:?} not found in $PATH ({path_var})"),
+        format!("{name:?}: executable file not found in $PATH"),
     ))
 }
 

@@ -351,9 +351,20 @@ fn exec_joins_the_namespaces_and_cgroup_of_the_init() {
         .exec(&exec_process(&["no-such-binary"]), Stdio::Null)
         .unwrap_err();
     assert!(
-        err.to_string().contains("\"no-such-binary\" not found"),
+        err.to_string()
+            .contains("exec: \"no-such-binary\": executable file not found in $PATH"),
         "{err}"
     );
+    // runc's words: tools match them.
+    let mut in_missing_dir = exec_process(&["true"]);
+    in_missing_dir.set_cwd("/no/such/dir".into());
+    let err = c
+        .exec(&in_missing_dir, Stdio::Null)
+        .unwrap_err()
+        .to_string();
+    let want =
+        "chdir to cwd (\"/no/such/dir\") set in config.json failed: no such file or directory";
+    assert!(err.contains(want), "{err}");
     kill_and_delete(c);
 }
 
@@ -563,7 +574,9 @@ fn bad_input_is_named_and_leaves_nothing() {
         ("no mount namespace", Bundle::new().without_namespace("mount"),
          "must include a mount namespace".into()),
         ("executable not found", Bundle::new().args(&["no-such-cmd"]),
-         "container init: exec: executable file \"no-such-cmd\" not found".into()),
+         "container init: exec: \"no-such-cmd\": executable file not found in $PATH".into()),
+        ("binary missing", Bundle::new().args(&["/no/such/cmd"]),
+         "exec: \"/no/such/cmd\": stat /no/such/cmd: no such file or directory".into()),
         ("mount label", Bundle::new().edit(|c| c["linux"]["mountLabel"] = json!("system_u:object_r:x:s0")),
          "linux.mountLabel".into()),
         ("bind source missing", Bundle::new().mount(json!({

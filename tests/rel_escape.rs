@@ -449,7 +449,7 @@ fn core_exec_race_cannot_write_the_helper_binary() {
                 reaper::wait(p.pid, None).expect("reap exec");
                 evil.1 += 1;
             }
-            Err(e) if e.to_string().contains("No such file or directory") => evil.0 += 1,
+            Err(e) if e.to_string().contains("no such file or directory") => evil.0 += 1,
             Err(e) => panic!("exec /x/evil: {e}"),
         }
     }
@@ -550,7 +550,7 @@ fn shim_exec_race_cannot_write_the_shim_binary() {
                             continue;
                         }
                         let out = cd.exec(id, &format!("e{i}"), &[], &["/x/evil"]);
-                        if String::from_utf8_lossy(&out.stderr).contains("No such file") {
+                        if String::from_utf8_lossy(&out.stderr).contains("no such file") {
                             evil.0 += 1;
                         } else {
                             evil.1 += 1;
