@@ -261,6 +261,15 @@ fn deleting_a_running_task_is_refused() {
     cd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "busy"]);
     let exit = events.wait_topic("/tasks/exit", "busy", Some("busy"));
     assert_eq!(exit.exit_status(), Some(137), "{exit:?}");
+    // Stopped: a kill of the init is refused as finished, one of all that is left succeeds
+    // (runc's shim: `runc kill --all`).
+    let out = cd.ctr(&["task", "kill", "-s", "SIGKILL", "busy"]);
+    assert!(
+        !out.status.success() && describe(&out).contains("process already finished"),
+        "{}",
+        describe(&out)
+    );
+    cd.ctr_ok(&["task", "kill", "--all", "-s", "SIGKILL", "busy"]);
     cd.ctr_ok(&["task", "rm", "busy"]);
     cd.ctr_ok(&["containers", "rm", "busy"]);
     cd.assert_no_leaks();
