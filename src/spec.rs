@@ -139,10 +139,14 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Spec, SpecError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let text = e.to_string();
         // serde_json appends " at line L column C"; we report them as fields.
-        let message = match text.rfind(" at line ") {
+        let mut message = match text.rfind(" at line ") {
             Some(i) => text[..i].to_string(),
             None => text,
         };
+        // An unknown name (a capability, a namespace type…) is followed by every known one.
+        if let Some(i) = message.find(", expected one of") {
+            message.truncate(i);
+        }
         SpecError::Parse {
             path: path.to_path_buf(),
             line: e.line(),

@@ -89,6 +89,23 @@ fn missing_command_fails_cleanly() {
     cd.assert_no_leaks();
 }
 
+/// An unknown capability is refused naming it (runc's shim starts the container without it),
+/// and nothing is left behind.
+#[test]
+fn unknown_capability_is_named() {
+    let cd = Containerd::start();
+    let out = cd.run("badcap", &["--cap-add", "CAP_FOO"], &["true"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = describe(&out);
+    assert!(
+        err.contains("config.json: invalid config at line") && err.contains("CAP_FOO"),
+        "{err}"
+    );
+    assert!(!err.contains("expected one of"), "{err}");
+    let _ = cd.ctr(&["containers", "rm", "badcap"]);
+    cd.assert_no_leaks();
+}
+
 #[test]
 fn sigkill_gives_137() {
     let cd = Containerd::start();

@@ -74,8 +74,10 @@ fn drain_before_delete(io: &ProcessIo, what: &str) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("read spec {path}: {reason}")]
+    #[error("bundle config {path}: {reason}")]
     Spec { path: PathBuf, reason: String },
+    #[error(transparent)]
+    BadSpec(#[from] pelagos::spec::SpecError),
 }
 
 /// An error as containerd's Go shims send it: the message of one of containerd's error
@@ -856,10 +858,12 @@ fn task_io(c: &StdioConfig) -> TaskIO {
 
 fn load_spec(bundle: &std::path::Path) -> Result<Spec, ServiceError> {
     let path = bundle.join("config.json");
-    Spec::load(&path).map_err(|e| ServiceError::Spec {
-        path,
+    let bytes = std::fs::read(&path).map_err(|e| ServiceError::Spec {
+        path: path.clone(),
         reason: e.to_string(),
-    })
+    })?;
+    // The core's parser names the file, line, column and value that is wrong.
+    Ok(pelagos::spec::parse(&bytes, &path)?)
 }
 
 /// Whether the container gets a pid namespace of its own (runc's ShouldKillAllOnExit is the
