@@ -686,7 +686,7 @@ mod tests {
         let err = resolve("nope", &path).unwrap_err();
         assert!(
             err.to_string()
-                .contains("executable file \"nope\" not found"),
+                .contains("\"nope\": executable file not found in $PATH"),
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -935,7 +935,7 @@ fn oversized_config_is_bounded_in_the_shim() {
         // Or, past the helper protocol's 64 MiB frame (the spec travels twice in the plan),
         // refused at Create by size.
         assert!(
-            failure.contains("Argument list too long") || failure.contains("config.json too large"),
+            failure.contains("argument list too long") || failure.contains("config.json too large"),
             "{what}: {failure}"
         );
         assert_eq!(dir_entries(&state), before, "{what} left state");
