@@ -290,14 +290,7 @@ fn unread_output_without_a_reader_drains_at_eof() {
     let io = IoLoop::start().unwrap();
     let (pio, stdio) = ProcessIo::open(&io, &fifo_cfg("", &out, ""), &ctx()).unwrap();
     drop(client);
-    let mut child = spawn("echo nobody reads this", stdio);
-    assert!(wait_child(&mut child).success());
-    assert!(
-        pio.wait_drained(LINGER_STALL_BOUND),
-        "drain waited for a reader that is gone"
-    );
-    pio.shutdown();
-    assert!(no_reader(&out), "the shim still holds the fifo");
+    assert_gone_client_not_waited_for(&out, pio, stdio);
 }
 
 /// A client that opened its reader only after the shim opened the fifo (its open raced the
@@ -307,6 +300,12 @@ fn a_client_that_came_after_the_open_and_went_is_not_waited_for() {
     let dir = TempDir::new("cameandwent");
     let (out, pio, stdio) = stdout_only(&dir);
     drop(open_reader(&out));
+    assert_gone_client_not_waited_for(&out, pio, stdio);
+}
+
+/// Runs a process that writes to `out`, whose client has come and gone: its output drains at
+/// once and the shim lets go of the fifo.
+fn assert_gone_client_not_waited_for(out: &str, pio: ProcessIo, stdio: pelagos::Stdio) {
     let mut child = spawn("echo nobody reads this", stdio);
     assert!(wait_child(&mut child).success());
     assert!(
@@ -314,7 +313,7 @@ fn a_client_that_came_after_the_open_and_went_is_not_waited_for() {
         "drain waited for a reader that is gone"
     );
     pio.shutdown();
-    assert!(no_reader(&out), "the shim still holds the fifo");
+    assert!(no_reader(out), "the shim still holds the fifo");
 }
 
 /// A client opens its reader concurrently with the create or exec (ctr: in a goroutine), so a
