@@ -726,6 +726,12 @@ fn pump(shared: &Shared, state: &mut State, id: u64) {
     let Some(job) = state.jobs.get_mut(&id) else {
         return; // removed since the event was queued
     };
+    // Past EOF since the event was queued (the source's and the fifo's events can come in one
+    // batch): only `check_lingering` looks at it now. Pumped again, its splice into a fifo
+    // with no reader would fail with EPIPE and end it with the client's output unread.
+    if job.linger.is_some() {
+        return;
+    }
     match job.pump() {
         Step::Wait => {}
         Step::Yield => state.ready.push_back(id),
