@@ -613,7 +613,6 @@ fn resolve(name: &str, path_var: &str) -> Result<PathBuf, InitError> {
             return Ok(candidate);
         }
     }
-    log::debug!("{name:?} is in none of PATH={path_var}");
     Err(fail(
         "exec",
         format!("{name:?}: executable file not found in $PATH"),
