@@ -15,6 +15,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use nix::sys::wait::WaitStatus;
 use oci_spec::runtime::{Hook, LinuxResources, Process, Spec};
 
 use crate::cgroups::{self, Cgroup, CgroupError};
@@ -270,13 +271,17 @@ impl Container {
                 .unwrap_or_default(),
             spec: spec.clone(),
         };
+        // With a fork, the forked init speaks only after the helper's Forked report (see
+        // `crate::process::protocol`): until then every other message is the helper's.
+        let mut forked = !ns.fork;
         loop {
             let frame = chan
                 .recv::<FromHelper>()
                 .map_err(|e| undo.explain(e.into()))?;
             match frame {
-                Some(Frame::Msg(FromHelper::Ready)) => break,
-                Some(Frame::Msg(FromHelper::Forked { pid })) => {
+                Some(Frame::Msg(FromHelper::Ready)) if forked => break,
+                Some(Frame::Msg(FromHelper::Forked { pid })) if !forked => {
+                    forked = true;
                     record.state.pid = pid;
                     adopt_sibling(&mut chan, &mut undo, pid)?;
                 }
@@ -284,7 +289,7 @@ impl Container {
                     namespaces::write_id_maps(helper_pid, spec)?;
                     chan.send(&ToHelper::MapsWritten)?;
                 }
-                Some(Frame::Msg(FromHelper::HooksRequest)) => {
+                Some(Frame::Msg(FromHelper::HooksRequest)) if forked => {
                     let state = String::from_utf8(record.state.to_json()).expect("json is utf-8");
                     run_hooks(
                         "prestart",
@@ -296,11 +301,12 @@ impl Container {
                     chan.send(&ToHelper::HooksDone { state })?;
                 }
                 other => {
-                    if ns.fork && record.state.pid == helper_pid {
-                        collect_sibling(&mut chan, &mut undo);
-                    }
-                    let e = helper_failure(other, "before the container was ready");
-                    return Err(undo.explain(e));
+                    let when = if forked {
+                        "before the container was ready"
+                    } else {
+                        "before reporting the forked init"
+                    };
+                    return Err(undo.explain(helper_failure(other, when)));
                 }
             }
         }
@@ -389,6 +395,9 @@ impl Container {
     /// exec error. Runs poststart hooks.
     pub fn start(&mut self) -> Result<(), Error> {
         let status = self.status();
+        if status == Status::Stopped && self.record.state.status == Status::Created {
+            return Err(self.ended_before_start());
+        }
         if status != Status::Created {
             return Err(self.wrong_state(status, "start"));
         }
@@ -417,6 +426,25 @@ impl Container {
             log::warn!("container {}: {e}", self.id());
         }
         Ok(())
+    }
+
+    /// The error for an init that was created and ended before start, with how it ended when
+    /// that can still be read (our child, not reaped yet).
+    fn ended_before_start(&self) -> Error {
+        let how = self
+            .pidfd
+            .as_ref()
+            .and_then(|fd| sys::pidfd_peek_exit(fd.as_fd()))
+            .map(|ws| match ws {
+                WaitStatus::Signaled(_, sig, _) => format!(": killed by {sig}"),
+                WaitStatus::Exited(_, code) => format!(": exit status {code}"),
+                _ => String::new(),
+            })
+            .unwrap_or_default();
+        Error::Init {
+            step: "wait for start".into(),
+            message: format!("the init (pid {}) ended before start{how}", self.pid()),
+        }
     }
 
     fn start_through_fifo(&self, state: &str) -> Result<(), Error> {
@@ -588,12 +616,7 @@ impl Container {
                     forked = true;
                     adopt_sibling(&mut chan, &mut undo, pid)?
                 }
-                other => {
-                    if fork && !forked {
-                        collect_sibling(&mut chan, &mut undo);
-                    }
-                    return Err(helper_failure(other, "before exec"));
-                }
+                other => return Err(helper_failure(other, "before exec")),
             }
         }
         let (pid, pidfd) = undo.children.pop().expect("the exec'd process");
@@ -746,26 +769,6 @@ fn adopt_sibling(chan: &mut Channel, undo: &mut Undo, pid: i32) -> Result<(), Er
         reaper::wait(helper, None);
     }
     Ok(())
-}
-
-/// The forked process can fail (and report it) before its parent reported the fork: reads on
-/// for the Forked report so that Undo reaps it too. Unreaped, it would stay a zombie child of
-/// the runtime, and one in the container's pid namespace keeps the init from finishing its
-/// exit.
-fn collect_sibling(chan: &mut Channel, undo: &mut Undo) {
-    while let Ok(Some(frame)) = chan.recv::<FromHelper>() {
-        match frame {
-            Frame::Msg(FromHelper::Forked { pid }) => {
-                if let Err(e) = adopt_sibling(chan, undo, pid) {
-                    log::warn!("collect the forked process {pid}: {e}");
-                }
-                return;
-            }
-            // Only a live process sends these, and it would wait for an answer.
-            Frame::Msg(FromHelper::Ready) => return,
-            _ => {}
-        }
-    }
 }
 
 /// Whether the kernel OOM-killed a process of the cgroup.

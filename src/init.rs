@@ -8,7 +8,7 @@
 //! happened.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -387,7 +387,14 @@ fn write_time_offsets(spec: &Spec) -> Result<(), InitError> {
 /// Forks the process that carries on as a sibling (CLONE_PARENT: a direct child of the
 /// runtime, which reaps it), sends its pidfd and host pid to the runtime, and returns false in
 /// the helper, which then exits.
+///
+/// The socket has one writer at a time: the forked process waits for this helper to exit
+/// (after its `Forked` report) before it goes on, so the runtime always reads `Forked` before
+/// anything the forked process says. Without the wait, a helper preempted between the fork and
+/// its report let the forked process's `Ready` arrive first: the runtime took the helper for
+/// the init and the real init's report turned up at start.
 fn fork_sibling(chan: &mut Channel) -> Result<bool, InitError> {
+    let helper = sys::pidfd_open(std::process::id() as i32).step("open the helper's pidfd")?;
     let mut pidfd: libc::c_int = -1;
     let flags = (libc::CLONE_PARENT | libc::CLONE_PIDFD) as u64;
     let mut args = sys::CloneArgs {
@@ -410,11 +417,11 @@ fn fork_sibling(chan: &mut Channel) -> Result<bool, InitError> {
         ));
     }
     if pid == 0 {
+        sys::pidfd_wait_exit(helper.as_fd(), -1);
         return Ok(true);
     }
     // SAFETY: CLONE_PIDFD stored a fresh fd.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    use std::os::fd::AsFd;
     chan.send_with_fd(&FromHelper::Forked { pid: pid as i32 }, Some(pidfd.as_fd()))
         .step("report forked pid")?;
     Ok(false)
@@ -465,7 +472,6 @@ fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<(
 /// Allocates a pty in the container's devpts, sends the master over the console socket at
 /// `sock`, and makes the slave fds 0-2 and our controlling terminal.
 fn make_console(sock: RawFd, process: &Process) -> Result<(), InitError> {
-    use std::os::fd::AsFd;
     use std::os::unix::fs::OpenOptionsExt;
     let master = std::fs::OpenOptions::new()
         .read(true)

@@ -183,6 +183,17 @@ pub fn pidfd_wait_exit(pidfd: BorrowedFd<'_>, timeout_ms: i32) -> bool {
     }
 }
 
+/// How the process behind `pidfd` ended, as a wait status, if it is a child of ours that has
+/// ended and not been reaped yet. Does not reap.
+pub fn pidfd_peek_exit(pidfd: BorrowedFd<'_>) -> Option<nix::sys::wait::WaitStatus> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::PIDFd(pidfd), flags) {
+        Ok(ws @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => Some(ws),
+        _ => None,
+    }
+}
+
 /// Whether the process behind `pidfd` is a child of ours that has not been reaped yet (alive or
 /// zombie). Does not reap.
 pub fn pidfd_is_unreaped_child(pidfd: BorrowedFd<'_>) -> bool {

@@ -271,6 +271,33 @@ fn delete_of_a_created_container_kills_its_init() {
 }
 
 #[test]
+fn an_init_that_ended_before_start_is_named_at_start() {
+    let _g = shared();
+    let root = TestRoot::new();
+    let b = Bundle::new().args(&["true"]);
+    let mut c = root.create(&b, Stdio::Null).unwrap();
+    c.kill(libc::SIGKILL, false).unwrap();
+    let pidfd = pelagos::sys::pidfd_open(c.pid()).unwrap();
+    assert!(pelagos::sys::pidfd_wait_exit(
+        std::os::fd::AsFd::as_fd(&pidfd),
+        5000
+    ));
+    let err = c.start().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "container init: wait for start: the init (pid {}) ended before start: killed by \
+             SIGKILL",
+            c.pid()
+        )
+    );
+    assert_eq!(c.wait().unwrap().status, 128 + libc::SIGKILL);
+    let id = c.id().to_string();
+    c.delete(false).unwrap();
+    root.assert_nothing_left(&id, &b);
+}
+
+#[test]
 fn kill_delivers_the_signal() {
     let _g = shared();
     let root = TestRoot::new();

@@ -3,6 +3,26 @@
 //! SCM_RIGHTS with the message that announces it. Before the helper exists, the clone child
 //! reports a failure with a length of `u32::MAX` followed by a raw (step u32, errno i32) pair,
 //! since it cannot allocate or serialize.
+//!
+//! The conversation, in order (each step only when the plan asks for it):
+//!
+//! | step | runtime sends | helper (or the process it forked) sends |
+//! |---|---|---|
+//! | spawn | go byte | `ChildFailure` (clone child, before the helper runs) |
+//! | plan | `Plan` | — |
+//! | cgroup | `CgroupJoined` once it moved the helper | — |
+//! | user namespace made by the helper | `MapsWritten` | `MapRequest` |
+//! | fork (pid or time namespace) | — | helper: `Forked { pid }` + pidfd, then it exits |
+//! | hooks (init) | `HooksDone { state }` | `HooksRequest` |
+//! | ready (init) | — | `Ready` |
+//! | start (init) | `Start { state }`, on the socket or the start fifo | — |
+//! | exec of the user process | — | nothing: EOF (the socket is close-on-exec) |
+//!
+//! Any step may end with `Error { step, message }` from the side that failed, after which the
+//! helper exits. One writer at a time: after a fork, the forked process says nothing until the
+//! helper that forked it has exited, so `Forked` always comes before the forked process's own
+//! messages and a runtime never takes the helper for the init. The runtime treats any message
+//! out of this order as a failure of the step it is in.
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
