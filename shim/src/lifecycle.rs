@@ -40,6 +40,8 @@ pub enum LifecycleError {
     ExecExists { id: String, exec_id: String },
     #[error("container {0} init process is not running")]
     InitNotRunning(String),
+    #[error("OCI runtime start failed: container init: the init (pid {pid}) of {id} ended before start, exit status {status}")]
+    EndedBeforeStart { id: String, pid: i32, status: i32 },
     #[error("{}", bad_state(action, state))]
     BadState {
         action: &'static str,
@@ -135,6 +137,8 @@ pub struct Task {
     /// Execs starting or running.
     execs_in_flight: usize,
     deleting: bool,
+    /// The init's exit when it ended while created: a later Start says so.
+    ended_before_start: Option<Exit>,
 }
 
 impl Task {
@@ -266,6 +270,7 @@ impl Lifecycle {
                 pending_init_exit: None,
                 execs_in_flight: 0,
                 deleting: false,
+                ended_before_start: None,
             },
         );
     }
@@ -273,6 +278,13 @@ impl Lifecycle {
     /// Marks the init as starting; fails unless it is created.
     pub fn begin_start(&mut self, id: &str) -> Result<i32, LifecycleError> {
         let t = task_mut(&mut self.tasks, id)?;
+        if let Some(exit) = t.ended_before_start.filter(|_| !t.init.starting) {
+            return Err(LifecycleError::EndedBeforeStart {
+                id: id.to_owned(),
+                pid: exit.pid,
+                status: exit.status,
+            });
+        }
         if t.init.status != Status::Created || t.init.starting {
             return Err(LifecycleError::BadState {
                 action: "start",
@@ -310,6 +322,11 @@ impl Lifecycle {
             Some(exit) => self.init_exited(id, exit, oom),
             None => Vec::new(),
         }
+    }
+
+    /// The init's exit if it ended while created (before any Start reached it).
+    pub fn ended_before_start(&self, id: &str) -> Option<Exit> {
+        self.tasks.get(id).and_then(|t| t.ended_before_start)
     }
 
     /// Registers a new exec in the created state and queues TaskExecAdded.
@@ -456,6 +473,7 @@ impl Lifecycle {
                 exit.pid,
                 exit.status
             );
+            t.ended_before_start = Some(exit);
         }
         t.init_reaped = true;
         t.pending_init_exit = Some(exit);
@@ -733,6 +751,33 @@ mod tests {
         assert_eq!(actions, vec![Action::StopOomWatch("c".into())]);
         assert_eq!(rec.topics(), vec!["create", "start", "exit:c:3"]);
         assert_eq!(lc.get("c").unwrap().init.status, Status::Stopped);
+    }
+
+    #[test]
+    fn an_init_that_ended_before_start_is_named_at_start() {
+        let (mut lc, rec) = setup(false);
+        lc.on_exit(exit(100, 137), &mut no_oom).unwrap();
+        assert_eq!(
+            lc.begin_start("c").unwrap_err().to_string(),
+            "OCI runtime start failed: container init: the init (pid 100) of c ended before \
+             start, exit status 137"
+        );
+        assert_eq!(rec.topics(), vec!["create", "exit:c:137"]);
+
+        // Ended while a Start was on its way: the failed start finds the exit.
+        let (mut lc, rec) = setup(false);
+        lc.begin_start("c").unwrap();
+        lc.on_exit(exit(100, 9), &mut no_oom).unwrap();
+        lc.finish_start("c", false, &mut no_oom);
+        assert_eq!(lc.ended_before_start("c").map(|e| e.status), Some(9));
+        assert_eq!(rec.topics(), vec!["create", "exit:c:9"]);
+
+        // An init that ran and ended is no such case.
+        let (mut lc, _) = setup(false);
+        lc.begin_start("c").unwrap();
+        lc.finish_start("c", true, &mut no_oom);
+        lc.on_exit(exit(100, 0), &mut no_oom).unwrap();
+        assert_eq!(lc.ended_before_start("c"), None);
     }
 
     #[test]

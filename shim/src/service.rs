@@ -113,7 +113,9 @@ impl From<LifecycleError> for ttrpc::Error {
                 Code::ALREADY_EXISTS
             }
             LifecycleError::InitNotRunning(_) => Code::FAILED_PRECONDITION,
-            LifecycleError::BadState { .. } => Code::UNKNOWN,
+            LifecycleError::BadState { .. } | LifecycleError::EndedBeforeStart { .. } => {
+                Code::UNKNOWN
+            }
         };
         status(code, e)
     }
@@ -611,15 +613,23 @@ impl Shim {
         let State { life, h } = &mut *st;
         let mut final_check = |i: &str| final_oom(h, i);
         let actions = life.finish_start(id, result.is_ok(), &mut final_check);
+        let ended = life.ended_before_start(id).filter(|_| result.is_err());
         self.run_actions(h, actions);
         drop(st);
         self.changed.notify_all();
-        match result {
-            Ok(()) => Ok(StartResponse {
+        match (result, ended) {
+            (Ok(()), _) => Ok(StartResponse {
                 pid: pid as u32,
                 ..Default::default()
             }),
-            Err(e) => Err(status(
+            // The core could not read how it ended (the reaping loop took the exit): say it.
+            (Err(_), Some(exit)) => Err(LifecycleError::EndedBeforeStart {
+                id: id.to_owned(),
+                pid: exit.pid,
+                status: exit.status,
+            }
+            .into()),
+            (Err(e), None) => Err(status(
                 Code::UNKNOWN,
                 format!("OCI runtime start failed: {e}"),
             )),
