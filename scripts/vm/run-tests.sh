@@ -5,7 +5,7 @@
 #
 #   scripts/vm/run-tests.sh [SUITE...] [-- TEST-ARGS...]
 #
-# SUITE is a test target name or glob (default: core_* cli_* shim_* v2_*; cri_* is opt-in, its
+# SUITE is a test target name or glob (default: core_* cli_* shim_* v2_* rel_storm; cri_* is opt-in, its
 # suites alone take about 9 minutes under TCG); TEST-ARGS go to every test executable (a name
 # filter, --nocapture, --include-ignored, ...). The test executables are built here and only run
 # in the VM. The guest's output is streamed to stdout; the exit code is the
@@ -43,7 +43,7 @@ while [ $# -gt 0 ]; do
         *) suites+=("$1"); shift ;;
     esac
 done
-[ ${#suites[@]} -gt 0 ] || suites=('core_*' 'cli_*' 'shim_*' 'v2_*')
+[ ${#suites[@]} -gt 0 ] || suites=('core_*' 'cli_*' 'shim_*' 'v2_*' 'rel_storm')
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 case "$vm_timeout" in ''|*[!0-9]*) die "PELAGOS_VM_TIMEOUT='$vm_timeout' is not a number of seconds" ;; esac
