@@ -134,3 +134,85 @@ fn pelagos_log_level_and_shim_cgroup_are_honoured() {
     }
     assert!(in_cg, "shim not in {shim_cg}: {cg}");
 }
+
+/// On a hybrid host containerd makes a `ShimCgroup` in the v1 hierarchies only (its cgroup v1
+/// library); the shim joins it where it exists, as runc's shim does, and its oom_score_adj is
+/// containerd's + 1 (issue 20). runc's handler with the same options is the control.
+#[test]
+fn shim_cgroup_in_the_v1_hierarchies_only_is_joined_there() {
+    let mounts = common::containerd::cgroup_mounts();
+    let v1: Vec<_> = mounts
+        .iter()
+        .filter(|m| !m.join("cgroup.controllers").exists())
+        .collect();
+    if v1.is_empty() || v1.len() == mounts.len() {
+        eprintln!("skipped: not a hybrid host (v1 and v2 hierarchies both mounted)");
+        return;
+    }
+    let shim_cg = format!("/pelagos-cri-v1shim-{}", std::process::id());
+    for m in &v1 {
+        let dir = m.join(shim_cg.trim_start_matches('/'));
+        fs::create_dir_all(&dir).unwrap();
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = fs::read_to_string(m.join(f)) {
+                fs::write(dir.join(f), v.trim()).unwrap();
+            }
+        }
+    }
+    let opts = format!("ShimCgroup = \"{shim_cg}\"\n");
+    let mut cri = Cri::start_with("pelagos-v1cg", |major, dir| {
+        let t = common::cri::runtimes_table(major);
+        pelagos_handler(major, dir, "pelagos-v1cg", &opts)
+            + &format!(
+                "    [{t}.runc-v1cg]\n      runtime_type = \"io.containerd.runc.v2\"\n    \
+                 [{t}.runc-v1cg.options]\n      ShimCgroup = \"{shim_cg}\"\n"
+            )
+    });
+    let containerd_score =
+        fs::read_to_string(format!("/proc/{}/oom_score_adj", cri.cd.pid().unwrap()))
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .unwrap();
+    let mut seen = Vec::new();
+    for handler in ["pelagos-v1cg", "runc-v1cg"] {
+        cri.handler = handler.to_owned();
+        let pod = cri.pod_config(handler);
+        let pod_id = cri.run_pod(&pod).map_err(|e| e.message().to_owned());
+        let shims = cri.shims();
+        let found = shims.first().map(|shim| {
+            let cg = fs::read_to_string(format!("/proc/{shim}/cgroup")).unwrap();
+            let score = fs::read_to_string(format!("/proc/{shim}/oom_score_adj")).unwrap();
+            (cg, score.trim().parse::<i32>().unwrap())
+        });
+        if let Ok(id) = &pod_id {
+            cri.stop_pod(id);
+            cri.remove_pod(id);
+        }
+        seen.push((handler, pod_id, shims.len(), found));
+    }
+    cri.assert_no_leaks();
+    for m in &v1 {
+        let _ = fs::remove_dir(m.join(shim_cg.trim_start_matches('/')));
+    }
+    for (handler, pod_id, shims, found) in seen {
+        pod_id.unwrap_or_else(|e| panic!("{handler}: RunPodSandbox failed: {e}"));
+        assert_eq!(shims, 1, "{handler}");
+        let (cg, score) = found.unwrap();
+        let joined = cg
+            .lines()
+            .filter(|l| !l.starts_with("0::"))
+            .filter(|l| l.ends_with(&shim_cg))
+            .count();
+        assert_eq!(
+            joined,
+            v1.len(),
+            "{handler}: shim not in {shim_cg} in every v1 hierarchy:\n{cg}"
+        );
+        assert_eq!(
+            score,
+            (containerd_score + 1).min(1000),
+            "{handler}: shim oom_score_adj"
+        );
+    }
+}

@@ -265,13 +265,17 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Opens an existing cgroup (no creation).
+    /// Opens an existing cgroup (no creation), in the hierarchies where it exists: on a hybrid
+    /// host a cgroup made by another tool may have no cgroup2 directory (containerd makes a
+    /// `ShimCgroup` in the v1 hierarchies only), or only one.
     pub fn open(path: &str) -> Result<Cgroup, CgroupError> {
         check_path(path)?;
         let mut cg = Cgroup::layout(path);
-        let exists =
-            cg.v1.iter().any(|v| v.dir.is_dir()) || cg.unified.as_ref().is_some_and(|u| u.is_dir());
-        if !exists {
+        cg.v1.retain(|v| v.dir.is_dir());
+        if cg.unified.as_ref().is_some_and(|u| !u.is_dir()) {
+            cg.unified = None;
+        }
+        if cg.v1.is_empty() && cg.unified.is_none() {
             return Err(CgroupError::NotFound(path.to_string()));
         }
         if let Some(u) = &cg.unified {
