@@ -1160,6 +1160,36 @@ class Bench:
                 self.res.notes.append(f"exec phase cleanup [{SHORT[rt]}]: {f.describe()}")
                 self.cd.cleanup([cid])
 
+    # -info: containerd 2.x introspection (CRI at start-up; 2.2+ at every task create of a
+    # runtime that is not runc) --------------------------------------------------------------
+
+    def info(self) -> None:
+        m = self.res.metric("info", "shim -info (containerd 2.x introspection; runc's shim of "
+                            "2.x runs runc features), median", "ms")
+        runc_shim = Path(self.args.containerd_dir) / SHIM_BINARY[RUNC]
+        if not os.access(runc_shim, os.X_OK):
+            runc_shim = Path(shutil.which(SHIM_BINARY[RUNC]) or SHIM_BINARY[RUNC])
+        binaries = {PELAGOS: self.args.shim, RUNC: str(runc_shim)}
+        for rnd in range(self.args.warmup + self.args.rounds):
+            for rt in self.order(rnd):
+                if m.gave_up(rt):
+                    continue
+                cmd = [binaries[rt], "-info"]
+                t0 = time.monotonic()
+                p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+                took = time.monotonic() - t0
+                if p.returncode != 0 or not p.stdout:
+                    if rt == RUNC and b"not defined: -info" in p.stderr:
+                        log(f"{runc_shim} has no -info (containerd 1.x): no runc column")
+                        m.dead.add(rt)
+                        continue
+                    self.res.fail(m, rt, Failure("-info failed", cmd, p.returncode,
+                                                 p.stderr.decode(errors="replace")),
+                                  fatal=True)
+                    continue
+                if rnd >= self.args.warmup:
+                    m.samples[rt].append(took * 1e3)
+
     # 4 + 7: memory with K containers, density -------------------------------------------------
 
     def measure_shim_side(self, rt: str) -> tuple[int, int, int, int]:
@@ -1664,7 +1694,7 @@ def machine_info(cd: Containerd, args: argparse.Namespace) -> dict:
     }
 
 
-PHASES = ("run", "create", "exec", "memory", "io", "exit", "density")
+PHASES = ("run", "create", "exec", "memory", "io", "exit", "density", "info")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -1752,8 +1782,9 @@ def main(argv: list[str]) -> int:
             "io": bench.throughput,
             "memory": bench.memory,
             "density": bench.density,
+            "info": bench.info,
         }
-        for name in ("run", "create", "exec", "exit", "io", "memory", "density"):
+        for name in ("run", "create", "exec", "exit", "io", "memory", "density", "info"):
             if name in args.only:
                 log(f"phase {name}")
                 phases[name]()

@@ -28,6 +28,8 @@ pub struct Flags {
     pub socket: String,
     pub debug: bool,
     pub version: bool,
+    /// `-info`: print the RuntimeInfo and exit.
+    pub info: bool,
     /// `start`, `delete`, or empty for the daemon.
     pub action: String,
 }
@@ -59,7 +61,7 @@ where
             None => (body, None),
         };
         match name {
-            "debug" | "v" | "version" => {
+            "debug" | "v" | "version" | "info" => {
                 let on = match inline.as_deref() {
                     None => true,
                     Some(v) => parse_bool(v).ok_or_else(|| ArgsError::BadBool {
@@ -67,10 +69,10 @@ where
                         value: v.to_owned(),
                     })?,
                 };
-                if name == "debug" {
-                    flags.debug = on;
-                } else {
-                    flags.version = on;
+                match name {
+                    "debug" => flags.debug = on,
+                    "info" => flags.info = on,
+                    _ => flags.version = on,
                 }
             }
             "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
@@ -155,6 +157,14 @@ mod tests {
         let f = parse(["-id", "x", "-socket", "unix:///run/containerd/s/ab"]).unwrap();
         assert_eq!(f.action, "");
         assert_eq!(f.socket, "unix:///run/containerd/s/ab");
+    }
+
+    #[test]
+    fn info_is_a_flag_as_containerd_passes_it() {
+        // containerd 2.x runs `<shim> -info` (with -namespace/-address/-id on some paths).
+        assert!(parse(["-info"]).unwrap().info);
+        let f = parse(["-namespace", "k8s.io", "-id", "c", "-info"]).unwrap();
+        assert!(f.info && f.action.is_empty());
     }
 
     #[test]

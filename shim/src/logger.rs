@@ -33,9 +33,10 @@ impl log::Log for FifoLogger {
             log::Level::Trace => "trace",
         };
         let line = format!(
-            "time=\"{}\" level={level} msg=\"{}\" runtime=io.containerd.pelagos.v2 pid={}\n",
+            "time=\"{}\" level={level} msg=\"{}\" runtime={} pid={}\n",
             rfc3339(SystemTime::now()),
             escape(&r.args().to_string()),
+            crate::RUNTIME_NAME,
             std::process::id()
         );
         let mut f = self.out.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,10 +1,11 @@
 //! containerd-shim-pelagos-v2: the containerd shim v2 of runtime `io.containerd.pelagos.v2`.
 //! It runs containers in-process with the pelagos core instead of exec'ing runc.
 //!
-//! One binary, four roles, picked by argv:
+//! One binary, five roles, picked by argv:
 //! - the pelagos setup helper (a re-executed copy, see `pelagos::init::run_if_helper`),
 //! - `start`: launch or join the shim daemon and print its address,
 //! - `delete`: clean up one container after its shim is gone,
+//! - `-info`: the runtime's features for containerd's introspection (`info`),
 //! - no action: the daemon serving the Task API.
 //!
 //! The daemon is synchronous (threads, no async runtime). A shim spends its life idle waiting
@@ -23,6 +24,7 @@ mod args;
 mod daemon;
 mod delete;
 mod events;
+mod info;
 mod io;
 mod lifecycle;
 mod logger;
@@ -32,7 +34,10 @@ mod options;
 mod service;
 mod start;
 
-use std::io::Write;
+use std::io::{Read, Write};
+
+/// The runtime name containerd knows this shim by.
+pub const RUNTIME_NAME: &str = "io.containerd.pelagos.v2";
 
 fn main() {
     pelagos::init::run_if_helper();
@@ -49,6 +54,23 @@ fn main() {
             "containerd-shim-pelagos-v2:\n  Version: {}",
             env!("CARGO_PKG_VERSION")
         );
+        return;
+    }
+    if flags.info {
+        let mut input = Vec::new();
+        let result = std::io::stdin()
+            .read_to_end(&mut input)
+            .map_err(|e| format!("-info: read stdin: {e}"))
+            .and_then(|_| info::run(&input).map_err(|e| e.to_string()))
+            .and_then(|out| {
+                std::io::stdout()
+                    .write_all(&out)
+                    .map_err(|e| format!("-info: write stdout: {e}"))
+            });
+        if let Err(e) = result {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
         return;
     }
     let code = match flags.action.as_str() {

@@ -302,12 +302,12 @@ fn parse_runtime_options(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use containerd_shim_protos::bootstrap_api::Extension;
 
     /// A runtimeoptions.v1.Options `Any` with `config_path` and `config_body`.
-    fn cri_any(path: &str, body: &str) -> Any {
+    pub(crate) fn cri_any(path: &str, body: &str) -> Any {
         let mut v = Vec::new();
         for (tag, field) in [(18u8, path), (26u8, body)] {
             if !field.is_empty() {

@@ -147,6 +147,19 @@ const REC_ATTRS: &[(&str, bool, u64)] = &[
     ("rsymfollow", true, attr::NOSYMFOLLOW),
 ];
 
+/// Every option word this parser knows, sorted (the features document's `mountOptions`).
+pub fn known() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = FLAGS
+        .iter()
+        .map(|(n, _, _)| *n)
+        .chain(PROPAGATION.iter().map(|(n, _)| *n))
+        .chain(REC_ATTRS.iter().map(|(n, _, _)| *n))
+        .chain(["tmpcopyup"])
+        .collect();
+    names.sort_unstable();
+    names
+}
+
 /// Parses `options`. `takes_data`: whether unknown words may go to the filesystem as data
 /// (false for bind mounts, where the kernel would silently ignore them).
 pub fn parse(options: &[String], takes_data: bool) -> Result<MountOptions, OptionError> {

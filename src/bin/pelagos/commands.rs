@@ -63,7 +63,7 @@ pub fn run(g: &Global, command: &str, rest: &[String]) -> Result<i32> {
         "spec" => spec(rest),
         "features" => {
             args::parse(rest, &[], false)?;
-            print_json(&template::features());
+            print_json(&pelagos::features::document());
             Ok(0)
         }
         other => Err(CliError::Invalid(format!(

@@ -1,5 +1,5 @@
 //! The documents `pelagos` writes without a container: the default config.json of `spec`
-//! (runc's, optionally made rootless) and the runtime-spec features document of `features`.
+//! (runc's, optionally made rootless).
 
 use serde_json::{json, Value};
 
@@ -93,103 +93,6 @@ pub fn make_rootless(spec: &mut Value, uid: u32, gid: u32) {
     }
 }
 
-/// The runtime-spec features document (what `runc features` prints), for what the core
-/// implements.
-pub fn features() -> Value {
-    let namespaces = [
-        "cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts",
-    ];
-    let caps: Vec<String> = (0..64)
-        .filter_map(|c| pelagos::caps::name(c).map(|n| n.to_string()))
-        .collect();
-    json!({
-        "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.2.1",
-        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer",
-                  "poststart", "poststop"],
-        "mountOptions": MOUNT_OPTIONS,
-        "linux": {
-            "namespaces": namespaces,
-            "capabilities": caps,
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false,
-                       "rdma": false},
-            "seccomp": {
-                "enabled": true,
-                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
-                            "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG",
-                            "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
-                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
-                              "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
-                "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32",
-                          "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
-            },
-            "apparmor": {"enabled": false},
-            "selinux": {"enabled": false},
-            "intelRdt": {"enabled": false},
-            "mountExtensions": {"idmap": {"enabled": false}}
-        },
-        "annotations": {
-            "org.opencontainers.runtime-spec.features.version": SPEC_VERSION,
-            "io.github.pelagos.version": env!("CARGO_PKG_VERSION")
-        }
-    })
-}
-
-const MOUNT_OPTIONS: &[&str] = &[
-    "async",
-    "atime",
-    "bind",
-    "defaults",
-    "dev",
-    "diratime",
-    "dirsync",
-    "exec",
-    "iversion",
-    "lazytime",
-    "loud",
-    "mand",
-    "noatime",
-    "nodev",
-    "nodiratime",
-    "noexec",
-    "noiversion",
-    "nolazytime",
-    "nomand",
-    "norelatime",
-    "nostrictatime",
-    "nosuid",
-    "nosymfollow",
-    "private",
-    "rbind",
-    "rdev",
-    "rdiratime",
-    "relatime",
-    "remount",
-    "rexec",
-    "rnodev",
-    "rnodiratime",
-    "rnoexec",
-    "rnosuid",
-    "ro",
-    "rprivate",
-    "rrelatime",
-    "rro",
-    "rrw",
-    "rshared",
-    "rslave",
-    "rsuid",
-    "runbindable",
-    "rw",
-    "shared",
-    "silent",
-    "slave",
-    "strictatime",
-    "suid",
-    "symfollow",
-    "sync",
-    "unbindable",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,17 +114,5 @@ mod tests {
         let text = s["mounts"].to_string();
         assert!(!text.contains("gid=5"), "{text}");
         assert!(text.contains("rbind"), "{text}");
-    }
-
-    #[test]
-    fn features_parse_as_runtime_spec_features() {
-        let f: oci_spec::runtime::Features = serde_json::from_value(features()).unwrap();
-        assert_eq!(f.oci_version_min(), "1.0.0");
-        let linux = f.linux().as_ref().unwrap();
-        assert!(linux
-            .capabilities()
-            .as_ref()
-            .unwrap()
-            .contains(&"CAP_SYS_ADMIN".to_string()));
     }
 }
