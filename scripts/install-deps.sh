@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Install what building, testing and demoing Pelagos needs on Debian bookworm. Idempotent and
-# quiet: apt runs only when a package is missing. Needs root. The Rust toolchain is expected to
-# be there already (this script never downloads rustup).
+# Install what building, testing and demoing Pelagos needs on Debian bookworm: the README's
+# set-up step. Idempotent and quiet: apt runs only when a package is missing. Needs root. The
+# Rust toolchain is expected to be there already (this script never downloads rustup).
+# scripts/fresh-root.sh (run by .ci/run) proves this list on a bare debootstrap minbase root.
 #
+#   make                  the README's commands themselves (make demo, make test)
+#   gcc, libc6-dev        the C compiler and libc the Rust toolchain links with (and libc.a for
+#                         the static helper of tests/rel_escape.rs)
+#   libseccomp-dev        libseccomp.a, linked into the core and the shim (libseccomp-sys)
+#   pkg-config            the libseccomp crate's build script asks it for libseccomp's version
+#   ca-certificates       cargo's downloads from crates.io (TLS)
 #   containerd, runc      the daemon and the control runtime (its runc shim ships with containerd)
 #   busybox-static        the test/demo image (scripts/build-image.sh)
-#   libseccomp-dev, pkg-config, gcc   the libseccomp crate links libseccomp
 #   python3-grpcio        scripts/task-update.py (ctr has no `task update`)
-#   iproute2, util-linux, tar, coreutils   ip/mount/tar/sha256sum used by tests and scripts
+#   procps                ps, which `pelagos ps` runs as runc does (tests/cli_lifecycle.rs)
+#   iproute2, util-linux, tar, coreutils   ip/mount/nsenter/tar/sha256sum used by tests and scripts
+#
+# No protoc: the CRI client of the tests is generated with a vendored one (cri-api/).
 set -euo pipefail
 
-packages=(containerd runc busybox-static libseccomp-dev pkg-config gcc libc6-dev python3 python3-grpcio
-    iproute2 util-linux tar coreutils ca-certificates)
+packages=(make gcc libc6-dev libseccomp-dev pkg-config ca-certificates containerd runc busybox-static
+    python3 python3-grpcio procps iproute2 util-linux tar coreutils)
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps: run as root" >&2
