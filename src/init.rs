@@ -186,23 +186,28 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         )
     })?;
     // Without no_new_privileges, loading a filter needs CAP_SYS_ADMIN, which finalize_identity
-    // may drop: load it first then (as runc). Otherwise as late as possible, so the profile
-    // need not allow the setup syscalls.
+    // may drop: load it first then (as runc). Otherwise right before execve (`Exec::exec`), so
+    // that the profile need not allow a single setup syscall: an allowlist made from the
+    // application's own syscalls must work.
     // Before no_new_privileges, which would restrict the profile transition (runc's order).
     crate::lsm::apply(process).step("security module label")?;
     let nnp = process.no_new_privileges().unwrap_or(false);
-    let seccomp = |when| match &plan.seccomp {
-        Some(filter) if when => crate::seccomp::load(filter).step("load seccomp filter"),
-        _ => Ok(()),
+    let seccomp = match &plan.seccomp {
+        Some(filter) => Some(crate::seccomp::Program::new(filter).step("load seccomp filter")?),
+        None => None,
     };
-    seccomp(!nnp)?;
+    if !nnp {
+        if let Some(p) = &seccomp {
+            p.install().step("load seccomp filter")?;
+        }
+    }
     // Read while still privileged: the passwd file need not be readable by the user.
     let env = crate::user::exec_env(process.env().as_deref().unwrap_or_default(), || {
         crate::user::home_of(process.user().uid())
     });
     crate::user::finalize_identity(process).step("user, groups and capabilities")?;
-    let exe = prepare_exec(process, &env)?;
-    seccomp(nnp)?;
+    let mut exe = prepare_exec(process, &env)?;
+    exe.seccomp = seccomp.filter(|_| nnp);
 
     if let Some(init) = &plan.init {
         chan.send(&FromHelper::Ready).step("send ready")?;
@@ -212,7 +217,7 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         let hooks = hooks_of(&init.spec, |h| h.start_container().clone());
         run_hooks("startContainer hooks", &hooks, &start_state)?;
     }
-    let err = exe.exec(plan.preserve_fds);
+    let err = exe.exec(plan.preserve_fds)?;
     Err(fail(
         "exec",
         format!(
@@ -556,11 +561,13 @@ fn run_hooks(step: &str, hooks: &[Hook], state: &str) -> Result<(), InitError> {
     crate::hooks::run_all(hooks, state.as_bytes()).step(step)
 }
 
-/// The resolved executable, argv and envp of the process.
+/// The resolved executable, argv and envp of the process, and the seccomp filter to install
+/// last.
 struct Exec {
     path: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    seccomp: Option<crate::seccomp::Program>,
 }
 
 /// Resolves args[0] like execvp, with the process's own PATH, so a missing binary is a create
@@ -592,6 +599,7 @@ fn prepare_exec(process: &Process, env: &[String]) -> Result<Exec, InitError> {
             .map_err(|_| fail("exec", "path contains a NUL byte"))?,
         argv,
         envp,
+        seccomp: None,
     })
 }
 
@@ -631,26 +639,28 @@ fn is_executable(path: &Path) -> bool {
 }
 
 impl Exec {
-    /// Slides the preserved fds from 4.. down to 3.., restores default signal dispositions
-    /// and execs. Returns only on failure.
-    fn exec(&self, preserve_fds: u32) -> std::io::Error {
+    /// Slides the preserved fds from 4.. down to 3.., restores default signal dispositions,
+    /// installs the seccomp filter and execs. Returns only on failure: the exec's error, or an
+    /// error of an earlier step.
+    fn exec(&self, preserve_fds: u32) -> Result<std::io::Error, InitError> {
         for i in 0..preserve_fds as RawFd {
             // SAFETY: dup2 between fds we own; the socket lives above them (relocate_socket).
             if unsafe { libc::dup2(FIRST_PRESERVED_FD + i, 3 + i) } < 0 {
-                return std::io::Error::last_os_error();
+                return Err(fail("preserve fds", std::io::Error::last_os_error()));
             }
         }
-        if let Err(e) = sys::set_cloexec_from(3 + preserve_fds as RawFd) {
-            return e;
-        }
+        sys::set_cloexec_from(3 + preserve_fds as RawFd).step("mark fds close-on-exec")?;
         reset_signals();
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<*const libc::c_char> = self.envp.iter().map(|e| e.as_ptr()).collect();
         envp.push(std::ptr::null());
+        if let Some(p) = &self.seccomp {
+            p.install().step("load seccomp filter")?;
+        }
         // SAFETY: NULL-terminated arrays of live C strings.
         unsafe { libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        std::io::Error::last_os_error()
+        Ok(std::io::Error::last_os_error())
     }
 }
 

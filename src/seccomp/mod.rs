@@ -265,55 +265,80 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Arc<CompiledFilter>, SeccompErr
 
 /// Loads a compiled filter into the calling thread (NNP or CAP_SYS_ADMIN must hold).
 pub fn load(filter: &CompiledFilter) -> Result<(), SeccompError> {
-    let size = std::mem::size_of::<libc::sock_filter>();
-    let mut insns: Vec<libc::sock_filter> = filter
-        .bpf
-        .chunks_exact(size)
-        .map(|c| libc::sock_filter {
-            code: u16::from_ne_bytes([c[0], c[1]]),
-            jt: c[2],
-            jf: c[3],
-            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
-        })
-        .collect();
-    let len = u16::try_from(insns.len())
-        .ok()
-        .filter(|n| *n > 0 && filter.bpf.len().is_multiple_of(size))
-        .ok_or_else(|| {
-            SeccompError::Other(format!("bad filter size {} bytes", filter.bpf.len()))
-        })?;
-    let prog = libc::sock_fprog {
-        len,
-        filter: insns.as_mut_ptr(),
-    };
-    // SAFETY: seccomp reads `prog` and the `len` instructions it points to, all alive here.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            filter.flags as libc::c_ulong,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    match Errno::result(ret) {
-        Ok(_) => Ok(()),
-        Err(Errno::ENOSYS) if filter.flags == 0 => {
-            // SAFETY: as above; PR_SET_SECCOMP reads the same program.
-            let ret = unsafe {
-                libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                    &prog as *const libc::sock_fprog,
-                )
-            };
-            Errno::result(ret)
-                .map(drop)
-                .map_err(|errno| SeccompError::Load { flags: 0, errno })
+    Program::new(filter)?.install()
+}
+
+/// A compiled filter laid out for the kernel, so that installing it makes no syscall but the
+/// one that loads it: the setup helper installs it right before execve, and everything between
+/// the two would have to be allowed by the user's profile.
+pub struct Program {
+    insns: Vec<libc::sock_filter>,
+    flags: u32,
+}
+
+impl Program {
+    pub fn new(filter: &CompiledFilter) -> Result<Program, SeccompError> {
+        let size = std::mem::size_of::<libc::sock_filter>();
+        if filter.bpf.is_empty()
+            || !filter.bpf.len().is_multiple_of(size)
+            || filter.bpf.len() / size > usize::from(u16::MAX)
+        {
+            return Err(SeccompError::Other(format!(
+                "bad filter size {} bytes",
+                filter.bpf.len()
+            )));
         }
-        Err(errno) => Err(SeccompError::Load {
+        let insns = filter
+            .bpf
+            .chunks_exact(size)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        Ok(Program {
+            insns,
             flags: filter.flags,
-            errno,
-        }),
+        })
+    }
+
+    /// Installs the filter on the calling thread.
+    pub fn install(&self) -> Result<(), SeccompError> {
+        let prog = libc::sock_fprog {
+            len: self.insns.len() as u16,
+            filter: self.insns.as_ptr().cast_mut(),
+        };
+        // SAFETY: seccomp reads `prog` and the `len` instructions it points to, all alive here.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                self.flags as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        match Errno::result(ret) {
+            Ok(_) => Ok(()),
+            Err(Errno::ENOSYS) if self.flags == 0 => {
+                // SAFETY: as above; PR_SET_SECCOMP reads the same program.
+                let ret = unsafe {
+                    libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                        &prog as *const libc::sock_fprog,
+                    )
+                };
+                Errno::result(ret)
+                    .map(drop)
+                    .map_err(|errno| SeccompError::Load { flags: 0, errno })
+            }
+            Err(errno) => Err(SeccompError::Load {
+                flags: self.flags,
+                errno,
+            }),
+        }
     }
 }
 
