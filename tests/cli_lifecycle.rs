@@ -776,3 +776,28 @@ fn exec_with_tty_sends_its_pty_master_to_the_console_socket() {
     wait_exit(&exec);
     cli.ok(&["delete", "--force", &id]);
 }
+
+/// Issue 15: `pelagos state ID | grep -q running` must not panic when the reader has gone; the
+/// CLI ends by SIGPIPE, quietly, as runc (a Go program) does.
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    let cli = Cli::new();
+    for args in [&["features"][..], &["list"], &["--version"]] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = cli
+            .cmd(args)
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("spawn pelagos");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

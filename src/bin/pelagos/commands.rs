@@ -343,10 +343,7 @@ fn user_name(uid: u32) -> String {
 }
 
 fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("json serializes")
-    );
+    crate::say(serde_json::to_string_pretty(v).expect("json serializes"));
 }
 
 fn state(config: &Config, rest: &[String]) -> Result<i32> {
@@ -600,7 +597,7 @@ fn ps(config: &Config, rest: &[String]) -> Result<i32> {
     pids.sort_unstable();
     match p.get("format").unwrap_or("table") {
         "json" => {
-            println!("{}", json!(pids));
+            crate::say(json!(pids));
             Ok(0)
         }
         "table" => ps_table(&pids, ps_args),
@@ -833,12 +830,12 @@ fn list(config: &Config, rest: &[String]) -> Result<i32> {
         .collect();
     if p.on("quiet") {
         for s in &states {
-            println!("{}", s["id"].as_str().unwrap_or_default());
+            crate::say(s["id"].as_str().unwrap_or_default());
         }
         return Ok(0);
     }
     match p.get("format").unwrap_or("table") {
-        "json" => println!("{}", Value::Array(states)),
+        "json" => crate::say(Value::Array(states)),
         "table" => {
             let mut rows =
                 vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from)];
@@ -849,7 +846,7 @@ fn list(config: &Config, rest: &[String]) -> Result<i32> {
                 };
                 rows.push(["id", "pid", "status", "bundle", "created", "owner"].map(field));
             }
-            print!("{}", table(&rows));
+            crate::say(table(&rows).trim_end_matches('\n'));
         }
         other => {
             return Err(CliError::Invalid(format!(

@@ -73,11 +73,11 @@ fn main() {
         Err(e) => fail_early(&e.to_string()),
     };
     if parsed.on("version") {
-        println!(
+        say(format_args!(
             "pelagos version {}\nspec: {}",
             env!("CARGO_PKG_VERSION"),
             template::SPEC_VERSION
-        );
+        ));
         return;
     }
     let json = match parsed.get("log-format").unwrap_or("text") {
@@ -99,7 +99,7 @@ fn main() {
     }
     let Some((command, rest)) = parsed.positionals.split_first() else {
         if parsed.on("help") {
-            println!("{USAGE}");
+            say(USAGE);
             return;
         }
         fail(log_path.is_some(), &format!("no command given\n{USAGE}"));
@@ -122,6 +122,23 @@ fn main() {
     match commands::run(&global, command, rest) {
         Ok(code) => exit(code),
         Err(e) => fail(log_path.is_some(), &e.to_string()),
+    }
+}
+
+/// Writes `text` and a newline to stdout. When the reader has gone (`pelagos state | grep -q`)
+/// the CLI ends as a Go CLI such as runc does, by SIGPIPE, quietly.
+pub fn say(text: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // SAFETY: restores the default action of SIGPIPE and raises it on ourselves.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+        fail_early(&format!("write to stdout: {e}"));
     }
 }
 
