@@ -335,6 +335,31 @@ fn no_pivot_uses_chroot() {
     assert!(stdout.ends_with("ok\n"), "{stdout}");
 }
 
+/// Issue 15: options the runtime has no flag for go to the filesystem as data, as runc passes
+/// them; a bind mount's data is ignored by the kernel.
+#[test]
+fn bind_options_without_a_flag_are_passed_on_like_runc() {
+    let b = Bundle::new()
+        .mount(
+            json!({"destination": "/x", "type": "bind", "source": "/etc",
+                      "options": ["bind", "mode=755", "size=1k", "ro"]}),
+        )
+        .mount(
+            json!({"destination": "/y", "type": "bind", "source": "/etc",
+                      "options": ["rbind", "bogusopt"]}),
+        );
+    let (_b, out) = sh(
+        b,
+        "test -e /x/hostname && test -e /y/hostname && touch /x/f || echo ro",
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "ro\n"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn bad_mounts_fail_cleanly() {
     let root = TestRoot::new();
@@ -346,10 +371,6 @@ fn bad_mounts_fail_cleanly() {
         (
             json!({"destination": "relative", "type": "tmpfs", "source": "tmpfs"}),
             "relative",
-        ),
-        (
-            json!({"destination": "/x", "type": "bind", "source": "/etc", "options": ["rbind", "bogusopt"]}),
-            "bogusopt",
         ),
         (
             json!({"destination": "/x", "type": "bind", "source": "/no/such/source", "options": ["rbind"]}),

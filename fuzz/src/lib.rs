@@ -143,8 +143,7 @@ pub fn spec_plan(data: &[u8]) {
     }
     for m in spec.mounts().iter().flatten() {
         let words = m.options().clone().unwrap_or_default();
-        let bind = pelagos::rootfs::options::wants_bind(&words);
-        if let Ok(o) = pelagos::rootfs::options::parse(&words, !bind) {
+        if let Ok(o) = pelagos::rootfs::options::parse(&words) {
             let _ = (o.data_string(), o.bind_remount_flags(), format!("{o:?}"));
             let _ = (o.is_bind(), o.is_recursive_bind());
         }
@@ -418,9 +417,7 @@ pub fn host_text(data: &[u8]) {
         6 => {
             let words: Vec<String> = text.split(',').map(str::to_string).collect();
             let _ = mount::parse_options(&words);
-            for takes_data in [false, true] {
-                let _ = pelagos::rootfs::options::parse(&words, takes_data);
-            }
+            let _ = pelagos::rootfs::options::parse(&words);
             for w in &words {
                 let _ = pelagos::caps::parse_name(w);
             }

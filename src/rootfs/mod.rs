@@ -266,7 +266,7 @@ pub fn finalize(spec: &Spec) -> Result<(), RootfsError> {
     .map_err(|e| RootfsError::sys("open", "/", e))?;
     // Devices were created in /dev after its mount: a read-only /dev is remounted only now.
     for m in spec.mounts().iter().flatten() {
-        let ro = options::parse(m.options().as_deref().unwrap_or(&[]), true)
+        let ro = options::parse(m.options().as_deref().unwrap_or(&[]))
             .is_ok_and(|o| o.flags & libc::MS_RDONLY != 0);
         if ro && clean_relative(m.destination()) == Path::new("dev") {
             let fd = open_in_root(root.as_fd(), Path::new("dev"), OFlag::empty())
@@ -394,7 +394,7 @@ pub fn validate(spec: &Spec) -> Result<(), RootfsError> {
         let raw = m.options().clone().unwrap_or_default();
         let typ = m.typ().as_deref().unwrap_or("");
         let bind = typ == "bind" || options::wants_bind(&raw);
-        options::parse(&raw, !bind).map_err(|e| invalid(e.to_string()))?;
+        options::parse(&raw).map_err(|e| invalid(e.to_string()))?;
         mounts::check_proc_destination(&clean_relative(m.destination()), typ, bind, None)
             .map_err(invalid)?;
         if bind {
@@ -568,9 +568,9 @@ mod tests {
             "{e}"
         );
 
-        let s = spec_with(vec![mount("/data", "none", &["rbind", "frobnicate"])]);
+        let s = spec_with(vec![mount("/data", "none", &["rbind", "idmap"])]);
         let e = validate(&s).unwrap_err().to_string();
-        assert!(e.contains("frobnicate"), "{e}");
+        assert!(e.contains("idmap"), "{e}");
     }
 
     #[test]

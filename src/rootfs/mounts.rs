@@ -188,7 +188,7 @@ pub fn mount_one(ctx: &Ctx<'_>, index: usize, m: &Mount) -> Result<(), RootfsErr
         destination: dest.clone(),
         reason,
     };
-    let mut opts = options::parse(&raw_opts, !bind).map_err(|e| invalid(e.to_string()))?;
+    let mut opts = options::parse(&raw_opts).map_err(|e| invalid(e.to_string()))?;
     let rel = clean_relative(dest);
     if bind {
         opts.flags |= libc::MS_BIND;

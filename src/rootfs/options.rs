@@ -160,9 +160,9 @@ pub fn known() -> Vec<&'static str> {
     names
 }
 
-/// Parses `options`. `takes_data`: whether unknown words may go to the filesystem as data
-/// (false for bind mounts, where the kernel would silently ignore them).
-pub fn parse(options: &[String], takes_data: bool) -> Result<MountOptions, OptionError> {
+/// Parses `options`. Words with no flag go to the filesystem as data, as runc passes them (a
+/// bind mount's data is ignored by the kernel: `mode=755` beside `bind` is no error).
+pub fn parse(options: &[String]) -> Result<MountOptions, OptionError> {
     let mut out = MountOptions::default();
     for opt in options {
         let o = opt.as_str();
@@ -197,7 +197,7 @@ pub fn parse(options: &[String], takes_data: bool) -> Result<MountOptions, Optio
             out.tmpcopyup = true;
         } else if matches!(o, "idmap" | "ridmap") {
             return Err(OptionError::Unsupported(opt.clone()));
-        } else if takes_data && !o.is_empty() {
+        } else if !o.is_empty() {
             out.data.push(opt.clone());
         } else {
             return Err(OptionError::Unknown(opt.clone()));
@@ -230,16 +230,13 @@ mod tests {
 
     #[test]
     fn flags_data_and_propagation_are_split() {
-        let o = parse(
-            &opts(&[
-                "nosuid",
-                "strictatime",
-                "mode=755",
-                "size=65536k",
-                "rprivate",
-            ]),
-            true,
-        )
+        let o = parse(&opts(&[
+            "nosuid",
+            "strictatime",
+            "mode=755",
+            "size=65536k",
+            "rprivate",
+        ]))
         .unwrap();
         assert_eq!(o.flags, libc::MS_NOSUID | libc::MS_STRICTATIME);
         assert_eq!(o.data_string(), "mode=755,size=65536k");
@@ -249,30 +246,32 @@ mod tests {
 
     #[test]
     fn later_options_override_earlier_ones() {
-        let o = parse(&opts(&["ro", "rw", "nosuid", "suid", "noexec"]), true).unwrap();
+        let o = parse(&opts(&["ro", "rw", "nosuid", "suid", "noexec"])).unwrap();
         assert_eq!(o.flags, libc::MS_NOEXEC);
         assert_eq!(o.cleared, libc::MS_RDONLY | libc::MS_NOSUID);
     }
 
     #[test]
     fn rbind_ro_needs_a_remount() {
-        let o = parse(&opts(&["rbind", "ro", "nosuid"]), false).unwrap();
+        let o = parse(&opts(&["rbind", "ro", "nosuid"])).unwrap();
         assert!(o.is_bind());
         assert!(o.is_recursive_bind());
         assert_eq!(o.bind_remount_flags(), libc::MS_RDONLY | libc::MS_NOSUID);
-        let plain = parse(&opts(&["bind"]), false).unwrap();
+        let plain = parse(&opts(&["bind"])).unwrap();
         assert!(!plain.is_recursive_bind());
         assert_eq!(plain.bind_remount_flags(), 0);
     }
 
     #[test]
-    fn unknown_word_on_a_bind_is_an_error() {
+    fn words_without_a_flag_are_data() {
+        assert_eq!(parse(&opts(&[""])), Err(OptionError::Unknown("".into())));
+        // runc passes words it has no flag for to the filesystem; a bind ignores them.
         assert_eq!(
-            parse(&opts(&["rbind", "bogus"]), false),
-            Err(OptionError::Unknown("bogus".into()))
+            parse(&opts(&["bind", "mode=755", "size=1k"])).unwrap().data,
+            vec!["mode=755".to_string(), "size=1k".to_string()]
         );
         assert_eq!(
-            parse(&opts(&["newinstance"]), true).unwrap().data,
+            parse(&opts(&["newinstance"])).unwrap().data,
             vec!["newinstance".to_string()]
         );
     }
@@ -280,17 +279,17 @@ mod tests {
     #[test]
     fn idmap_is_refused() {
         assert_eq!(
-            parse(&opts(&["rbind", "idmap"]), false),
+            parse(&opts(&["rbind", "idmap"])),
             Err(OptionError::Unsupported("idmap".into()))
         );
     }
 
     #[test]
     fn recursive_attributes() {
-        let o = parse(&opts(&["rbind", "rro", "rnosuid", "rnoatime"]), false).unwrap();
+        let o = parse(&opts(&["rbind", "rro", "rnosuid", "rnoatime"])).unwrap();
         assert_eq!(o.rec_attr_set, attr::RDONLY | attr::NOSUID | attr::NOATIME);
         assert_eq!(o.rec_attr_clr, attr::ATIME_MASK);
-        let o = parse(&opts(&["rro", "rrw"]), false).unwrap();
+        let o = parse(&opts(&["rro", "rrw"])).unwrap();
         assert_eq!(o.rec_attr_set, 0);
         assert_eq!(o.rec_attr_clr, attr::RDONLY);
     }
