@@ -420,11 +420,9 @@ impl Container {
         }
         self.record = running;
         self.record.save(&self.dir)?;
-        // runtime-spec: a failing poststart hook is logged; the container keeps running.
+        // runtime-spec: a failing poststart hook is logged; the rest and the container go on.
         let poststart = hooks_of(&self.record.spec, |h| h.poststart().clone());
-        if let Err(e) = run_hooks("poststart", &poststart, &self.state_json()) {
-            log::warn!("container {}: {e}", self.id());
-        }
+        warn_hooks(self.id(), "poststart", &poststart, &self.state_json());
         Ok(())
     }
 
@@ -721,13 +719,6 @@ impl Container {
         if !self.record.own_pid_ns {
             self.kill_cgroup(libc::SIGKILL)?;
         }
-        let poststop = hooks_of(&self.record.spec, |h| h.poststop().clone());
-        let mut state = self.record.state.clone();
-        state.status = Status::Stopped;
-        let state = String::from_utf8(state.to_json()).expect("json is utf-8");
-        if let Err(e) = run_hooks("poststop", &poststop, &state) {
-            log::warn!("container {}: {e}", self.id());
-        }
         if let Some(cg) = &self.cgroup {
             // Kept with the state dir on failure, so that delete can be retried.
             cg.destroy()?;
@@ -736,6 +727,13 @@ impl Container {
             path: self.dir.clone(),
             source,
         })?;
+        // runtime-spec: after the container is deleted, before delete returns; a failing one
+        // is a warning and the rest still run.
+        let poststop = hooks_of(&self.record.spec, |h| h.poststop().clone());
+        let mut state = self.record.state.clone();
+        state.status = Status::Stopped;
+        let state = String::from_utf8(state.to_json()).expect("json is utf-8");
+        warn_hooks(self.id(), "poststop", &poststop, &state);
         log::debug!("deleted container {}", self.id());
         Ok(())
     }
@@ -862,6 +860,13 @@ fn run_hooks(kind: &'static str, hooks: &[Hook], state: &str) -> Result<(), Erro
         return Ok(());
     }
     crate::hooks::run_all(hooks, state.as_bytes()).map_err(|source| Error::Hook { kind, source })
+}
+
+/// Runs hooks whose failures are warnings (poststart, poststop): each one, logging each failure.
+fn warn_hooks(id: &str, kind: &str, hooks: &[Hook], state: &str) {
+    for e in crate::hooks::run_each(hooks, state.as_bytes()) {
+        log::warn!("container {id}: {kind} hooks: {e}");
+    }
 }
 
 /// Container ids name a directory and a cgroup: a safe file name.

@@ -85,6 +85,15 @@ pub fn run_all(hooks: &[Hook], state_json: &[u8]) -> Result<(), HookError> {
     Ok(())
 }
 
+/// Runs every hook in order whatever the others do; returns the failures (poststart and
+/// poststop hooks: a failing one is a warning and the rest still run, runtime-spec 1.3).
+pub fn run_each(hooks: &[Hook], state_json: &[u8]) -> Vec<HookError> {
+    hooks
+        .iter()
+        .filter_map(|h| run(h, state_json).err())
+        .collect()
+}
+
 /// Keeps the last `OUTPUT_CAP` bytes written to it (errors are usually at the end).
 #[derive(Default)]
 struct Tail(Vec<u8>);

@@ -264,3 +264,51 @@ fn lifecycle_hooks_run_in_order_and_in_the_right_namespace() {
         );
     }
 }
+
+/// Issue 15 (runtime-spec 1.3): poststop hooks run after the container is deleted (no state
+/// dir, no cgroup), before delete returns; a failing one is a warning, the rest still run and
+/// delete succeeds. Poststart hooks likewise all run.
+#[test]
+fn poststop_hooks_run_after_the_delete_and_a_failure_is_only_a_warning() {
+    use common::bundle::{cgroup_exists, Bundle, TestRoot};
+    use pelagos::Stdio;
+    let dir = Dir::new("poststop");
+    let root = TestRoot::new();
+    let id = common::bundle::unique_id("poststop");
+    let state_dir = root.root().join(&id);
+    let b = Bundle::new().args(&["true"]);
+    let cgroup = b.cgroup_path().expect("the fixture sets a cgroupsPath");
+    let cgroup_dirs: Vec<String> = common::containerd::cgroup_mounts()
+        .iter()
+        .map(|m| m.join(cgroup.trim_start_matches('/')).display().to_string())
+        .collect();
+    let check = format!(
+        "for d in {} {}; do test -e \"$d\" && echo \"$d left\"; done; echo checked",
+        state_dir.display(),
+        cgroup_dirs.join(" ")
+    );
+    let d = dir.0.display();
+    let hooks = |kind: &str| {
+        serde_json::json!([
+            {"path": "/bin/busybox", "args": ["sh", "-c", "exit 3"]},
+            {"path": "/bin/busybox",
+             "args": ["sh", "-c", format!("({check}) > {d}/{kind}")]},
+        ])
+    };
+    let b = b
+        .hooks("poststart", hooks("poststart"))
+        .hooks("poststop", hooks("poststop"));
+    let mut c = root.create_id(&id, &b, Stdio::Null).expect("create");
+    c.start()
+        .expect("a failing poststart hook does not fail start");
+    assert_eq!(c.wait().expect("wait").status, 0);
+    c.delete(false)
+        .expect("a failing poststop hook does not fail delete");
+    let poststop = std::fs::read_to_string(dir.join("poststop")).expect("second poststop ran");
+    assert_eq!(poststop, "checked\n", "poststop ran before the delete");
+    assert!(
+        dir.join("poststart").exists(),
+        "second poststart hook not run"
+    );
+    assert!(!cgroup_exists(&cgroup));
+}
