@@ -801,3 +801,37 @@ fn a_closed_stdout_ends_the_cli_quietly() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+/// Issue 15: `kill` with TERM, USR1 and KILL reaches a container running under an allowlist
+/// seccomp profile (Docker's, less the syscalls a runtime would make after loading it), and
+/// `run` reports how it ended.
+#[test]
+fn kill_reaches_a_container_under_an_allowlist_profile() {
+    let cli = Cli::new();
+    let mut profile: Value =
+        serde_json::from_str(include_str!("../src/seccomp/moby_default.json")).unwrap();
+    for rule in profile["syscalls"].as_array_mut().unwrap() {
+        if let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|n| !matches!(n.as_str(), Some("close_range" | "sendmsg" | "recvmsg")));
+        }
+    }
+    let script = "trap 'echo usr1' USR1; trap 'echo term; exit 15' TERM; echo ready; \
+                  while :; do sleep 0.1; done";
+    let b = Bundle::new()
+        .edit(|c| c["linux"]["seccomp"] = profile.clone())
+        .args(&["sh", "-c", script]);
+    let (code, rest) = run_until_ready(&cli, &b, &unique_id("kill"), |_, id| {
+        cli.ok(&["kill", id, "USR1"]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        cli.ok(&["kill", id, "SIGTERM"]);
+    });
+    assert_eq!((code, rest.as_str()), (Some(15), "usr1\nterm\n"));
+    let b = Bundle::new()
+        .edit(|c| c["linux"]["seccomp"] = profile)
+        .args(&["sh", "-c", "echo ready; sleep 1000"]);
+    let (code, _) = run_until_ready(&cli, &b, &unique_id("kill"), |_, id| {
+        cli.ok(&["kill", id, "KILL"]);
+    });
+    assert_eq!(code, Some(128 + libc::SIGKILL));
+    assert!(cli.ids().is_empty());
+}
