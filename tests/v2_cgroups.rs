@@ -1,6 +1,6 @@
 //! cgroup v2 specifics of the core against the real kernel: CLONE_INTO_CGROUP, nested
 //! cgroupsPath, memory.oom.group, cgroup.freeze, the unified map, io.max and io.stat, cgroup
-//! namespaces and device rules. They need a pure cgroup v2 host (scripts/vm/run-tests.sh boots
+//! namespaces and device rules (the eBPF device filter, through the core and the CLI). They need a pure cgroup v2 host (scripts/vm/run-tests.sh boots
 //! one); anywhere else each test prints why and returns.
 //!
 //! Every test works below its own top-level cgroup `/pelagos-v2-<pid>-<name>`, removed on drop
@@ -16,9 +16,10 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio as ProcStdio};
 
 use common::bundle::{Bundle, Output, Pipes, TestRoot};
-use common::v2::{cgroup_root, pure_v2, read, real_block_device};
+use common::v2::{block_probe, cgroup_root, probe_refused, pure_v2, read, real_block_device};
 use oci_spec::runtime::{
-    LinuxBlockIoBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
+    LinuxBlockIoBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+    LinuxResources, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
 };
 use pelagos::cgroups::{self, Cgroup};
 use pelagos::process::{self, Spawn};
@@ -335,6 +336,15 @@ fn io_max_is_written_and_io_stat_counts_reads() {
         .rate(64u64 * MIB as u64)
         .build()
         .unwrap();
+    // The device rules allow the disk, as a container given it with --device has them.
+    let allow_disk = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(LinuxDeviceType::B)
+        .major(major)
+        .minor(minor)
+        .access("r")
+        .build()
+        .unwrap();
     let r = LinuxResourcesBuilder::default()
         .block_io(
             LinuxBlockIoBuilder::default()
@@ -342,6 +352,7 @@ fn io_max_is_written_and_io_stat_counts_reads() {
                 .build()
                 .unwrap(),
         )
+        .devices(vec![allow_disk])
         .build()
         .unwrap();
     let cg = Cgroup::create(&tree.path("c"), Some(&r)).unwrap();
@@ -458,8 +469,19 @@ fn pause_freezes_through_cgroup_freeze() {
     assert!(!dir.exists());
 }
 
+/// `b` with CAP_MKNOD in every set, as containerd's default spec has it.
+fn with_mknod(b: Bundle) -> Bundle {
+    b.edit(|c| {
+        for set in ["bounding", "effective", "permitted", "ambient"] {
+            c["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_MKNOD"));
+        }
+    })
+}
+
 #[test]
-#[ignore = "known gap: on cgroup v2 device rules need an eBPF program, which the core does not attach yet (src/cgroups/mod.rs)"]
 fn device_rules_are_enforced_on_v2() {
     if !pure_v2("device_rules_are_enforced_on_v2") {
         return;
@@ -472,4 +494,195 @@ fn device_rules_are_enforced_on_v2() {
         .args(&["sh", "-c", "exec 3</dev/zero && echo zero-ok; exec 4>/dev/kmsg && echo kmsg-open"]);
     let out = run(&b);
     assert_eq!(out.stdout, "zero-ok\n", "{}", out.stderr);
+}
+
+#[test]
+fn a_disk_the_container_mknods_cannot_be_read_or_written() {
+    if !pure_v2("a_disk_the_container_mknods_cannot_be_read_or_written") {
+        return;
+    }
+    let Some((_, dev)) = real_block_device() else {
+        println!("skipped a_disk_the_container_mknods_cannot_be_read_or_written: no block device");
+        return;
+    };
+    let b = with_mknod(Bundle::new()).args(&["sh", "-c", &block_probe("/dev/blk", &dev)]);
+    let out = run(&b);
+    assert!(probe_refused(&out.stdout), "{}{}", out.stdout, out.stderr);
+}
+
+#[test]
+fn spec_devices_and_the_default_ones_stay_usable() {
+    if !pure_v2("spec_devices_and_the_default_ones_stay_usable") {
+        return;
+    }
+    let Some((name, dev)) = real_block_device() else {
+        println!("skipped spec_devices_and_the_default_ones_stay_usable: no block device");
+        return;
+    };
+    let (major, minor) = dev.split_once(':').unwrap();
+    let b = with_mknod(Bundle::new())
+        .edit(|c| {
+            c["linux"]["devices"] = json!([{"path": "/dev/disk0", "type": "b",
+                "major": major.parse::<i64>().unwrap(), "minor": minor.parse::<i64>().unwrap()}]);
+        })
+        .args(&[
+            "sh",
+            "-c",
+            "head -c 64 /dev/disk0 | wc -c; head -c 3 /dev/zero | wc -c; head -c 5 /dev/urandom | wc -c; \
+             echo x > /dev/null && echo null-ok; echo x > /dev/full 2>/dev/null || echo full-ok; \
+             exec 3<>/dev/ptmx && echo ptmx-ok; \
+             mkdir -p /dev/net && mknod /dev/net/tun c 10 200 && (exec 4<>/dev/net/tun) 2>&1 | grep -c 'not permitted'",
+        ]);
+    let out = run(&b);
+    assert_eq!(
+        out.stdout, "64\n3\n5\nnull-ok\nfull-ok\nptmx-ok\n0\n",
+        "/dev/{name} as /dev/disk0: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_cli_enforces_device_rules() {
+    if !pure_v2("the_cli_enforces_device_rules") {
+        return;
+    }
+    let Some((_, dev)) = real_block_device() else {
+        println!("skipped the_cli_enforces_device_rules: no block device");
+        return;
+    };
+    let b = with_mknod(Bundle::new()).args(&["sh", "-c", &block_probe("/dev/blk", &dev)]);
+    let root = TestRoot::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_pelagos"))
+        .arg("--root")
+        .arg(root.root())
+        .args(["run", "--bundle"])
+        .arg(b.path())
+        .arg(common::bundle::unique_id("cli-dev"))
+        .stdin(ProcStdio::null())
+        .output()
+        .expect("pelagos run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && probe_refused(&stdout),
+        "{:?}: {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !cgroups_left(&b),
+        "cgroup of the CLI's container left behind"
+    );
+}
+
+fn cgroups_left(b: &Bundle) -> bool {
+    common::bundle::cgroup_exists(&b.cgroup_path().unwrap())
+}
+
+fn deny_all() -> LinuxResources {
+    serde_json::from_value(json!({"devices": [{"allow": false, "access": "rwm"}]})).unwrap()
+}
+
+/// A script for [`Tree::run_in`] that exits 0 only when reading the block device `dev`, made
+/// with mknod in `scratch`, is refused with EPERM.
+fn read_refused(scratch: &Path, dev: &str) -> String {
+    let (major, minor) = dev.split_once(':').unwrap();
+    let node = scratch.join(format!("blk-{major}-{minor}"));
+    format!(
+        "rm -f {0}; mknod {0} b {major} {minor} || exit 2; dd if={0} of=/dev/null bs=64 count=1 2>&1 | grep -q 'not permitted'",
+        node.display()
+    )
+}
+
+#[test]
+fn an_update_keeps_the_device_filter() {
+    if !pure_v2("an_update_keeps_the_device_filter") {
+        return;
+    }
+    let Some((_, dev)) = real_block_device() else {
+        println!("skipped an_update_keeps_the_device_filter: no block device");
+        return;
+    };
+    let mut tree = Tree::new("devupdate");
+    let scratch = tempdir("devupdate");
+    let cg = Cgroup::create(&tree.path("c"), Some(&deny_all())).unwrap();
+    let dir = cg.unified_dir().unwrap().to_path_buf();
+    let before = cgroups::attached_device_programs(&dir).unwrap();
+    let r = memory(64 * MIB, -1).build().unwrap();
+    cg.update(&r).unwrap();
+    let after = cgroups::attached_device_programs(&dir).unwrap();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(before, after, "runc update attaches the program again");
+    assert_eq!(read(&dir, "memory.max"), (64 * MIB).to_string());
+    let pid = tree.run_in(&cg, &read_refused(&scratch, &dev));
+    assert_eq!(tree.wait(pid).code(), Some(0), "the read was not refused");
+    let _ = std::fs::remove_dir_all(&scratch);
+    cg.destroy().unwrap();
+}
+
+#[test]
+fn a_cgroup_that_has_a_filter_gets_it_replaced() {
+    if !pure_v2("a_cgroup_that_has_a_filter_gets_it_replaced") {
+        return;
+    }
+    let Some((_, dev)) = real_block_device() else {
+        println!("skipped a_cgroup_that_has_a_filter_gets_it_replaced: no block device");
+        return;
+    };
+    let mut tree = Tree::new("devjoin");
+    let scratch = tempdir("devjoin");
+    let (major, minor) = dev.split_once(':').unwrap();
+    let allow_disk: LinuxResources = serde_json::from_value(json!({"devices": [
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "b", "major": major.parse::<i64>().unwrap(),
+         "minor": minor.parse::<i64>().unwrap(), "access": "rwm"}
+    ]}))
+    .unwrap();
+    let path = tree.path("shared");
+    let first = Cgroup::create(&path, Some(&allow_disk)).unwrap();
+    let dir = first.unified_dir().unwrap().to_path_buf();
+    let old = cgroups::attached_device_programs(&dir).unwrap();
+    // A second container in the same cgroup, with the default rules: its program replaces the
+    // first one rather than adding to it (which would still refuse, but grow without bound).
+    let second = Cgroup::create(&path, Some(&deny_all())).unwrap();
+    let new = cgroups::attached_device_programs(&dir).unwrap();
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(old, new);
+    let pid = tree.run_in(&second, &read_refused(&scratch, &dev));
+    assert_eq!(tree.wait(pid).code(), Some(0), "the read was not refused");
+    let _ = std::fs::remove_dir_all(&scratch);
+    second.destroy().unwrap();
+}
+
+#[test]
+fn bad_device_rules_leave_nothing_behind() {
+    if !pure_v2("bad_device_rules_leave_nothing_behind") {
+        return;
+    }
+    let tree = Tree::new("devbad");
+    let hole: LinuxResources = serde_json::from_value(json!({"devices": [
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 10, "access": "rwm"},
+        {"allow": false, "type": "c", "major": 10, "minor": 229, "access": "r"}
+    ]}))
+    .unwrap();
+    let path = tree.path("hole");
+    let err = Cgroup::create(&path, Some(&hole)).unwrap_err().to_string();
+    assert!(err.contains("c 10:229 r") && err.contains("hole"), "{err}");
+    assert!(!common::bundle::cgroup_exists(&path), "{path} left behind");
+    // A failure after the program is attached: the cgroup goes, and its program with it.
+    let mut late = deny_all();
+    late.set_unified(Some(unified(&[("memory.nonexistent", "1")])));
+    let err = Cgroup::create(&path, Some(&late)).unwrap_err().to_string();
+    assert!(err.contains("memory.nonexistent"), "{err}");
+    assert!(!common::bundle::cgroup_exists(&path), "{path} left behind");
+}
+
+/// A scratch directory for device nodes: under /dev, the one filesystem of the VM not mounted
+/// nodev (a node on a nodev mount would be refused whatever the cgroup says).
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = Path::new("/dev").join(format!("pelagos-v2-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }

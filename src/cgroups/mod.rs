@@ -21,11 +21,15 @@
 //! ignored, and `memory.oom.group` is set only through the `unified` map (which is how kubelet
 //! asks for it).
 //!
-//! Known gaps: on cgroup v2 device rules are not enforced (that needs an eBPF program attached
-//! to the cgroup; device access is then limited by the device nodes present in the container's
-//! /dev); rdma limits are ignored; v1 mounts whose root is not `/` (inside another container)
-//! are not supported.
+//! Device rules go to the v1 devices controller where the host has one (legacy and hybrid
+//! hosts, as runc) and otherwise become an eBPF program on the cgroup2 directory (`devfilter`,
+//! `bpf`), loaded and attached by the runtime process itself.
+//!
+//! Known gaps: rdma limits are ignored; v1 mounts whose root is not `/` (inside another
+//! container) are not supported.
 
+mod bpf;
+mod devfilter;
 mod fs;
 pub mod oom;
 mod path;
@@ -42,6 +46,7 @@ use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode as FileMode;
 use oci_spec::runtime::LinuxResources;
 
+pub use devfilter::attached_programs as attached_device_programs;
 pub use oom::OomWatch;
 pub use path::{resolve_path, DEFAULT_PARENT};
 pub use resources::{default_device_rules, device_allow_rules, spec_resources};
@@ -78,6 +83,12 @@ pub enum CgroupError {
     },
     #[error("open {}: {source}", path.display())]
     Open { path: PathBuf, source: nix::Error },
+    #[error("device filter of {}: {op}: {reason}", path.display())]
+    DeviceFilter {
+        path: PathBuf,
+        op: &'static str,
+        reason: String,
+    },
     #[error("cgroup {0} does not exist")]
     NotFound(String),
     #[error("{op} {path}: {reason}")]
@@ -140,6 +151,9 @@ pub struct Cgroup {
     v2_controllers: Vec<String>,
     /// `unified` opened O_DIRECTORY, for CLONE_INTO_CGROUP (unified and hybrid hosts).
     unified_fd: Option<OwnedFd>,
+    /// The device rules of the create (spec rules then the defaults) when they went to an eBPF
+    /// program: an update compiles and attaches them again, as runc update does.
+    device_rules: Option<Vec<oci_spec::runtime::LinuxDeviceCgroup>>,
 }
 
 /// See [`Cgroup::join_plan`].
@@ -187,6 +201,7 @@ impl Cgroup {
             unified: h.unified.as_ref().map(|u| u.join(rel)),
             v2_controllers: Vec::new(),
             unified_fd: None,
+            device_rules: None,
         }
     }
 
@@ -243,7 +258,13 @@ impl Cgroup {
             self.v2_controllers = fs::read_words(&dir.join("cgroup.controllers"));
         }
         let empty = LinuxResources::default();
-        resources::apply(self, resources.unwrap_or(&empty), true)?;
+        let resources = resources.unwrap_or(&empty);
+        resources::apply(self, resources, resources::Pass::Create)?;
+        if self.route("devices").is_none() && self.unified.is_some() {
+            let mut rules = resources.devices().clone().unwrap_or_default();
+            rules.extend(default_device_rules());
+            self.device_rules = Some(rules);
+        }
         self.open_fd()?;
         Ok(())
     }
@@ -368,9 +389,14 @@ impl Cgroup {
         plan
     }
 
-    /// Applies new resource values (as `runc update`); device rules are left as created.
+    /// Applies new resource values (as `runc update`). Device rules stay as created: on cgroup
+    /// v2 the create's program is compiled and attached again (replacing the old one without a
+    /// gap, as runc update does), the `devices` of `resources` are not looked at.
     pub fn update(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
         resources::validate(resources, self.mode)?;
+        if let (Some(rules), Some(dir)) = (&self.device_rules, &self.unified) {
+            devfilter::install(dir, rules)?;
+        }
         let h = fs::hierarchies();
         if let (Mode::Hybrid, Some(dir), Some(mount)) = (self.mode, &self.unified, &h.unified) {
             if resources::wants_v2_only_controller(resources, h) {
@@ -379,10 +405,10 @@ impl Cgroup {
                 enable_down_to(mount, dir);
                 let mut view = Cgroup::layout(&self.path);
                 view.v2_controllers = fs::read_words(&dir.join("cgroup.controllers"));
-                return resources::apply(&view, resources, false);
+                return resources::apply(&view, resources, resources::Pass::Update);
             }
         }
-        resources::apply(self, resources, false)
+        resources::apply(self, resources, resources::Pass::Update)
     }
 
     /// Where freezing happens: the v1 freezer when mounted, else cgroup.freeze of cgroup2
@@ -692,6 +718,7 @@ pub fn fuzz_translate(
         unified: unified.map(Path::to_path_buf),
         v2_controllers: v2.iter().map(|c| c.to_string()).collect(),
         unified_fd: None,
+        device_rules: None,
     };
     let all_v1 = [
         "memory", "cpu", "cpuset", "pids", "blkio", "hugetlb", "devices", "net_cls", "net_prio",
@@ -717,7 +744,7 @@ pub fn fuzz_translate(
     for_v2.set_network(None);
     Ok([(&v1, &for_v1), (&v2, &for_v2)]
         .into_iter()
-        .filter(|(cg, r)| resources::apply(cg, r, true).is_err())
+        .filter(|(cg, r)| resources::apply(cg, r, resources::Pass::Fixture).is_err())
         .count())
 }
 

@@ -301,11 +301,22 @@ fn missing(resource: &str, controller: &str) -> CgroupError {
     }
 }
 
-/// Writes every resource into its controller. `create` also applies device rules (an update
-/// keeps the device rules the container was created with, as runc update does).
-pub(crate) fn apply(cg: &Cgroup, r: &LinuxResources, create: bool) -> Result<(), CgroupError> {
-    if create {
-        apply_devices(cg, r.devices().as_deref().unwrap_or(&[]))?;
+/// What [`apply`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// A new cgroup: device rules too.
+    Create,
+    /// New values for a live cgroup; device rules are the create's (see `Cgroup::update`).
+    Update,
+    /// A create on plain-file fixture directories (fuzzing): device rules are checked and, for
+    /// cgroup v2, compiled, but no program is attached.
+    Fixture,
+}
+
+/// Writes every resource into its controller.
+pub(crate) fn apply(cg: &Cgroup, r: &LinuxResources, pass: Pass) -> Result<(), CgroupError> {
+    if pass != Pass::Update {
+        apply_devices(cg, r.devices().as_deref().unwrap_or(&[]), pass)?;
     }
     if let Some(m) = r.memory() {
         let set = m.limit().is_some_and(|v| v != 0)
@@ -381,7 +392,15 @@ pub(crate) fn apply(cg: &Cgroup, r: &LinuxResources, create: bool) -> Result<(),
             None => return Err(missing("hugepageLimits", "hugetlb")),
         }
     }
-    if let Some(n) = r.network() {
+    if let Some(n) = r.network().as_ref().filter(|_| cg.mode() == Mode::Unified) {
+        // cgroup v2 has no net_cls / net_prio; runc ignores them there (network policy is for
+        // eBPF socket programs).
+        if n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty()) {
+            log::warn!(
+                "network.classID and network.priorities have no cgroup v2 equivalent; ignored"
+            );
+        }
+    } else if let Some(n) = r.network() {
         if n.class_id().is_some() {
             match cg.route("net_cls") {
                 Some(Route::V1(d)) => v1::net_cls(d, n)?,
@@ -412,23 +431,26 @@ pub(crate) fn apply(cg: &Cgroup, r: &LinuxResources, create: bool) -> Result<(),
     Ok(())
 }
 
-fn apply_devices(cg: &Cgroup, spec_rules: &[LinuxDeviceCgroup]) -> Result<(), CgroupError> {
-    match cg.route("devices") {
-        Some(Route::V1(d)) => {
-            let mut rules = spec_rules.to_vec();
-            rules.extend(default_device_rules());
-            v1::devices(d, &rules)
+fn apply_devices(
+    cg: &Cgroup,
+    spec_rules: &[LinuxDeviceCgroup],
+    pass: Pass,
+) -> Result<(), CgroupError> {
+    let mut rules = spec_rules.to_vec();
+    rules.extend(default_device_rules());
+    match (cg.route("devices"), cg.unified_dir()) {
+        (Some(Route::V1(d)), _) => v1::devices(d, &rules),
+        // No v1 devices controller (pure cgroup v2, or a hybrid host without it): the kernel
+        // checks device access with the cgroup's eBPF programs.
+        (_, Some(_)) if pass == Pass::Fixture => {
+            super::devfilter::Emulated::from_rules(&rules).map(|e| drop(e.program()))
         }
-        _ => {
-            // cgroup v2 controls devices with an eBPF program attached to the cgroup, which
-            // pelagos does not load yet: device access is then limited only by which device
-            // nodes exist in the container's /dev.
-            if !spec_rules.is_empty() {
-                log::debug!(
-                    "device cgroup rules not enforced on {} (no eBPF device filter)",
-                    cg.path()
-                );
-            }
+        (_, Some(dir)) => super::devfilter::install(dir, &rules),
+        (_, None) => {
+            log::warn!(
+                "no devices controller and no cgroup2 mount: device rules of {} not enforced",
+                cg.path()
+            );
             Ok(())
         }
     }

@@ -58,3 +58,32 @@ pub fn real_block_device() -> Option<(String, String)> {
         (size > 0 && Path::new("/dev").join(&n).exists()).then(|| (n.clone(), read(&sys, "dev")))
     })
 }
+
+/// A shell script for busybox sh that makes `node` a block device `dev` ("major:minor") and
+/// reports, one line each: `mknod ok|<error>`, `read <bytes>|<error>`, `write ok|<error>`. The
+/// write opens the node for writing and writes nothing (dd count=0), so a missing filter
+/// cannot damage the disk.
+pub fn block_probe(node: &str, dev: &str) -> String {
+    let (major, minor) = dev.split_once(':').expect("major:minor");
+    format!(
+        "rm -f {node}; \
+         if e=$(mknod {node} b {major} {minor} 2>&1); then echo mknod ok; else echo \"mknod $e\"; fi; \
+         if e=$(dd if={node} bs=64 count=1 2>&1 >/dev/null); then echo \"read $(dd if={node} bs=64 count=1 2>/dev/null | wc -c)\"; else echo \"read $e\"; fi; \
+         if e=$(dd if=/dev/zero of={node} bs=1 count=0 2>&1); then echo write ok; else echo \"write $e\"; fi"
+    )
+}
+
+/// The `read` and `write` lines of [`block_probe`]'s output both say EPERM.
+pub fn probe_refused(out: &str) -> bool {
+    let line = |p: &str| {
+        out.lines()
+            .find(|l| l.starts_with(p))
+            .is_some_and(|l| l.contains("Operation not permitted"))
+    };
+    out.lines().any(|l| l == "mknod ok") && line("read ") && line("write ")
+}
+
+/// [`block_probe`]'s output says 64 bytes were read and the write open succeeded.
+pub fn probe_allowed(out: &str) -> bool {
+    out.lines().any(|l| l == "read 64") && out.lines().any(|l| l == "write ok")
+}
