@@ -77,11 +77,13 @@ fn main() {
         "start" => {
             logger::init(std::path::Path::new("."), flags.debug);
             match start::run(&flags) {
-                Ok(address) => {
-                    // The plain address: containerd 1.6 to 2.x all take it as task API v2.
-                    print!("{address}");
-                    0
-                }
+                Ok(started) => match std::io::stdout().write_all(&started.reply()) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprint!("start: write the address: {e}");
+                        1
+                    }
+                },
                 Err(e) => {
                     log::error!("{e}");
                     eprint!("{e}");

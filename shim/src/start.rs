@@ -15,6 +15,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use containerd_shim_protos::bootstrap_api::BootstrapResult;
+use containerd_shim_protos::protobuf::Message;
+
 use crate::args::Flags;
 use crate::options::{self, StartInput};
 
@@ -69,9 +72,36 @@ pub enum StartError {
 }
 
 /// Runs `start` in the bundle (the cwd) and returns the address to print.
-pub fn run(flags: &Flags) -> Result<String, StartError> {
+/// What `start` answers containerd: the daemon's address, as a `BootstrapResult` when it was
+/// asked with `BootstrapParams` (containerd ≥ 2.3), else as the plain address.
+#[derive(Debug)]
+pub struct Started {
+    pub address: String,
+    bootstrap: bool,
+}
+
+impl Started {
+    /// The bytes for stdout.
+    pub fn reply(&self) -> Vec<u8> {
+        if !self.bootstrap {
+            return self.address.clone().into_bytes();
+        }
+        let result = BootstrapResult {
+            version: 2,
+            address: self.address.clone(),
+            protocol: "ttrpc".to_owned(),
+            ..Default::default()
+        };
+        result
+            .write_to_bytes()
+            .expect("a BootstrapResult of strings always encodes")
+    }
+}
+
+pub fn run(flags: &Flags) -> Result<Started, StartError> {
     let input = read_stdin()?;
     let start_input = options::detect_start_input(&input, &flags.id, &flags.namespace);
+    let bootstrap = matches!(start_input, StartInput::Bootstrap(_));
     let opts = options::decode(options::runtime_options(&start_input))?;
     let (mut ttrpc_address, mut grpc_address, mut socket_dir) = (
         std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
@@ -110,7 +140,7 @@ pub fn run(flags: &Flags) -> Result<String, StartError> {
             flags.id
         );
         write_address(&bundle, &address)?;
-        return Ok(address);
+        return Ok(Started { address, bootstrap });
     }
     let listener = listen(&path)?;
     let spawned = spawn_daemon(
@@ -127,7 +157,7 @@ pub fn run(flags: &Flags) -> Result<String, StartError> {
         return Err(e);
     }
     write_address(&bundle, &address)?;
-    Ok(address)
+    Ok(Started { address, bootstrap })
 }
 
 fn read_stdin() -> Result<Vec<u8>, StartError> {

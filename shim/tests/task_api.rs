@@ -647,7 +647,7 @@ fn start_action(
     address: &str,
     bundle: &Path,
     stdin: &[u8],
-) -> (String, String, bool) {
+) -> (Vec<u8>, String, bool) {
     let mut child = Command::new(SHIM)
         .args(["-namespace", ns, "-address", address])
         .args(["-publish-binary", "/bin/true", "-id", id, "start"])
@@ -661,7 +661,7 @@ fn start_action(
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
         out.status.success(),
     )
@@ -669,7 +669,7 @@ fn start_action(
 
 #[test]
 fn start_action_prints_only_the_address_and_groups_containers() {
-    use containerd_shim_protos::bootstrap_api::BootstrapParams;
+    use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
     let ns = unique("shimstart");
     let address = format!("/run/fake/{}.sock", unique("containerd"));
     let annotate = |b: &Bundle| {
@@ -684,6 +684,7 @@ fn start_action_prints_only_the_address_and_groups_containers() {
 
     // containerd ≤ 2.2: no stdin at all.
     let (out1, err1, ok1) = start_action(&ns, "a", &address, &b1.dir, b"");
+    let out1 = String::from_utf8(out1).unwrap();
     assert!(ok1, "start failed: {err1}");
     assert_eq!(err1, "", "start must print nothing but the address");
     assert!(
@@ -695,7 +696,8 @@ fn start_action_prints_only_the_address_and_groups_containers() {
         out1
     );
 
-    // containerd ≥ 2.3: BootstrapParams; same group, so the same shim.
+    // containerd ≥ 2.3: BootstrapParams, answered by a BootstrapResult; same group, so the
+    // same shim.
     let params = BootstrapParams {
         instance_id: "b".into(),
         namespace: ns.clone(),
@@ -710,7 +712,10 @@ fn start_action_prints_only_the_address_and_groups_containers() {
         &params.write_to_bytes().unwrap(),
     );
     assert!(ok2, "{err2}");
-    assert_eq!(out2, out1, "grouped containers share one shim");
+    let result = BootstrapResult::parse_from_bytes(&out2)
+        .unwrap_or_else(|e| panic!("no BootstrapResult ({e}): {out2:?}"));
+    assert_eq!((result.version, result.protocol.as_str()), (2, "ttrpc"));
+    assert_eq!(result.address, out1, "grouped containers share one shim");
     assert_eq!(
         std::fs::read_to_string(b2.dir.join("address")).unwrap(),
         out1
