@@ -183,6 +183,52 @@ fn an_allowlist_profile_without_the_runtimes_syscalls_runs() {
     );
 }
 
+/// Issue 15, as runc: under a profile whose default is an errno, a syscall newer than every
+/// syscall the profile names gets ENOSYS (libc then falls back: clone3 → clone, faccessat2 →
+/// faccessat), while an older one it leaves out still gets the default action.
+#[test]
+fn syscalls_newer_than_the_profile_get_enosys() {
+    if !cfg!(target_arch = "x86_64") {
+        eprintln!("skipped: the syscall numbers below are x86_64's");
+        return;
+    }
+    let bin = std::env::temp_dir().join(unique_id("pelagos-syscalls"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/syscalls.c");
+    let cc = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("run gcc (apt-get install gcc libc6-dev)");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    // Docker's allowlist as it was before clone3 (435): nothing numbered above 434.
+    let mut profile = recorded_allowlist();
+    for rule in profile["syscalls"].as_array_mut().unwrap() {
+        if let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|n| {
+                libseccomp::ScmpSyscall::from_name(n.as_str().unwrap_or_default())
+                    .map(i32::from)
+                    .is_ok_and(|nr| nr <= 434)
+            });
+        }
+    }
+    let b = Bundle::new().edit(|c| c["linux"]["seccomp"] = profile);
+    std::fs::copy(&bin, b.rootfs().join("bin/syscalls")).unwrap();
+    std::fs::remove_file(&bin).unwrap();
+    // 439 faccessat2 and 435 clone3 are newer; 246 kexec_load is older and not allowed.
+    let out = TestRoot::new().run(&b.args(&["/bin/syscalls", "439", "435", "246"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let enosys = libc::ENOSYS;
+    assert_eq!(
+        out.stdout,
+        format!("439 -1 {enosys}\n435 -1 {enosys}\n246 -1 {}\n", libc::EPERM)
+    );
+}
+
 #[test]
 fn seccomp_blocks_with_the_configured_errno() {
     let b = Bundle::new().readonly_root(false).edit(|c| {

@@ -211,8 +211,102 @@ pub fn compile_uncached(profile: &LinuxSeccomp) -> Result<CompiledFilter, Seccom
         .iter()
         .flatten()
         .fold(0u32, |f, x| f | filter_flag(*x));
-    let bpf = export(&ctx)?;
+    let mut bpf = export(&ctx)?;
+    if !matches!(default, ScmpAction::Allow | ScmpAction::Log) {
+        let mut arches = vec![ScmpArch::native()];
+        arches.extend(profile.architectures().iter().flatten().map(|a| arch(*a)));
+        let names: Vec<&str> = profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .flat_map(|r| r.names().iter().map(String::as_str))
+            .collect();
+        let mut stub = enosys_stub(&newest_known(&arches, &names));
+        stub.append(&mut bpf);
+        bpf = stub;
+    }
     Ok(CompiledFilter { bpf, flags })
+}
+
+/// For each architecture the stub can tell (its audit value), the highest syscall number the
+/// profile names there.
+fn newest_known(arches: &[ScmpArch], names: &[&str]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for a in arches {
+        let audit = match a {
+            ScmpArch::X8664 => AUDIT_ARCH_X86_64,
+            ScmpArch::X86 => AUDIT_ARCH_I386,
+            ScmpArch::Aarch64 => AUDIT_ARCH_AARCH64,
+            ScmpArch::Arm => AUDIT_ARCH_ARM,
+            _ => continue,
+        };
+        let last = names
+            .iter()
+            .filter_map(|n| ScmpSyscall::from_name_by_arch(n, *a).ok())
+            .map(i32::from)
+            .filter(|nr| *nr >= 0)
+            .max();
+        if let (Some(last), false) = (last, out.iter().any(|(x, _)| *x == audit)) {
+            out.push((audit, last as u32));
+        }
+    }
+    out
+}
+
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+const AUDIT_ARCH_AARCH64: u32 = 0xC000_00B7;
+const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+/// x32 syscalls come as x86_64 with this bit set in the number.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// runc's "enosys" patch as a prefix to the filter: on each architecture of `newest` (audit
+/// value, highest syscall number the profile names), a syscall above that number returns
+/// ENOSYS instead of the profile's default action, so that libc's fallbacks for syscalls newer
+/// than the profile (clone3 → clone, faccessat2 → faccessat, ...) work. Everything else falls
+/// through to the filter, which loads what it needs itself.
+fn enosys_stub(newest: &[(u32, u32)]) -> Vec<u8> {
+    const LD_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGE: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const JGT: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
+    const JA: u16 = 0x05; // BPF_JMP | BPF_JA
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+    const NR: u32 = 0; // offsetof(struct seccomp_data, nr)
+    const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
+    if newest.is_empty() {
+        return Vec::new();
+    }
+    let block = |audit: u32| if audit == AUDIT_ARCH_X86_64 { 4 } else { 3 };
+    // ld arch, the blocks, `ja` over the return, `ret ENOSYS`; the filter follows.
+    let enosys_at = 1 + newest.iter().map(|(a, _)| block(*a)).sum::<usize>() + 1;
+    let filter_at = enosys_at + 1;
+    let mut insns: Vec<(u16, u8, u8, u32)> = vec![(LD_ABS, 0, 0, ARCH)];
+    for (audit, last) in newest {
+        let start = insns.len();
+        let size = block(*audit);
+        // Relative jumps count from the next instruction.
+        let to = |target: usize, at: usize| (target - at - 1) as u8;
+        insns.push((JEQ, 0, to(start + size, start), *audit));
+        insns.push((LD_ABS, 0, 0, NR));
+        if *audit == AUDIT_ARCH_X86_64 {
+            let at = insns.len();
+            insns.push((JGE, to(filter_at, at), 0, X32_SYSCALL_BIT));
+        }
+        let at = insns.len();
+        insns.push((JGT, to(enosys_at, at), to(filter_at, at), *last));
+    }
+    insns.push((JA, 0, 0, 1));
+    insns.push((RET, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
+    insns
+        .into_iter()
+        .flat_map(|(code, jt, jf, k)| {
+            let mut b = code.to_ne_bytes().to_vec();
+            b.extend([jt, jf]);
+            b.extend(k.to_ne_bytes());
+            b
+        })
+        .collect()
 }
 
 /// seccomp_export_bpf writes to an fd (the in-memory variant needs libseccomp 2.6).
@@ -348,6 +442,73 @@ mod tests {
 
     fn profile(json: &str) -> LinuxSeccomp {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// Runs the stub on (arch, nr): `Some(return value)`, or `None` when it falls through to
+    /// the filter after it.
+    fn run_stub(stub: &[u8], arch: u32, nr: u32) -> Option<u32> {
+        let insns: Vec<(u16, u8, u8, u32)> = stub
+            .chunks_exact(8)
+            .map(|c| {
+                let k = u32::from_ne_bytes([c[4], c[5], c[6], c[7]]);
+                (u16::from_ne_bytes([c[0], c[1]]), c[2], c[3], k)
+            })
+            .collect();
+        let (mut pc, mut acc) = (0usize, 0u32);
+        while pc < insns.len() {
+            let (code, jt, jf, k) = insns[pc];
+            let jump = |cond: bool| usize::from(if cond { jt } else { jf });
+            pc += 1 + match code {
+                0x20 => {
+                    acc = if k == 0 { nr } else { arch };
+                    0
+                }
+                0x15 => jump(acc == k),
+                0x35 => jump(acc >= k),
+                0x25 => jump(acc > k),
+                0x05 => k as usize,
+                0x06 => return Some(k),
+                other => panic!("unexpected opcode {other:#x}"),
+            };
+        }
+        assert_eq!(pc, insns.len(), "jumped past the filter's start");
+        None
+    }
+
+    #[test]
+    fn enosys_stub_answers_only_newer_syscalls_of_known_arches() {
+        let stub = enosys_stub(&[(AUDIT_ARCH_X86_64, 434), (AUDIT_ARCH_I386, 400)]);
+        let enosys = Some(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        assert_eq!(run_stub(&stub, AUDIT_ARCH_X86_64, 435), enosys);
+        assert_eq!(run_stub(&stub, AUDIT_ARCH_X86_64, 434), None);
+        assert_eq!(run_stub(&stub, AUDIT_ARCH_X86_64, 0), None);
+        // x32 numbers carry their own bit: left to the filter.
+        assert_eq!(
+            run_stub(&stub, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 1),
+            None
+        );
+        assert_eq!(run_stub(&stub, AUDIT_ARCH_I386, 401), enosys);
+        assert_eq!(run_stub(&stub, AUDIT_ARCH_I386, 400), None);
+        assert_eq!(run_stub(&stub, AUDIT_ARCH_AARCH64, 999), None);
+        assert!(enosys_stub(&[]).is_empty());
+    }
+
+    #[test]
+    fn allow_by_default_profiles_get_no_stub() {
+        let allow = profile(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#,
+        );
+        let deny = profile(
+            r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ALLOW"}]}"#,
+        );
+        let (a, d) = (
+            compile_uncached(&allow).unwrap(),
+            compile_uncached(&deny).unwrap(),
+        );
+        let native = newest_known(&[ScmpArch::native()], &["mkdir"]);
+        assert_eq!(native.len(), 1);
+        let stub = enosys_stub(&native);
+        assert!(d.bpf.starts_with(&stub) && !a.bpf.starts_with(&stub));
     }
 
     #[test]
