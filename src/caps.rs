@@ -192,63 +192,99 @@ fn mask(set: &BTreeSet<u32>) -> u64 {
     set.iter().fold(0u64, |m, c| m | (1u64 << c))
 }
 
-/// Sets effective, permitted, inheritable and ambient sets. Called after changing uid.
-pub fn apply(caps: &LinuxCapabilities) -> Result<(), CapsError> {
-    let last = last_cap();
-    let eff = mask(&numbers(caps.effective(), last, "effective")?);
-    let perm = mask(&numbers(caps.permitted(), last, "permitted")?);
-    let inh = mask(&numbers(caps.inheritable(), last, "inheritable")?);
-    let ambient = numbers(caps.ambient(), last, "ambient")?;
-    let mut header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        CapData {
-            effective: eff as u32,
-            permitted: perm as u32,
-            inheritable: inh as u32,
-        },
-        CapData {
-            effective: (eff >> 32) as u32,
-            permitted: (perm >> 32) as u32,
-            inheritable: (inh >> 32) as u32,
-        },
-    ];
-    // SAFETY: capset reads one header and, for version 3, two data structs; both live for
-    // the duration of the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    };
-    nix::errno::Errno::result(r).map_err(|errno| CapsError::Sys {
-        what: format!("capset effective={eff:#x} permitted={perm:#x} inheritable={inh:#x}"),
-        errno,
-    })?;
-    prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-        0,
-    )
-    .map_err(sys("clear ambient set"))?;
-    for cap in ambient {
-        let n = name(cap).unwrap_or("?");
-        let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
-        match prctl(libc::PR_CAP_AMBIENT, raise, cap.into()) {
-            Ok(_) => {}
-            // The kernel only raises what is both permitted and inheritable. runc's default
-            // spec lists ambient capabilities without inheritable ones and runc runs it
-            // without them; so do we, with a warning.
-            Err(nix::errno::Errno::EPERM) => log::warn!(
-                "ambient {n} not raised: it must also be in the permitted and inheritable sets"
-            ),
-            Err(e) => return Err(sys(format!("raise ambient {n}"))(e)),
+/// The process's final capability sets, computed ahead so that setting them makes no syscall
+/// but capset and prctl (the setup helper may set them after the seccomp filter is loaded).
+#[derive(Debug, Clone)]
+pub struct Sets {
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+    ambient: Vec<u32>,
+}
+
+impl Sets {
+    pub fn of(caps: &LinuxCapabilities) -> Result<Sets, CapsError> {
+        let last = last_cap();
+        Ok(Sets {
+            effective: mask(&numbers(caps.effective(), last, "effective")?),
+            permitted: mask(&numbers(caps.permitted(), last, "permitted")?),
+            inheritable: mask(&numbers(caps.inheritable(), last, "inheritable")?),
+            ambient: numbers(caps.ambient(), last, "ambient")?
+                .into_iter()
+                .collect(),
+        })
+    }
+
+    /// These sets with `cap` also effective and permitted, and no ambient ones: what the
+    /// process holds until it is done with what needs `cap`.
+    pub fn holding(&self, cap: u32) -> Sets {
+        Sets {
+            effective: self.effective | 1 << cap,
+            permitted: self.permitted | 1 << cap,
+            inheritable: self.inheritable,
+            ambient: Vec::new(),
         }
     }
-    Ok(())
+
+    /// Sets the effective, permitted and inheritable sets, then raises the ambient ones.
+    pub fn set(&self) -> Result<(), CapsError> {
+        let (eff, perm, inh) = (self.effective, self.permitted, self.inheritable);
+        let mut header = CapHeader {
+            version: CAP_VERSION_3,
+            pid: 0,
+        };
+        let data = [
+            CapData {
+                effective: eff as u32,
+                permitted: perm as u32,
+                inheritable: inh as u32,
+            },
+            CapData {
+                effective: (eff >> 32) as u32,
+                permitted: (perm >> 32) as u32,
+                inheritable: (inh >> 32) as u32,
+            },
+        ];
+        // SAFETY: capset reads one header and, for version 3, two data structs; both live for
+        // the duration of the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                data.as_ptr(),
+            )
+        };
+        nix::errno::Errno::result(r).map_err(|errno| CapsError::Sys {
+            what: format!("capset effective={eff:#x} permitted={perm:#x} inheritable={inh:#x}"),
+            errno,
+        })?;
+        prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+        )
+        .map_err(sys("clear ambient set"))?;
+        for &cap in &self.ambient {
+            let n = name(cap).unwrap_or("?");
+            let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+            match prctl(libc::PR_CAP_AMBIENT, raise, cap.into()) {
+                Ok(_) => {}
+                // The kernel only raises what is both permitted and inheritable. runc's
+                // default spec lists ambient capabilities without inheritable ones and runc
+                // runs it without them; so do we, with a warning.
+                Err(nix::errno::Errno::EPERM) => log::warn!(
+                    "ambient {n} not raised: it must also be in the permitted and inheritable sets"
+                ),
+                Err(e) => return Err(sys(format!("raise ambient {n}"))(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets effective, permitted, inheritable and ambient sets. Called after changing uid.
+pub fn apply(caps: &LinuxCapabilities) -> Result<(), CapsError> {
+    Sets::of(caps)?.set()
 }
 
 #[cfg(test)]

@@ -185,10 +185,11 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
             os_text(&e),
         )
     })?;
-    // Without no_new_privileges, loading a filter needs CAP_SYS_ADMIN, which finalize_identity
-    // may drop: load it first then (as runc). Otherwise right before execve (`Exec::exec`), so
-    // that the profile need not allow a single setup syscall: an allowlist made from the
-    // application's own syscalls must work.
+    // The seccomp filter is installed right before execve (`Exec::exec`), so that the profile
+    // need not allow the setup's syscalls: an allowlist made from the application's own
+    // syscalls must work. Without no_new_privileges loading it needs CAP_SYS_ADMIN, which the
+    // process keeps until then (runc loads it before setting the identity instead); its final
+    // capabilities follow the filter, so the profile must allow capset and prctl, as runc's.
     // Before no_new_privileges, which would restrict the profile transition (runc's order).
     crate::lsm::apply(process).step("security module label")?;
     let nnp = process.no_new_privileges().unwrap_or(false);
@@ -196,18 +197,16 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         Some(filter) => Some(crate::seccomp::Program::new(filter).step("load seccomp filter")?),
         None => None,
     };
-    if !nnp {
-        if let Some(p) = &seccomp {
-            p.install().step("load seccomp filter")?;
-        }
-    }
+    let hold = (seccomp.is_some() && !nnp).then_some(CAP_SYS_ADMIN);
     // Read while still privileged: the passwd file need not be readable by the user.
     let env = crate::user::exec_env(process.env().as_deref().unwrap_or_default(), || {
         crate::user::home_of(process.user().uid())
     });
-    crate::user::finalize_identity(process).step("user, groups and capabilities")?;
+    let final_caps =
+        crate::user::finalize_identity(process, hold).step("user, groups and capabilities")?;
     let mut exe = prepare_exec(process, &env)?;
-    exe.seccomp = seccomp.filter(|_| nnp);
+    exe.seccomp = seccomp;
+    exe.final_caps = final_caps;
 
     if let Some(init) = &plan.init {
         chan.send(&FromHelper::Ready).step("send ready")?;
@@ -562,12 +561,14 @@ fn run_hooks(step: &str, hooks: &[Hook], state: &str) -> Result<(), InitError> {
 }
 
 /// The resolved executable, argv and envp of the process, and the seccomp filter to install
-/// last.
+/// last (with the capabilities that must wait for it).
 struct Exec {
     path: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
     seccomp: Option<crate::seccomp::Program>,
+    /// Capabilities to set after the filter (they held CAP_SYS_ADMIN to load it).
+    final_caps: Option<crate::caps::Sets>,
 }
 
 /// Resolves args[0] like execvp, with the process's own PATH, so a missing binary is a create
@@ -600,8 +601,12 @@ fn prepare_exec(process: &Process, env: &[String]) -> Result<Exec, InitError> {
         argv,
         envp,
         seccomp: None,
+        final_caps: None,
     })
 }
+
+/// What loading a seccomp filter without no_new_privileges needs.
+const CAP_SYS_ADMIN: u32 = 21;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -657,6 +662,9 @@ impl Exec {
         envp.push(std::ptr::null());
         if let Some(p) = &self.seccomp {
             p.install().step("load seccomp filter")?;
+        }
+        if let Some(caps) = &self.final_caps {
+            caps.set().step("capabilities")?;
         }
         // SAFETY: NULL-terminated arrays of live C strings.
         unsafe { libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };

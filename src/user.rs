@@ -324,8 +324,13 @@ fn home_in(passwd: &str, uid: u32) -> Option<String> {
 }
 
 /// Bounding set, then setgroups/setgid/setuid keeping capabilities, then the capability sets
-/// (runc's finalizeNamespace order), umask and no_new_privileges.
-pub fn finalize_identity(process: &Process) -> Result<(), UserError> {
+/// (runc's finalizeNamespace order), umask and no_new_privileges. With `hold`, that capability
+/// stays effective and permitted and the final sets are returned, for the caller to set once
+/// it is done with what needs it.
+pub fn finalize_identity(
+    process: &Process,
+    hold: Option<u32>,
+) -> Result<Option<caps::Sets>, UserError> {
     // No capabilities in the spec means none at all (runc).
     let empty = oci_spec::runtime::Capabilities::new();
     let none = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
@@ -365,14 +370,24 @@ pub fn finalize_identity(process: &Process) -> Result<(), UserError> {
     nix::unistd::setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
         .map_err(sys(format!("setuid {uid}")))?;
     prctl(libc::PR_SET_KEEPCAPS, 0).map_err(sys("prctl PR_SET_KEEPCAPS"))?;
-    caps::apply(caps_spec)?;
+    let sets = caps::Sets::of(caps_spec)?;
+    let pending = match hold {
+        Some(cap) => {
+            sets.holding(cap).set()?;
+            Some(sets)
+        }
+        None => {
+            sets.set()?;
+            None
+        }
+    };
 
     let umask = user.umask().unwrap_or(0o022);
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask & 0o777));
     if process.no_new_privileges().unwrap_or(false) {
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(sys("prctl PR_SET_NO_NEW_PRIVS"))?;
     }
-    Ok(())
+    Ok(pending)
 }
 
 #[cfg(test)]

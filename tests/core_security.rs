@@ -167,20 +167,36 @@ fn recorded_allowlist() -> Value {
     profile
 }
 
-/// Issue 15: with no_new_privileges nothing but execve may run after the user's filter is
-/// loaded, or an allowlist made from the application's own syscalls kills the container at
-/// start. (Without it the filter must be loaded while CAP_SYS_ADMIN is still held, before the
-/// identity is set, as runc does.)
+/// Issue 15: nothing but execve (and, without no_new_privileges, the capset and prctl that
+/// drop the CAP_SYS_ADMIN loading needed) may run after the user's filter is loaded, or an
+/// allowlist made from the application's own syscalls kills the container at start. For root
+/// and for a user, whose capabilities must still come out as the spec says.
 #[test]
 fn an_allowlist_profile_without_the_runtimes_syscalls_runs() {
-    let b = Bundle::new().edit(|c| c["linux"]["seccomp"] = recorded_allowlist());
-    let out = sh(b, "grep Seccomp: /proc/self/status; echo ok");
-    assert_eq!(
-        (out.code, out.stdout.as_str()),
-        (0, "Seccomp:\t2\nok\n"),
-        "{}",
-        out.stderr
-    );
+    for (nnp, uid) in [(true, 0), (false, 0), (true, 1000), (false, 1000)] {
+        let b = Bundle::new().user(uid, uid).edit(|c| {
+            c["linux"]["seccomp"] = recorded_allowlist();
+            c["process"]["noNewPrivileges"] = json!(nnp);
+        });
+        let out = sh(
+            b,
+            "grep -E '^(Seccomp|CapEff|CapPrm):' /proc/self/status; echo ok",
+        );
+        let want = if uid == 0 {
+            // runc's default spec: CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE.
+            "CapPrm:\t0000000020000420\nCapEff:\t0000000020000420\nSeccomp:\t2\nok\n"
+        } else {
+            // A user keeps the ambient ones (the default spec lists them but not inheritable:
+            // not raised), so none.
+            "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nSeccomp:\t2\nok\n"
+        };
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (0, want),
+            "noNewPrivileges {nnp}, uid {uid}: {}",
+            out.stderr
+        );
+    }
 }
 
 /// Issue 15, as runc: under a profile whose default is an errno, a syscall newer than every
