@@ -54,7 +54,7 @@ pub enum SpecError {
     RootfsSymlink(PathBuf),
     #[error("config.json: {0} is set but the container has no uts namespace of its own")]
     NeedsUts(&'static str),
-    #[error("config.json: linux.namespaces must include a mount namespace")]
+    #[error("config.json: linux.namespaces must include a mount namespace: pelagos sets up the rootfs (pivot_root, mounts, masked paths) in the container's own mount namespace and never in the host's")]
     NeedsMountNs,
     #[error("config.json: linux.timeOffsets is set but the container creates no time namespace")]
     TimeOffsetsWithoutTimens,
