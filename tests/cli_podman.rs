@@ -44,6 +44,11 @@ struct Podman {
 
 impl Podman {
     fn new() -> Podman {
+        // podman's first command creates its shared-memory locks (/dev/shm/libpod_lock) if
+        // missing; two doing it at once fail with "file exists", so the first commands of the
+        // test's podmans take turns.
+        static FIRST_COMMAND: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = FIRST_COMMAND.lock().unwrap_or_else(|e| e.into_inner());
         let dir = PathBuf::from(format!("/run/{}", unique_id("pelagos-podman-test")));
         std::fs::create_dir_all(&dir).unwrap();
         let (runtime, state_root) = runtime();
