@@ -14,13 +14,14 @@
 #   busybox-static        the test/demo image (scripts/build-image.sh)
 #   python3-grpcio        scripts/task-update.py (ctr has no `task update`)
 #   procps                ps, which `pelagos ps` runs as runc does (tests/cli_lifecycle.rs)
+#   podman, conmon, catatonit   podman as a client of the pelagos CLI (tests/cli_podman.rs)
 #   iproute2, util-linux, tar, coreutils   ip/mount/nsenter/tar/sha256sum used by tests and scripts
 #
 # No protoc: the CRI client of the tests is generated with a vendored one (cri-api/).
 set -euo pipefail
 
 packages=(make gcc libc6-dev libseccomp-dev pkg-config ca-certificates containerd runc busybox-static
-    python3 python3-grpcio procps iproute2 util-linux tar coreutils)
+    python3 python3-grpcio procps podman conmon catatonit iproute2 util-linux tar coreutils)
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps: run as root" >&2
