@@ -803,18 +803,11 @@ fn a_closed_stdout_ends_the_cli_quietly() {
 }
 
 /// Issue 15: `kill` with TERM, USR1 and KILL reaches a container running under an allowlist
-/// seccomp profile (Docker's, less the syscalls a runtime would make after loading it), and
-/// `run` reports how it ended.
+/// seccomp profile (`recorded_allowlist`), and `run` reports how it ended.
 #[test]
 fn kill_reaches_a_container_under_an_allowlist_profile() {
     let cli = Cli::new();
-    let mut profile: Value =
-        serde_json::from_str(include_str!("../src/seccomp/moby_default.json")).unwrap();
-    for rule in profile["syscalls"].as_array_mut().unwrap() {
-        if let Some(names) = rule["names"].as_array_mut() {
-            names.retain(|n| !matches!(n.as_str(), Some("close_range" | "sendmsg" | "recvmsg")));
-        }
-    }
+    let profile = common::bundle::recorded_allowlist();
     let script = "trap 'echo usr1' USR1; trap 'echo term; exit 15' TERM; echo ready; \
                   while :; do sleep 0.1; done";
     let b = Bundle::new()

@@ -259,18 +259,12 @@ fn security_and_resource_options() {
     p.assert_gone(&id);
 }
 
-/// A seccomp allowlist recorded from an application: Docker's profile without the syscalls a
-/// runtime would make after loading it.
+/// A seccomp allowlist recorded from an application (`recorded_allowlist`), which podman
+/// passes without no_new_privileges.
 #[test]
 fn seccomp_allowlist_file() {
     let p = Podman::new();
-    let mut profile: serde_json::Value =
-        serde_json::from_str(include_str!("../src/seccomp/moby_default.json")).unwrap();
-    for rule in profile["syscalls"].as_array_mut().unwrap() {
-        if let Some(names) = rule["names"].as_array_mut() {
-            names.retain(|n| !matches!(n.as_str(), Some("close_range" | "sendmsg" | "recvmsg")));
-        }
-    }
+    let profile = common::bundle::recorded_allowlist();
     let file = p.dir.join("allowlist.json");
     std::fs::write(&file, profile.to_string()).unwrap();
     let opt = format!("seccomp={}", file.display());

@@ -6,7 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use common::bundle::{unique_id, Bundle, Output, Pipes, TestRoot};
+use common::bundle::{
+    build_static_fixture, recorded_allowlist, unique_id, Bundle, Output, Pipes, TestRoot,
+};
 use serde_json::{json, Value};
 
 fn sh(b: Bundle, script: &str) -> Output {
@@ -144,29 +146,6 @@ fn seccomp_profile() -> Value {
     })
 }
 
-/// Docker's default allowlist without the syscalls an application like `sh -c 'echo'` never
-/// makes but a runtime finishing its setup would (socket messages, polls, close_range): the
-/// shape of a profile recorded from the application's own syscalls.
-fn recorded_allowlist() -> Value {
-    let mut profile: Value =
-        serde_json::from_str(include_str!("../src/seccomp/moby_default.json")).unwrap();
-    let unused = [
-        "close_range",
-        "sendmsg",
-        "recvmsg",
-        "sendto",
-        "recvfrom",
-        "poll",
-        "ppoll",
-    ];
-    for rule in profile["syscalls"].as_array_mut().unwrap() {
-        if let Some(names) = rule["names"].as_array_mut() {
-            names.retain(|n| !unused.contains(&n.as_str().unwrap_or_default()));
-        }
-    }
-    profile
-}
-
 /// Issue 15: nothing but execve (and, without no_new_privileges, the capset and prctl that
 /// drop the CAP_SYS_ADMIN loading needed) may run after the user's filter is loaded, or an
 /// allowlist made from the application's own syscalls kills the container at start. For root
@@ -209,18 +188,7 @@ fn syscalls_newer_than_the_profile_get_enosys() {
         return;
     }
     let bin = std::env::temp_dir().join(unique_id("pelagos-syscalls"));
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/syscalls.c");
-    let cc = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("run gcc (apt-get install gcc libc6-dev)");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    build_static_fixture("syscalls", &bin);
     // Docker's allowlist as it was before clone3 (435): nothing numbered above 434.
     let mut profile = recorded_allowlist();
     for rule in profile["syscalls"].as_array_mut().unwrap() {

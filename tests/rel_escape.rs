@@ -21,7 +21,6 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -68,17 +67,7 @@ fn attacker_binary() -> &'static Path {
                 }
             }
             let tmp = dir.join(format!("escape.tmp.{}", std::process::id()));
-            let result = Command::new("gcc")
-                .args(["-static", "-O2", "-o"])
-                .arg(&tmp)
-                .arg(&src)
-                .output()
-                .expect("run gcc (apt-get install gcc libc6-dev)");
-            assert!(
-                result.status.success(),
-                "gcc -static tests/fixtures/escape.c failed: {}",
-                String::from_utf8_lossy(&result.stderr)
-            );
+            common::bundle::build_static_fixture("escape", &tmp);
             std::fs::rename(&tmp, &out).unwrap();
         }
         out

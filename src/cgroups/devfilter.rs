@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use nix::fcntl::{open, OFlag};
-use nix::sys::stat::Mode as FileMode;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
 use super::bpf::{self, Insn};
@@ -220,15 +218,7 @@ fn failed(dir: &Path, op: &'static str, source: std::io::Error) -> CgroupError {
 pub(crate) fn install(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), CgroupError> {
     let emulated = Emulated::from_rules(rules)?;
     let insns = emulated.program();
-    let cgroup = open(
-        dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        FileMode::empty(),
-    )
-    .map_err(|source| CgroupError::Open {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let cgroup = super::open_dir(dir)?;
     let old: Vec<OwnedFd> = bpf::query_device_programs(cgroup.as_fd())
         .map_err(|e| failed(dir, "BPF_PROG_QUERY", e))?
         .into_iter()
@@ -310,15 +300,7 @@ fn load(insns: &[Insn]) -> Result<OwnedFd, (std::io::Error, String)> {
 
 /// Ids of the device programs attached directly to the cgroup2 directory `dir`.
 pub fn attached_programs(dir: &Path) -> Result<Vec<u32>, CgroupError> {
-    let cgroup = open(
-        dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        FileMode::empty(),
-    )
-    .map_err(|source| CgroupError::Open {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let cgroup = super::open_dir(dir)?;
     bpf::query_device_programs(cgroup.as_fd()).map_err(|e| failed(dir, "BPF_PROG_QUERY", e))
 }
 

@@ -270,19 +270,9 @@ impl Cgroup {
     }
 
     fn open_fd(&mut self) -> Result<(), CgroupError> {
-        let Some(dir) = &self.unified else {
-            return Ok(());
-        };
-        let fd = open(
-            dir.as_path(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            FileMode::empty(),
-        )
-        .map_err(|source| CgroupError::Open {
-            path: dir.clone(),
-            source,
-        })?;
-        self.unified_fd = Some(fd);
+        if let Some(dir) = &self.unified {
+            self.unified_fd = Some(open_dir(dir)?);
+        }
         Ok(())
     }
 
@@ -578,6 +568,19 @@ impl Cgroup {
     pub fn oom_watch(&self) -> Result<OomWatch, CgroupError> {
         OomWatch::new(self)
     }
+}
+
+/// An fd of the cgroup directory `dir` (for CLONE_INTO_CGROUP and the bpf() attach calls).
+pub(crate) fn open_dir(dir: &Path) -> Result<OwnedFd, CgroupError> {
+    open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        FileMode::empty(),
+    )
+    .map_err(|source| CgroupError::Open {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// How long [`Cgroup::freeze`] waits for the kernel to report the cgroup frozen.

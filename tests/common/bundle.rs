@@ -520,3 +520,46 @@ pub fn exec_process(args: &[&str]) -> Process {
     }))
     .unwrap()
 }
+
+/// Docker's default seccomp allowlist without the syscalls an application like `sh -c 'echo'`
+/// never makes but a runtime finishing its setup would (socket messages, polls, close_range):
+/// the shape of a profile recorded from the application's own syscalls.
+pub fn recorded_allowlist() -> Value {
+    let mut profile: Value =
+        serde_json::from_str(include_str!("../../src/seccomp/moby_default.json")).unwrap();
+    let unused = [
+        "close_range",
+        "sendmsg",
+        "recvmsg",
+        "sendto",
+        "recvfrom",
+        "poll",
+        "ppoll",
+    ];
+    for rule in profile["syscalls"].as_array_mut().unwrap() {
+        if let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|n| !unused.contains(&n.as_str().unwrap_or_default()));
+        }
+    }
+    profile
+}
+
+/// Builds `tests/fixtures/<name>.c` as a static binary at `out` (containers run it without
+/// the host's libraries).
+pub fn build_static_fixture(name: &str, out: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.c"));
+    let cc = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(out)
+        .arg(&src)
+        .output()
+        .expect("run gcc (apt-get install gcc libc6-dev)");
+    assert!(
+        cc.status.success(),
+        "gcc -static {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&cc.stderr)
+    );
+}
