@@ -8,6 +8,7 @@
 #   make lint    rustfmt check and clippy with warnings as errors
 #   make install install the shim (release build) into $(PREFIX)/bin
 #   make bench   pelagos vs runc's shim (latency, exec, memory, throughput), see BENCHMARKS.md
+#   make fresh-root  set-up, build, demo and test in a clean debootstrap bookworm root (CI does)
 
 CARGO ?= cargo
 PREFIX ?= /usr/local
@@ -17,7 +18,7 @@ SHIM_TESTS := $(foreach t,$(basename $(notdir $(wildcard tests/shim_*.rs))),--te
 # The shim tests start one containerd per test; two at a time suits the 2-core machines.
 TEST_THREADS ?= 2
 
-.PHONY: all setup build demo test test-shim-2.1 test-v2 test-long fuzz lint install bench
+.PHONY: all setup build demo test test-shim-2.1 test-v2 test-long fuzz lint install bench fresh-root
 
 all: build
 
@@ -69,3 +70,9 @@ install:
 # Pelagos beside runc's shim through one private containerd: a table and bench/results.json.
 bench: setup
 	@bash scripts/bench.sh $(BENCH_ARGS)
+
+# scripts/install-deps.sh, the build, `make demo` and `make test` in a clean bookworm root that
+# has only debootstrap's minbase and the Rust toolchain: what a fresh machine needs is in the
+# set-up. FRESH_STEPS picks steps (deps build demo test test-v2 shell).
+fresh-root:
+	@bash scripts/fresh-root.sh $(FRESH_STEPS)
