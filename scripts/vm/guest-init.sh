@@ -35,6 +35,12 @@ mkdir -p /dev/pts /dev/shm /dev/mqueue
 mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
 mount -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue
+# What systemd makes in /dev on a real host and devtmpfs lacks: bash's process substitution
+# opens /dev/fd/N (scripts/build-image.sh, when no earlier run left the test image built).
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
+[ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
+[ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
 # The root as it is before the tmpfs mounts below: a checkout under /tmp (or /run, /var/...)
 # is hidden by them and bound back from here once the job names it.
 mkdir -p /mnt/vm-root

@@ -71,6 +71,10 @@ kernel="$(sed -n 's/^KERNEL=//p' <<<"$prep")"
 initrd="$(sed -n 's/^INITRD=//p' <<<"$prep")"
 modules="$(sed -n 's/^MODULES=//p' <<<"$prep")"
 
+# The guest has no network: the containerd 2.1 some suites start (shim_configs, shim_info) is
+# fetched into .work/ here, as `make test` does; test-v2 may be the first to need it.
+"$repo/scripts/fetch-containerd.sh" 2.1 >/dev/null || die "scripts/fetch-containerd.sh 2.1 failed"
+
 command -v cargo >/dev/null || die "cargo is not in PATH"
 log "building the workspace and its test executables"
 built="$(cd "$repo" && cargo build --workspace --message-format=json-render-diagnostics)" \
