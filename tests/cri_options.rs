@@ -91,21 +91,6 @@ fn pelagos_runtime_options() {
     }
 }
 
-/// Makes cgroup `path` in the hierarchies mounted at `mounts`, as an operator would.
-fn make_cgroup<P: AsRef<Path>>(path: &str, mounts: &[P]) {
-    for m in mounts {
-        let m = m.as_ref();
-        let dir = m.join(path.trim_start_matches('/'));
-        fs::create_dir_all(&dir).unwrap();
-        // A new v1 cpuset is empty until it gets the parent's cpus and mems.
-        for f in ["cpuset.cpus", "cpuset.mems"] {
-            if let Ok(v) = fs::read_to_string(m.join(f)) {
-                fs::write(dir.join(f), v.trim()).unwrap();
-            }
-        }
-    }
-}
-
 /// `LogLevel` and `ShimCgroup` from the handler's options are applied by the shim.
 #[test]
 fn pelagos_log_level_and_shim_cgroup_are_honoured() {
@@ -114,7 +99,7 @@ fn pelagos_log_level_and_shim_cgroup_are_honoured() {
     }
     let shim_cg = format!("/pelagos-cri-shim-{}", std::process::id());
     // As with runc's shim, ShimCgroup names a cgroup the operator made.
-    make_cgroup(&shim_cg, &common::containerd::cgroup_mounts());
+    common::containerd::make_cgroup(&shim_cg, &common::containerd::cgroup_mounts());
     let opts = format!("LogLevel = \"debug\"\nShimCgroup = \"{shim_cg}\"\n");
     let cri = Cri::start_with("pelagos-debug", |major, dir| {
         pelagos_handler(major, dir, "pelagos-debug", &opts)
@@ -156,7 +141,7 @@ fn shim_cgroup_in_the_v1_hierarchies_only_is_joined_there() {
         return;
     }
     let shim_cg = format!("/pelagos-cri-v1shim-{}", std::process::id());
-    make_cgroup(&shim_cg, &v1);
+    common::containerd::make_cgroup(&shim_cg, &v1);
     let opts = format!("ShimCgroup = \"{shim_cg}\"\n");
     let mut cri = Cri::start_with("pelagos-v1cg", |major, dir| {
         let t = common::cri::runtimes_table(major);

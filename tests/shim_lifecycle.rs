@@ -359,3 +359,59 @@ fn events_of_an_exec_come_in_order_and_before_the_init_exit() {
     cd.remove("host");
     cd.assert_no_leaks();
 }
+
+/// Issue 20, a lone shim: a `ShimCgroup` made where containerd makes it (on a hybrid host the v1
+/// hierarchies only, on a pure v2 host the unified one) is joined where it exists; the shim's
+/// oom_score_adj is containerd's + 1 (runc's shim as the control for that: ctr passes runc no
+/// ShimCgroup).
+#[test]
+fn shim_cgroup_is_joined_where_it_exists_and_the_oom_score_follows_containerd() {
+    use std::fs;
+    let cd = Containerd::start();
+    let mounts = common::containerd::cgroup_mounts();
+    let v1: Vec<_> = mounts
+        .iter()
+        .filter(|m| !m.join("cgroup.controllers").exists())
+        .collect();
+    let made: Vec<_> = if v1.is_empty() {
+        mounts.iter().collect()
+    } else {
+        v1
+    };
+    let shim_cg = format!("/pelagos-shimcg-{}", std::process::id());
+    common::containerd::make_cgroup(&shim_cg, &made);
+    let config = cd.root_dir().join("shim-cgroup.toml");
+    fs::write(&config, format!("ShimCgroup = \"{shim_cg}\"\n")).unwrap();
+    let opts: Vec<&str> = if testing_pelagos() {
+        vec!["--runtime-config-path", config.to_str().unwrap()]
+    } else {
+        Vec::new()
+    };
+    cd.run_detached("lone", &opts, &["sleep", "1000"]);
+    let shims = cd.shim_pids();
+    let read = |pid: i32, f: &str| fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
+    let cgroups = shims
+        .first()
+        .map(|&s| read(s, "cgroup"))
+        .unwrap_or_default();
+    let score = |pid: i32| read(pid, "oom_score_adj").trim().parse::<i32>().unwrap();
+    let (shim_score, containerd_score) = (
+        shims.first().map(|&s| score(s)),
+        score(cd.pid().unwrap() as i32),
+    );
+    cd.remove("lone");
+    cd.assert_no_leaks();
+    for m in &made {
+        let _ = fs::remove_dir(m.join(shim_cg.trim_start_matches('/')));
+    }
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    assert_eq!(shim_score, Some((containerd_score + 1).min(1000)));
+    if testing_pelagos() {
+        let joined = cgroups.lines().filter(|l| l.ends_with(&shim_cg)).count();
+        assert_eq!(
+            joined,
+            made.len(),
+            "shim not in {shim_cg} where it exists:\n{cgroups}"
+        );
+    }
+}

@@ -1752,3 +1752,18 @@ fn cgroup_mounts_typed() -> Vec<(PathBuf, String, String)> {
         })
         .collect()
 }
+
+/// Makes cgroup `path` in the hierarchies mounted at `mounts`, as an operator would.
+pub fn make_cgroup<P: AsRef<Path>>(path: &str, mounts: &[P]) {
+    for m in mounts {
+        let m = m.as_ref();
+        let dir = m.join(path.trim_start_matches('/'));
+        fs::create_dir_all(&dir).unwrap();
+        // A new v1 cpuset is empty until it gets the parent's cpus and mems.
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = fs::read_to_string(m.join(f)) {
+                fs::write(dir.join(f), v.trim()).unwrap();
+            }
+        }
+    }
+}
