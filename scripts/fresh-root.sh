@@ -36,9 +36,9 @@
 #    from an empty target directory in the tree.
 #  * the steps run in new mount and pid namespaces (unshare) whose root is the tree (pivot_root,
 #    not chroot: user namespaces and containers' own pivot_root need a real root), with proc
-#    mounted, /sys (and its cgroup mounts) and /dev bound from the host and a tmpfs on /run. The
-#    environment is only HOME, PATH (~/.cargo/bin first, as rustup sets it), TERM and the
-#    PELAGOS_* test knobs.
+#    mounted, /sys (and its cgroup mounts) and /dev bound from the host, and tmpfs on /run and
+#    /dev/shm. The environment is only HOME, PATH (~/.cargo/bin first, as rustup sets it), TERM
+#    and the PELAGOS_* test knobs.
 #
 # Clean-up, also on failure or interruption: the namespace's init is killed, which kills every
 # process started inside (containerd, shims, containers); the mounts only ever existed in that
@@ -76,6 +76,8 @@ if [ "${1:-}" = --inner ]; then
     mount -t proc -o nosuid,nodev,noexec proc "$tree/proc"
     mount --rbind /sys "$tree/sys"
     mount --rbind /dev "$tree/dev"
+    # Its own /dev/shm, as a machine has (podman keeps its lock table there).
+    mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$tree/dev/shm"
     mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs "$tree/run"
     mkdir -p "$tree/run/lock"
     mount --bind "$rustup_home" "$tree/root/.rustup"
@@ -245,8 +247,8 @@ cd /root/pelagos
 # What the workspace's build, tests and demo use, for the message after a failed step.
 missing_tools() {
     local miss=() c
-    for c in make cc gcc pkg-config containerd ctr containerd-shim-runc-v2 runc python3 ip \
-        nsenter unshare ps mount tar sha256sum flock dpkg-deb; do
+    for c in make cc gcc pkg-config containerd ctr containerd-shim-runc-v2 runc podman conmon \
+        python3 ip nsenter unshare ps mount tar sha256sum flock dpkg-deb; do
         command -v "$c" >/dev/null || miss+=("$c")
     done
     [ -x /bin/busybox ] || miss+=("/bin/busybox (busybox-static)")
