@@ -446,6 +446,7 @@ impl Container {
     }
 
     fn start_through_fifo(&self, state: &str) -> Result<(), Error> {
+        let helper_exe = exe_identity(self.pid());
         let fifo = self.dir.join(START_FIFO);
         // The rename claims the start: of two concurrent starts, one finds no fifo.
         let claimed = self
@@ -473,7 +474,35 @@ impl Container {
             w.write_all(&frame)
         })();
         let _ = std::fs::remove_file(&claimed);
-        sent.map_err(|source| Error::StateDir { path: fifo, source })
+        sent.map_err(|source| Error::StateDir { path: fifo, source })?;
+        self.wait_for_exec(helper_exe);
+        Ok(())
+    }
+
+    /// Returns once the init runs the user's program (its executable is no longer the setup
+    /// helper's) or has ended, as runc's start returns once its init exec'd: a `state` or an
+    /// exec right after `start` finds the container's program, not the helper.
+    fn wait_for_exec(&self, helper_exe: Option<(u64, u64)>) {
+        let Some(helper_exe) = helper_exe else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + EXEC_WAIT;
+        let mut pause = std::time::Duration::from_micros(100);
+        while std::time::Instant::now() < deadline {
+            let ended = self
+                .pidfd
+                .as_ref()
+                .is_none_or(|fd| sys::pidfd_exited(fd.as_fd()));
+            if ended || exe_identity(self.pid()) != Some(helper_exe) {
+                return;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(5));
+        }
+        log::warn!(
+            "container {}: the init has not exec'd {EXEC_WAIT:?} after start",
+            self.id()
+        );
     }
 
     /// Sends `signal` to the init, or to every process in the cgroup when `all`.
@@ -755,6 +784,17 @@ impl Container {
             op,
         }
     }
+}
+
+/// How long `start` through the fifo waits for the init's exec.
+const EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The (device, inode) of the executable `pid` runs.
+fn exe_identity(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// The helper forked `pid` (its pidfd attached to the message) and exits: reap the helper,
