@@ -72,6 +72,9 @@ pub enum Error {
     /// The setup helper reported a failed step.
     #[error("container init: {step}: {message}")]
     Init { step: String, message: String },
+    /// `how`: ": exit status N" or ": killed by SIG…", when it could still be read.
+    #[error("container init: wait for start: the init (pid {pid}) ended before start{how}")]
+    EndedBeforeStart { pid: i32, how: String },
     #[error("{kind} hooks: {source}")]
     Hook {
         kind: &'static str,
@@ -439,9 +442,9 @@ impl Container {
                 _ => String::new(),
             })
             .unwrap_or_default();
-        Error::Init {
-            step: "wait for start".into(),
-            message: format!("the init (pid {}) ended before start{how}", self.pid()),
+        Error::EndedBeforeStart {
+            pid: self.pid(),
+            how,
         }
     }
 

@@ -602,18 +602,22 @@ impl Shim {
             let pid = st.life.begin_start(id)?;
             (pid, st.h.of(id)?.container.clone())
         };
+        // (whether the core found the init gone before start, its error)
         let result = {
             let mut guard = cell.write().unwrap_or_else(|e| e.into_inner());
             match guard.as_mut() {
-                Some(c) => c.start().map_err(|e| e.to_string()),
-                None => Err("container is gone".to_owned()),
+                Some(c) => c.start().map_err(|e| {
+                    let gone = matches!(e, pelagos::container::Error::EndedBeforeStart { .. });
+                    (gone, e.to_string())
+                }),
+                None => Err((false, "container is gone".to_owned())),
             }
         };
         let mut st = self.lock();
         let State { life, h } = &mut *st;
         let mut final_check = |i: &str| final_oom(h, i);
         let actions = life.finish_start(id, result.is_ok(), &mut final_check);
-        let ended = life.ended_before_start(id).filter(|_| result.is_err());
+        let ended = life.ended_before_start(id);
         self.run_actions(h, actions);
         drop(st);
         self.changed.notify_all();
@@ -623,13 +627,13 @@ impl Shim {
                 ..Default::default()
             }),
             // The core could not read how it ended (the reaping loop took the exit): say it.
-            (Err(_), Some(exit)) => Err(LifecycleError::EndedBeforeStart {
+            (Err((true, _)), Some(exit)) => Err(LifecycleError::EndedBeforeStart {
                 id: id.to_owned(),
                 pid: exit.pid,
                 status: exit.status,
             }
             .into()),
-            (Err(e), None) => Err(status(
+            (Err((_, e)), _) => Err(status(
                 Code::UNKNOWN,
                 format!("OCI runtime start failed: {e}"),
             )),
