@@ -282,11 +282,6 @@ impl Sets {
     }
 }
 
-/// Sets effective, permitted, inheritable and ambient sets. Called after changing uid.
-pub fn apply(caps: &LinuxCapabilities) -> Result<(), CapsError> {
-    Sets::of(caps)?.set()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

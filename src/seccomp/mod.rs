@@ -357,11 +357,6 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Arc<CompiledFilter>, SeccompErr
     Ok(Arc::clone(map.entry(key).or_insert(compiled)))
 }
 
-/// Loads a compiled filter into the calling thread (NNP or CAP_SYS_ADMIN must hold).
-pub fn load(filter: &CompiledFilter) -> Result<(), SeccompError> {
-    Program::new(filter)?.install()
-}
-
 /// A compiled filter laid out for the kernel, so that installing it makes no syscall but the
 /// one that loads it: the setup helper installs it right before execve, and everything between
 /// the two would have to be allowed by the user's profile.
@@ -398,7 +393,7 @@ impl Program {
         })
     }
 
-    /// Installs the filter on the calling thread.
+    /// Installs the filter on the calling thread (no_new_privileges or CAP_SYS_ADMIN must hold).
     pub fn install(&self) -> Result<(), SeccompError> {
         let prog = libc::sock_fprog {
             len: self.insns.len() as u16,

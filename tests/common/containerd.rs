@@ -169,7 +169,7 @@ pub struct Containerd {
     ids: Mutex<BTreeSet<String>>,
     /// Fifo dirs ctr made for detached execs and never removes.
     detached_fifos: Mutex<Vec<PathBuf>>,
-    /// The CRI plugin's config section when the plugin is on (see [`Containerd::start_cri_version`]).
+    /// The CRI plugin's config section when the plugin is on (see [`Containerd::start_cri`]).
     cri: Option<String>,
 }
 
@@ -183,12 +183,12 @@ impl Containerd {
         Containerd::start_inner(version, None)
     }
 
-    /// Starts containerd `version` with the CRI plugin on, configured by
+    /// Starts containerd of [`containerd_version`] with the CRI plugin on, configured by
     /// `cri_section` (TOML appended to the config: the plugin's tables, in the syntax of the
     /// version's config). The namespace is CRI's `k8s.io`, which holds the imported image; the
     /// shim is on containerd's PATH whatever the runtime, as CRI picks it per pod.
-    pub fn start_cri_version(version: &str, cri_section: &str) -> Containerd {
-        Containerd::start_inner(version, Some(cri_section.to_owned()))
+    pub fn start_cri(cri_section: &str) -> Containerd {
+        Containerd::start_inner(&containerd_version(), Some(cri_section.to_owned()))
     }
 
     fn start_inner(version: &str, cri: Option<String>) -> Containerd {

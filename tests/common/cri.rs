@@ -1,7 +1,7 @@
 //! Kubernetes CRI tests: a private containerd with the CRI plugin on, driven by a real CRI
 //! client (`k8s-cri` over tonic on containerd's unix socket).
 //!
-//! [`Cri::start`] boots containerd (see [`Containerd::start_cri_version`]) with runtime handlers `pelagos`
+//! [`Cri::start`] boots containerd (see [`Containerd::start_cri`]) with runtime handlers `pelagos`
 //! and `runc`, a locally built pause image as `sandbox_image`, `restrict_oom_score_adj`, the
 //! streaming server on 127.0.0.1 and a CNI config whose plugin gives pods a loopback-range `eth0`. Pods get a cgroup parent unique
 //! to the test (cgroupfs form); [`Cri::assert_no_leaks`] checks what a removed pod must not leave.
@@ -194,30 +194,6 @@ impl Cri {
         restrict_oom_score_adj: bool,
         extra: impl Fn(u32, &Path) -> String,
     ) -> Cri {
-        Cri::start_on(
-            &containerd::containerd_version(),
-            handler,
-            restrict_oom_score_adj,
-            extra,
-        )
-    }
-
-    /// Like [`Cri::start_with`] on containerd `version` whatever `PELAGOS_CONTAINERD` says, for
-    /// what only some versions do.
-    pub fn start_version(
-        version: &str,
-        handler: &str,
-        extra: impl Fn(u32, &Path) -> String,
-    ) -> Cri {
-        Cri::start_on(version, handler, true, extra)
-    }
-
-    fn start_on(
-        version: &str,
-        handler: &str,
-        restrict_oom_score_adj: bool,
-        extra: impl Fn(u32, &Path) -> String,
-    ) -> Cri {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         sweep_stale_once();
         let tag = format!(
@@ -243,13 +219,12 @@ impl Cri {
             r#"{"cniVersion":"0.4.0","name":"pelagos-test","plugins":[{"type":"pelagos-test-net"}]}"#,
         )
         .expect("write cni config");
-        let major: u32 = version
+        let major: u32 = containerd::containerd_version()
             .split('.')
             .next()
             .and_then(|m| m.parse().ok())
             .unwrap_or(1);
-        let cd = Containerd::start_cri_version(
-            version,
+        let cd = Containerd::start_cri(
             &cri_section(major, &cni_bin, &net_d, &extra(major, &work)).replace(
                 "restrict_oom_score_adj = true",
                 &format!("restrict_oom_score_adj = {restrict_oom_score_adj}"),
@@ -534,13 +509,6 @@ impl Cri {
         let id = self.create_container(pod_id, pod, config)?;
         self.start_container(&id)?;
         Ok(id)
-    }
-
-    /// CRI's Status with verbose info: what `crictl info` shows.
-    pub fn status(&self) -> StatusResponse {
-        self.block(self.rs().status(StatusRequest { verbose: true }))
-            .unwrap_or_else(|s| self.fail("Status", s))
-            .into_inner()
     }
 
     pub fn container_status(&self, id: &str) -> ContainerStatus {
