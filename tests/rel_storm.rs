@@ -9,13 +9,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::bundle::{unique_id, Bundle, Pipes, TestRoot};
+use common::bundle::{Bundle, Pipes, TestRoot};
 use common::containerd::{describe, stdout, testing_pelagos, Containerd};
-use pelagos::{Container, CreateOptions, Stdio};
+use pelagos::Stdio;
 
 fn long() -> bool {
     std::env::var("PELAGOS_LONG").is_ok_and(|v| v == "1")
@@ -132,17 +132,9 @@ fn between_setns_and_exit(pid: i32) -> bool {
 /// One cycle; the error says which step failed and how.
 fn cycle(root: &TestRoot, bundle: &Bundle, expect: &str) -> Result<(), String> {
     let (stdio, pipes) = Pipes::new();
-    let mut c = Container::create(
-        &root.config,
-        CreateOptions {
-            id: unique_id("storm"),
-            bundle: bundle.path().to_path_buf(),
-            stdio,
-            no_pivot: false,
-            preserve_fds: Vec::new(),
-        },
-    )
-    .map_err(|e| format!("create: {e}"))?;
+    let mut c = root
+        .create(bundle, stdio)
+        .map_err(|e| format!("create: {e}"))?;
     // The pid the runtime reports is the container's init: our child, in the pid namespace.
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid())).unwrap_or_default();
     let ours = status.contains(&format!("PPid:\t{}\n", std::process::id()));
@@ -175,49 +167,42 @@ fn start_storm_with_forked_inits() {
 
     let workers = 4;
     let per_worker = if long() { 500 } else { 60 };
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let done = Arc::new(AtomicUsize::new(0));
     let began = Instant::now();
     let stopper = Stopper::start(Duration::from_millis(20), children_of_this_process);
-    let threads: Vec<_> = (0..workers)
-        .map(|w| {
-            let (failures, done) = (failures.clone(), done.clone());
-            let config = root.config.clone();
-            let pid_ns = pid_ns.clone();
-            std::thread::spawn(move || {
-                let root = TestRoot { config };
-                let joined = Bundle::new().namespace("pid", Some(&pid_ns)).args(&[
-                    "sh",
-                    "-c",
-                    "echo joined",
-                ]);
-                let own = Bundle::new().args(&["sh", "-c", "echo own"]);
-                for i in 0..per_worker {
-                    // Three of four join the keeper's pid namespace (a forked init).
-                    let (b, expect) = if (i + w) % 4 == 0 {
-                        (&own, "own\n")
-                    } else {
-                        (&joined, "joined\n")
-                    };
-                    if let Err(e) = cycle(&root, b, expect) {
-                        failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("worker {w} cycle {i}: {e}"));
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (root, pid_ns) = (&root, &pid_ns);
+                s.spawn(move || {
+                    let joined = Bundle::new().namespace("pid", Some(pid_ns)).args(&[
+                        "sh",
+                        "-c",
+                        "echo joined",
+                    ]);
+                    let own = Bundle::new().args(&["sh", "-c", "echo own"]);
+                    let mut failed = Vec::new();
+                    for i in 0..per_worker {
+                        // Three of four join the keeper's pid namespace (a forked init).
+                        let (b, expect) = if (i + w) % 4 == 0 {
+                            (&own, "own\n")
+                        } else {
+                            (&joined, "joined\n")
+                        };
+                        if let Err(e) = cycle(root, b, expect) {
+                            failed.push(format!("worker {w} cycle {i}: {e}"));
+                        }
                     }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                // The root is shared: only the test's own TestRoot removes it.
-                std::mem::forget(root);
+                    failed
+                })
             })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("worker");
-    }
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
+    });
     let paused = stopper.finish();
-    let failures = failures.lock().unwrap();
-    let total = done.load(Ordering::Relaxed);
+    let total = workers * per_worker;
     eprintln!(
         "start storm: {} of {total} cycles failed ({:.1} %), {paused} helpers paused, {:.1} s",
         failures.len(),
