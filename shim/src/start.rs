@@ -76,7 +76,7 @@ pub enum StartError {
 /// asked with `BootstrapParams` (containerd ≥ 2.3), else as the plain address.
 #[derive(Debug)]
 pub struct Started {
-    pub address: String,
+    address: String,
     bootstrap: bool,
 }
 
