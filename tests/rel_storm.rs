@@ -129,6 +129,35 @@ fn between_setns_and_exit(pid: i32) -> bool {
     }
 }
 
+/// Runs `cycle(worker, i)` for `per_worker` cycles in each of `workers` threads at once;
+/// returns the failures, each named by its worker and cycle.
+fn storm(
+    workers: usize,
+    per_worker: usize,
+    cycle: impl Fn(usize, usize) -> Result<(), String> + Sync,
+) -> Vec<String> {
+    let cycle = &cycle;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                s.spawn(move || {
+                    (0..per_worker)
+                        .filter_map(|i| {
+                            cycle(w, i)
+                                .err()
+                                .map(|e| format!("worker {w} cycle {i}: {e}"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
+    })
+}
+
 /// One cycle; the error says which step failed and how.
 fn cycle(root: &TestRoot, bundle: &Bundle, expect: &str) -> Result<(), String> {
     let (stdio, pipes) = Pipes::new();
@@ -169,37 +198,23 @@ fn start_storm_with_forked_inits() {
     let per_worker = if long() { 500 } else { 60 };
     let began = Instant::now();
     let stopper = Stopper::start(Duration::from_millis(20), children_of_this_process);
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                let (root, pid_ns) = (&root, &pid_ns);
-                s.spawn(move || {
-                    let joined = Bundle::new().namespace("pid", Some(pid_ns)).args(&[
-                        "sh",
-                        "-c",
-                        "echo joined",
-                    ]);
-                    let own = Bundle::new().args(&["sh", "-c", "echo own"]);
-                    let mut failed = Vec::new();
-                    for i in 0..per_worker {
-                        // Three of four join the keeper's pid namespace (a forked init).
-                        let (b, expect) = if (i + w) % 4 == 0 {
-                            (&own, "own\n")
-                        } else {
-                            (&joined, "joined\n")
-                        };
-                        if let Err(e) = cycle(root, b, expect) {
-                            failed.push(format!("worker {w} cycle {i}: {e}"));
-                        }
-                    }
-                    failed
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("worker"))
-            .collect()
+    // Each worker has its own bundles: three of four cycles join the keeper's pid namespace
+    // (a forked init).
+    let bundles: Vec<(Bundle, Bundle)> = (0..workers)
+        .map(|_| {
+            let joined =
+                Bundle::new()
+                    .namespace("pid", Some(&pid_ns))
+                    .args(&["sh", "-c", "echo joined"]);
+            (joined, Bundle::new().args(&["sh", "-c", "echo own"]))
+        })
+        .collect();
+    let failures = storm(workers, per_worker, |w, i| {
+        let (joined, own) = &bundles[w];
+        match (i + w) % 4 {
+            0 => cycle(&root, own, "own\n"),
+            _ => cycle(&root, joined, "joined\n"),
+        }
     });
     let paused = stopper.finish();
     let total = workers * per_worker;
@@ -242,27 +257,13 @@ fn start_storm_through_a_grouped_shim() {
     let per_worker = if long() { 250 } else { 30 };
     let began = Instant::now();
     let stopper = Stopper::start(Duration::from_millis(20), all_processes);
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                let (cd, opts) = (&cd, &opts);
-                s.spawn(move || {
-                    let mut failed = Vec::new();
-                    for i in 0..per_worker {
-                        let id = format!("s{w}-{i}");
-                        let out = cd.run(&id, opts, &["sh", "-c", &format!("echo {id}")]);
-                        if !out.status.success() || stdout(&out) != format!("{id}\n") {
-                            failed.push(format!("{id}: {}", describe(&out)));
-                        }
-                    }
-                    failed
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("worker"))
-            .collect()
+    let failures = storm(workers, per_worker, |w, i| {
+        let id = format!("s{w}-{i}");
+        let out = cd.run(&id, &opts, &["sh", "-c", &format!("echo {id}")]);
+        match out.status.success() && stdout(&out) == format!("{id}\n") {
+            true => Ok(()),
+            false => Err(describe(&out)),
+        }
     });
     let paused = stopper.finish();
     let total = workers * per_worker;
