@@ -265,6 +265,11 @@ impl Container {
             },
             init_start_time: 0,
             cgroup_path,
+            cgroup_parents: undo
+                .cgroup
+                .as_ref()
+                .map(|c| c.created_parents().to_vec())
+                .unwrap_or_default(),
             rootfs: bundle.rootfs.clone(),
             // A joined pid namespace has its own init: killing ours does not end the rest.
             own_pid_ns: ns.creates(Kind::Pid),
@@ -352,7 +357,9 @@ impl Container {
             // differs and the fd names a stranger.
             sys::proc_stat(record.state.pid).is_some_and(|s| s.start_time == record.init_start_time)
         });
-        let cgroup = Cgroup::open(&record.cgroup_path).ok();
+        let cgroup = Cgroup::open(&record.cgroup_path)
+            .ok()
+            .map(|c| c.with_parents(record.cgroup_parents.clone()));
         Ok(Container {
             record,
             dir,
@@ -751,9 +758,10 @@ impl Container {
         if !self.record.own_pid_ns {
             self.kill_cgroup(libc::SIGKILL)?;
         }
-        if let Some(cg) = &self.cgroup {
+        match &self.cgroup {
             // Kept with the state dir on failure, so that delete can be retried.
-            cg.destroy()?;
+            Some(cg) => cg.destroy()?,
+            None => cgroups::remove_parents(&self.record.cgroup_parents),
         }
         std::fs::remove_dir_all(&self.dir).map_err(|source| Error::StateDir {
             path: self.dir.clone(),

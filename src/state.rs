@@ -74,6 +74,9 @@ pub struct Record {
     pub init_start_time: u64,
     /// The container's cgroup path (see `cgroups::resolve_path`).
     pub cgroup_path: String,
+    /// The cgroup's ancestors the create made, removed at delete once empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroup_parents: Vec<PathBuf>,
     pub rootfs: PathBuf,
     /// Whether the container has a pid namespace of its own (killing the init kills all).
     pub own_pid_ns: bool,
@@ -130,6 +133,7 @@ mod tests {
             },
             init_start_time: 7,
             cgroup_path: "/pelagos/c1".into(),
+            cgroup_parents: Vec::new(),
             rootfs: "/b/rootfs".into(),
             own_pid_ns: true,
             created: 1,

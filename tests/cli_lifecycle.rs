@@ -170,6 +170,49 @@ fn create_start_kill_delete_in_separate_processes() {
     assert!(!cgroup_exists(&b), "cgroup left behind");
 }
 
+/// A relative cgroupsPath below parents that do not exist (as the OCI generator writes,
+/// `testdir/cgrouptest/container`): delete removes the parents the create made, in every
+/// hierarchy, once nothing else lives in them; one still holding another container stays.
+/// (runc 1.1.5 leaves them all behind.)
+#[test]
+fn delete_removes_the_cgroup_parents_the_create_made() {
+    let cli = Cli::new();
+    let top = unique_id("pelagos-parents");
+    let first = Bundle::new()
+        .args(&["sleep", "1000"])
+        .cgroups_path(&format!("{top}/cgrouptest/first"));
+    let second = Bundle::new()
+        .args(&["sleep", "1000"])
+        .cgroups_path(&format!("{top}/cgrouptest/second"));
+    let ids = [unique_id("parents"), unique_id("parents")];
+    for (b, id) in [&first, &second].into_iter().zip(&ids) {
+        let log = b.path().join("out.log");
+        let bundle = b.path().to_str().unwrap();
+        cli.detached(&["create", "--bundle", bundle, id], &log);
+    }
+    let made: Vec<PathBuf> = common::containerd::cgroup_mounts()
+        .into_iter()
+        .map(|m| m.join(&top))
+        .filter(|d| d.is_dir())
+        .collect();
+    assert!(!made.is_empty(), "no hierarchy has {top}");
+
+    // The second container found the parents there: its delete leaves them to the first.
+    cli.ok(&["delete", "--force", &ids[1]]);
+    assert!(!cgroup_exists(&second));
+    assert!(cgroup_exists(&first));
+    for d in &made {
+        assert!(
+            d.join("cgrouptest").is_dir(),
+            "{} removed early",
+            d.display()
+        );
+    }
+    cli.ok(&["delete", "--force", &ids[0]]);
+    let left: Vec<&PathBuf> = made.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "cgroup parents left behind: {left:?}");
+}
+
 #[test]
 fn delete_of_a_created_container_needs_no_force() {
     let cli = Cli::new();

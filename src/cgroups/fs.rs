@@ -149,29 +149,39 @@ pub(crate) fn read_words(path: &Path) -> Vec<String> {
 }
 
 /// Creates `dir` and any missing parents; returns the directories it created, outermost first.
+/// A parent another container's delete removes meanwhile (it removes the parents it made once
+/// empty) is made again.
 pub(crate) fn mkdir_all(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
-    let mut missing = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(d) = cur {
-        if d.exists() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        cur = d.parent();
-    }
-    missing.reverse();
     let mut created = Vec::new();
-    for d in missing {
-        match fs::create_dir(&d) {
-            Ok(()) => created.push(d),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(source) => {
-                remove_created(&created);
-                return Err(CgroupError::Mkdir { path: d, source });
+    let mut attempts = 0;
+    'again: loop {
+        let mut missing = Vec::new();
+        let mut cur = Some(dir);
+        while let Some(d) = cur {
+            if d.exists() {
+                break;
+            }
+            missing.push(d.to_path_buf());
+            cur = d.parent();
+        }
+        missing.reverse();
+        for d in missing {
+            match fs::create_dir(&d) {
+                Ok(()) if !created.contains(&d) => created.push(d),
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == ErrorKind::NotFound && attempts < 8 => {
+                    attempts += 1;
+                    continue 'again;
+                }
+                Err(source) => {
+                    remove_created(&created);
+                    return Err(CgroupError::Mkdir { path: d, source });
+                }
             }
         }
+        return Ok(created);
     }
-    Ok(created)
 }
 
 /// Best-effort removal of directories this process created, innermost first.

@@ -154,6 +154,8 @@ pub struct Cgroup {
     /// The device rules of the create (spec rules then the defaults) when they went to an eBPF
     /// program: an update compiles and attaches them again, as runc update does.
     device_rules: Option<Vec<oci_spec::runtime::LinuxDeviceCgroup>>,
+    /// See [`Cgroup::created_parents`].
+    parents: Vec<PathBuf>,
 }
 
 /// See [`Cgroup::join_plan`].
@@ -202,6 +204,7 @@ impl Cgroup {
             v2_controllers: Vec::new(),
             unified_fd: None,
             device_rules: None,
+            parents: Vec::new(),
         }
     }
 
@@ -222,6 +225,13 @@ impl Cgroup {
         match cg.build(resources, &mut created) {
             Ok(()) => {
                 log::debug!("created cgroup {path}");
+                let leaves = cg
+                    .dirs()
+                    .into_iter()
+                    .map(Path::to_path_buf)
+                    .collect::<Vec<_>>();
+                created.retain(|d| !leaves.contains(d));
+                cg.parents = created;
                 Ok(cg)
             }
             Err(e) => {
@@ -298,6 +308,18 @@ impl Cgroup {
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The ancestors [`Cgroup::create`] made (in every hierarchy, outermost first), which
+    /// [`Cgroup::destroy`] removes once empty. Recorded with the container's state.
+    pub fn created_parents(&self) -> &[PathBuf] {
+        &self.parents
+    }
+
+    /// Gives an opened cgroup the ancestors its creation made, for [`Cgroup::destroy`].
+    pub fn with_parents(mut self, parents: Vec<PathBuf>) -> Cgroup {
+        self.parents = parents;
+        self
     }
 
     pub fn mode(&self) -> Mode {
@@ -553,6 +575,7 @@ impl Cgroup {
         match first_err {
             Some(e) => Err(e),
             None => {
+                remove_parents(&self.parents);
                 log::debug!("destroyed cgroup {}", self.path);
                 Ok(())
             }
@@ -632,6 +655,19 @@ fn collect_pids(dir: &Path, out: &mut Vec<i32>) -> Result<(), CgroupError> {
         }
     }
     Ok(())
+}
+
+/// Removes the ancestors a create made (see [`Cgroup::created_parents`]), innermost first, as
+/// long as nothing else lives in them: one still holding another container's cgroup stays.
+pub fn remove_parents(parents: &[PathBuf]) {
+    for d in parents.iter().rev() {
+        match std::fs::remove_dir(d) {
+            Ok(()) => log::debug!("removed cgroup parent {}", d.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) => {}
+            Err(e) => log::warn!("rmdir cgroup parent {}: {e}", d.display()),
+        }
+    }
 }
 
 fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
@@ -722,6 +758,7 @@ pub fn fuzz_translate(
         v2_controllers: v2.iter().map(|c| c.to_string()).collect(),
         unified_fd: None,
         device_rules: None,
+        parents: Vec::new(),
     };
     let all_v1 = [
         "memory", "cpu", "cpuset", "pids", "blkio", "hugetlb", "devices", "net_cls", "net_prio",
