@@ -16,12 +16,13 @@
 #   procps                ps, which `pelagos ps` runs as runc does (tests/cli_lifecycle.rs)
 #   podman, conmon, catatonit   podman as a client of the pelagos CLI (tests/cli_podman.rs)
 #   iproute2, util-linux, tar, coreutils   ip/mount/nsenter/tar/sha256sum used by tests and scripts
+#   dbus-daemon           a private bus for the D-Bus client's test (src/dbus.rs)
 #
 # No protoc: the CRI client of the tests is generated with a vendored one (cri-api/).
 set -euo pipefail
 
 packages=(make gcc libc6-dev libseccomp-dev pkg-config ca-certificates containerd runc busybox-static
-    python3 python3-grpcio procps podman conmon catatonit iproute2 util-linux tar coreutils)
+    python3 python3-grpcio procps podman conmon catatonit iproute2 util-linux tar coreutils dbus-daemon)
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps: run as root" >&2

@@ -9,6 +9,7 @@ pub use oci_spec;
 pub mod caps;
 pub mod cgroups;
 pub mod container;
+pub mod dbus;
 pub mod features;
 pub mod hooks;
 pub mod init;
