@@ -25,6 +25,7 @@ use crate::process::protocol::{
     Channel, Frame, FromHelper, InitPlan, Plan, ProtocolError, ToHelper,
 };
 use crate::process::{self, ProcessError, Spawn};
+use crate::rootfs::{self, idmap::IdmapError};
 use crate::seccomp::SeccompError;
 use crate::selfexe::{self, SelfExeError};
 use crate::spec::{self, SpecError};
@@ -65,6 +66,8 @@ pub enum Error {
     Helper(#[from] SelfExeError),
     #[error(transparent)]
     Namespaces(#[from] NsError),
+    #[error(transparent)]
+    Idmap(#[from] IdmapError),
     #[error("container init: {0}")]
     Process(#[from] ProcessError),
     #[error("container init: protocol: {0}")]
@@ -161,6 +164,11 @@ impl Container {
             None => None,
         };
         let ns_fds = namespaces::open_joins(&bundle.namespaces.join)?;
+        let joined_userns = ns_fds
+            .iter()
+            .find(|(k, _)| *k == Kind::User)
+            .map(|(_, fd)| fd.as_fd());
+        let idmapped = rootfs::idmap::prepare(spec, &bundle.path, joined_userns)?;
         let helper = selfexe::open(config.helper.as_deref())?;
         let cgroup_path = cgroups::resolve_path(
             linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
@@ -187,6 +195,13 @@ impl Container {
             extra_fds.push(c);
             extra_fds.len() - 1
         });
+        let idmapped: Vec<(usize, usize)> = idmapped
+            .into_iter()
+            .map(|(mount, fd)| {
+                extra_fds.push(fd);
+                (mount, extra_fds.len() - 1)
+            })
+            .collect();
         let spawned = process::spawn(Spawn {
             helper: helper.fd(),
             stdio,
@@ -240,6 +255,10 @@ impl Container {
                 rootfs: bundle.rootfs.clone(),
                 no_pivot: opts.no_pivot,
                 hooks_request,
+                idmapped: idmapped
+                    .iter()
+                    .map(|&(mount, i)| (mount, spawned.extra_fd_base + i as i32))
+                    .collect(),
             }),
         };
         // A helper killed on the way (e.g. by the OOM killer) shows here as a broken socket.

@@ -39,7 +39,7 @@ pub fn document() -> Value {
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
             "intelRdt": {"enabled": false},
-            "mountExtensions": {"idmap": {"enabled": false}}
+            "mountExtensions": {"idmap": {"enabled": true}}
         },
         "annotations": {
             "org.opencontainers.runtime-spec.features.version": FEATURES_SPEC_VERSION,

@@ -447,7 +447,7 @@ fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<(
         }
     }
     let in_userns = plan.userns != Userns::Host;
-    crate::rootfs::prepare(spec, &init.rootfs, in_userns).step("prepare rootfs")?;
+    crate::rootfs::prepare(spec, &init.rootfs, in_userns, &init.idmapped).step("prepare rootfs")?;
     if init.hooks_request {
         chan.send(&FromHelper::HooksRequest)
             .step("request runtime hooks")?;

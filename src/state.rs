@@ -74,6 +74,9 @@ pub struct Record {
     pub init_start_time: u64,
     /// The container's cgroup path (see `cgroups::resolve_path`).
     pub cgroup_path: String,
+    /// The systemd unit owning the cgroup (systemd cgroup driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
     /// The cgroup's ancestors the create made, removed at delete once empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroup_parents: Vec<PathBuf>,
@@ -133,6 +136,7 @@ mod tests {
             },
             init_start_time: 7,
             cgroup_path: "/pelagos/c1".into(),
+            systemd_unit: None,
             cgroup_parents: Vec::new(),
             rootfs: "/b/rootfs".into(),
             own_pid_ns: true,

@@ -615,3 +615,98 @@ fn mounts_over_proc_are_refused() {
         out.stderr
     );
 }
+
+/// Idmapped bind mounts in a user-namespaced container (mapping 0 -> 100000): host files owned
+/// by root show as root inside (nobody without the idmap), what the container's root writes
+/// lands on the host as uid 0; a mount's own mappings override the container's; only `ridmap`
+/// idmaps the submounts too.
+#[test]
+fn idmapped_bind_mounts_show_host_ids_through_the_mapping() {
+    use std::os::unix::fs::{chown, MetadataExt};
+    let data = HostDir::new("idmap");
+    std::fs::write(data.0.join("root-file"), "r").unwrap();
+    std::fs::write(data.0.join("user-file"), "u").unwrap();
+    chown(data.0.join("user-file"), Some(1000), Some(1000)).unwrap();
+    let sub = data.0.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let src = data.0.to_str().unwrap();
+    let bind = |dest: &str, opts: &[&str]| json!({"destination": dest, "type": "bind", "source": src, "options": opts});
+    let mut mapped = bind("/mapped", &["bind"]);
+    mapped["uidMappings"] = json!([{"containerID": 0, "hostID": 100010, "size": 65526}]);
+    mapped["gidMappings"] = mapped["uidMappings"].clone();
+    let b = Bundle::new()
+        .userns(100000, 65536)
+        .mount(bind("/plain", &["rbind"]))
+        .mount(bind("/idmapped", &["bind", "idmap"]))
+        .mount(mapped);
+    // Root of the user namespace cannot create mount points in the host-owned rootfs.
+    for d in ["plain", "idmapped", "mapped", "rec", "top"] {
+        std::fs::create_dir(b.path().join("rootfs").join(d)).unwrap();
+    }
+    // A submount of the source, which both rbinds carry: idmapped with ridmap only.
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=755"),
+    )
+    .unwrap();
+    let b = b
+        .mount(bind("/rec", &["rbind", "ridmap"]))
+        .mount(bind("/top", &["rbind", "idmap"]));
+    let (_, out) = sh(
+        b,
+        "stat -c %u:%g /plain/root-file /idmapped/root-file /idmapped/user-file \
+         /mapped/root-file /rec/sub /top/sub; touch /idmapped/written",
+    );
+    nix::mount::umount(&sub).unwrap();
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "65534:65534\n0:0\n1000:1000\n10:10\n0:0\n65534:65534\n"),
+        "{}",
+        out.stderr
+    );
+    let written = std::fs::metadata(data.0.join("written")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (0, 0));
+}
+
+/// Idmapped mounts that cannot be made are refused at create, named, with nothing left.
+#[test]
+fn impossible_idmapped_mounts_are_named_and_leave_nothing() {
+    let root = TestRoot::new();
+    let bind = |src: &str, opts: &[&str]| json!({"destination": "/data", "type": "bind", "source": src, "options": opts});
+    let cases = [
+        // No user namespace to map into.
+        (Bundle::new().mount(bind("/tmp", &["bind", "idmap"])), "user namespace"),
+        // sysfs cannot be idmapped.
+        (
+            Bundle::new()
+                .userns(100000, 65536)
+                .mount(bind("/sys/kernel", &["bind", "idmap"])),
+            "cannot idmap",
+        ),
+        (
+            Bundle::new()
+                .userns(100000, 65536)
+                .mount(json!({"destination": "/data", "type": "tmpfs", "source": "t", "options": ["idmap"]})),
+            "bind mounts only",
+        ),
+    ];
+    for (b, needle) in cases {
+        let id = unique_id("idmap");
+        let (stdio, _pipes) = Pipes::new();
+        let msg = match root.create_id(&id, &b, stdio) {
+            Ok(c) => {
+                let _ = c.delete(true);
+                panic!("accepted an impossible idmapped mount ({needle})")
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("/data") && msg.contains(needle),
+            "error does not name {needle:?}: {msg}"
+        );
+        root.assert_nothing_left(&id, &b);
+    }
+}

@@ -378,6 +378,7 @@ impl CoreRace {
         let config = Config {
             root: root.root().to_path_buf(),
             helper: Some(helper.clone()),
+            systemd_cgroup: false,
         };
         let bundle = bundle(Bundle::new())
             .args(&["/x/escape", mode, "/x"])

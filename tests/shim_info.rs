@@ -35,9 +35,9 @@ fn containerd_2_reads_the_features_through_shim_info() {
     // What CRI derives its two handler features from.
     assert!(has(&features["mountOptions"], "rro"), "{features}");
     assert!(has(&features["linux"]["namespaces"], "user"), "{features}");
-    // No idmapped mounts yet: user-namespaced pods must not be promised.
+    // Idmapped mounts, the other half of what user-namespaced pods need.
     assert_eq!(
-        features["linux"]["mountExtensions"]["idmap"]["enabled"], false,
+        features["linux"]["mountExtensions"]["idmap"]["enabled"], true,
         "{features}"
     );
 

@@ -121,6 +121,7 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
         pelagos::Config {
             root: state_root(&flags.namespace),
             helper: None,
+            systemd_cgroup: false,
         },
         io,
         publisher.clone(),

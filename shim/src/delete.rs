@@ -60,6 +60,7 @@ pub fn run(flags: &Flags) -> Result<Vec<u8>, DeleteError> {
     let config = pelagos::Config {
         root: state_root(&flags.namespace),
         helper: None,
+        systemd_cgroup: false,
     };
     let mut pid = 0;
     if config.root.join(&flags.id).exists() {

@@ -495,8 +495,13 @@ impl Shim {
                 return Err(status(Code::UNKNOWN, e));
             }
         };
+        // The cgroup driver is the container's choice (its runtime options), as with runc.
+        let config = pelagos::Config {
+            systemd_cgroup: opts.systemd_cgroup,
+            ..self.config.clone()
+        };
         let created = pelagos::Container::create(
-            &self.config,
+            &config,
             pelagos::CreateOptions {
                 id: id.clone(),
                 bundle: bundle.clone(),

@@ -92,12 +92,15 @@ const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_ATTACH: libc::c_int = 8;
 const BPF_PROG_DETACH: libc::c_int = 9;
 const BPF_PROG_GET_FD_BY_ID: libc::c_int = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
 const BPF_PROG_QUERY: libc::c_int = 16;
 
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 pub(crate) const BPF_F_ALLOW_MULTI: u32 = 1 << 1;
 pub(crate) const BPF_F_REPLACE: u32 = 1 << 2;
+/// The name of this runtime's device programs (systemd's are `sd_devices`).
+pub(crate) const PROG_NAME: &str = "pelagos_dev";
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -145,6 +148,14 @@ struct GetFdById {
     open_flags: u32,
 }
 
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct InfoByFd {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
 /// `union bpf_attr`, limited to the commands used here; the padding keeps every byte the
 /// kernel may look at zero.
 #[repr(C, align(8))]
@@ -153,6 +164,7 @@ union Attr {
     attach: ProgAttach,
     query: ProgQuery,
     by_id: GetFdById,
+    info: InfoByFd,
     zero: [u64; 16],
 }
 
@@ -192,12 +204,17 @@ pub(crate) struct LoadFailure {
     pub log: String,
 }
 
-/// Loads a cgroup device program. On failure the load is repeated with the verifier log on, so
-/// the error says why.
-pub(crate) fn load_cgroup_device(insns: &[Insn], license: &str) -> Result<OwnedFd, LoadFailure> {
+/// Loads a cgroup device program named `prog_name` (at most 15 bytes). On failure the load is
+/// repeated with the verifier log on, so the error says why.
+pub(crate) fn load_cgroup_device(
+    insns: &[Insn],
+    license: &str,
+    prog_name: &str,
+) -> Result<OwnedFd, LoadFailure> {
     let license = std::ffi::CString::new(license).expect("license without NUL");
     let mut name = [0u8; 16];
-    name[..11].copy_from_slice(b"pelagos_dev");
+    let n = prog_name.len().min(15);
+    name[..n].copy_from_slice(&prog_name.as_bytes()[..n]);
     let attempt = |log: &mut [u8]| {
         let mut attr = Attr::zeroed();
         attr.load = ProgLoad {
@@ -292,6 +309,21 @@ pub(crate) fn query_device_programs(cgroup: BorrowedFd<'_>) -> io::Result<Vec<u3
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The name a program was loaded with (`bpf_prog_info.name`, at offset 64 since Linux 4.15).
+pub(crate) fn prog_name(prog: BorrowedFd<'_>) -> io::Result<String> {
+    let mut info = [0u8; 96];
+    let mut attr = Attr::zeroed();
+    attr.info = InfoByFd {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let name = &info[64..80];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
 /// An fd for the loaded program with kernel id `id`.

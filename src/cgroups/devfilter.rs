@@ -70,13 +70,17 @@ fn number(n: Option<i64>) -> Result<Option<u32>, ()> {
     }
 }
 
-fn show(k: &Key, access: u8) -> String {
-    let n = |v: Option<u32>| v.map_or("*".to_string(), |v| v.to_string());
-    let a: String = [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')]
+fn letters(access: u8) -> String {
+    [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')]
         .iter()
         .filter(|(b, _)| access & b != 0)
         .map(|(_, c)| *c)
-        .collect();
+        .collect()
+}
+
+fn show(k: &Key, access: u8) -> String {
+    let n = |v: Option<u32>| v.map_or("*".to_string(), |v| v.to_string());
+    let a = letters(access);
     format!(
         "{} {}:{} {a}",
         if k.block { 'b' } else { 'c' },
@@ -159,6 +163,15 @@ impl Emulated {
         Ok(())
     }
 
+    /// What the exceptions of a default-deny list allow: `(block, major, minor, access)`,
+    /// `None` for `*`, access as `rwm` letters.
+    pub(crate) fn allowed(&self) -> Vec<(bool, Option<u32>, Option<u32>, String)> {
+        self.exceptions
+            .iter()
+            .map(|(k, a)| (k.block, k.major, k.minor, letters(*a)))
+            .collect()
+    }
+
     /// The program: registers R2 type, R3 access, R4 major, R5 minor from `struct
     /// bpf_cgroup_dev_ctx`; one block per exception that returns its verdict when the device
     /// matches; the default verdict at the end.
@@ -214,17 +227,34 @@ fn failed(dir: &Path, op: &'static str, source: std::io::Error) -> CgroupError {
 }
 
 /// Compiles `rules` (spec rules then runc's defaults) and installs the program on the cgroup2
-/// directory `dir`, replacing any device program attached there before.
-pub(crate) fn install(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), CgroupError> {
+/// directory `dir`, replacing any device program attached there before; with `only_own`
+/// (a systemd unit, which attaches a program of its own) only this runtime's programs are
+/// replaced and systemd's stays beside it.
+pub(crate) fn install(
+    dir: &Path,
+    rules: &[LinuxDeviceCgroup],
+    only_own: bool,
+) -> Result<(), CgroupError> {
     let emulated = Emulated::from_rules(rules)?;
     let insns = emulated.program();
     let cgroup = super::open_dir(dir)?;
-    let old: Vec<OwnedFd> = bpf::query_device_programs(cgroup.as_fd())
+    let mut old: Vec<OwnedFd> = bpf::query_device_programs(cgroup.as_fd())
         .map_err(|e| failed(dir, "BPF_PROG_QUERY", e))?
         .into_iter()
         .map(bpf::prog_fd_by_id)
         .collect::<Result<_, _>>()
         .map_err(|e| failed(dir, "BPF_PROG_GET_FD_BY_ID of an attached program", e))?;
+    if only_own {
+        let mut own = Vec::new();
+        for fd in old {
+            let name =
+                bpf::prog_name(fd.as_fd()).map_err(|e| failed(dir, "BPF_OBJ_GET_INFO_BY_FD", e))?;
+            if name == bpf::PROG_NAME {
+                own.push(fd);
+            }
+        }
+        old = own;
+    }
     let prog = load(&insns).map_err(|(source, log)| CgroupError::DeviceFilter {
         path: dir.to_path_buf(),
         op: "BPF_PROG_LOAD",
@@ -282,13 +312,13 @@ pub(crate) fn install(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), Cgr
 /// Loads the program; on EPERM (kernels before 5.11 charge programs to RLIMIT_MEMLOCK) the soft
 /// limit is raised to the hard one, which needs no privilege, and the load retried once.
 fn load(insns: &[Insn]) -> Result<OwnedFd, (std::io::Error, String)> {
-    match bpf::load_cgroup_device(insns, "Apache-2.0") {
+    match bpf::load_cgroup_device(insns, "Apache-2.0", bpf::PROG_NAME) {
         Ok(fd) => Ok(fd),
         Err(f) if f.error.raw_os_error() == Some(libc::EPERM) => {
             use nix::sys::resource::{getrlimit, setrlimit, Resource};
             if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) {
                 if soft < hard && setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard).is_ok() {
-                    return bpf::load_cgroup_device(insns, "Apache-2.0")
+                    return bpf::load_cgroup_device(insns, "Apache-2.0", bpf::PROG_NAME)
                         .map_err(|f| (f.error, f.log));
                 }
             }
@@ -464,6 +494,46 @@ mod tests {
         assert_eq!(verdict(&p, true, 0, 0, ACC_READ), 0);
     }
 
+    /// With a systemd unit, systemd's own program (here one named as systemd names it) stays
+    /// beside ours; only ours is replaced. Needs root and a cgroup2 mount.
+    #[test]
+    fn only_own_programs_are_replaced_beside_systemd() {
+        let mount = super::super::fs::hierarchies()
+            .unified
+            .clone()
+            .expect("a cgroup2 mount (unified or hybrid host)");
+        let dir = mount.join(format!("pelagos-unit-devfilter-sd-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let allow_all = [bpf::mov32_imm(0, 1), bpf::exit()];
+        let theirs = bpf::load_cgroup_device(&allow_all, "GPL", "sd_devices").unwrap();
+        let cg = super::super::open_dir(&dir).unwrap();
+        bpf::attach(cg.as_fd(), theirs.as_fd(), bpf::BPF_F_ALLOW_MULTI, None).unwrap();
+        let mut all = vec![r(false, None, -1, -1, "rwm")];
+        all.extend(super::super::default_device_rules());
+        let names = |ids: &[u32]| -> Vec<String> {
+            let mut n: Vec<String> = ids
+                .iter()
+                .map(|id| bpf::prog_name(bpf::prog_fd_by_id(*id).unwrap().as_fd()).unwrap())
+                .collect();
+            n.sort();
+            n
+        };
+        install(&dir, &all, true).unwrap();
+        let first = attached_programs(&dir).unwrap();
+        let first_names = names(&first);
+        install(&dir, &all, true).unwrap();
+        let second = attached_programs(&dir).unwrap();
+        let second_names = names(&second);
+        install(&dir, &all, false).unwrap();
+        let last = attached_programs(&dir).unwrap();
+        drop(cg);
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(first_names, ["pelagos_dev", "sd_devices"]);
+        assert_eq!(second_names, ["pelagos_dev", "sd_devices"]);
+        assert_ne!(first, second, "ours was not replaced");
+        assert_eq!(names(&last), ["pelagos_dev"]);
+    }
+
     /// Needs root and a cgroup2 mount (unified hosts, or the cgroup2 half of hybrid ones: the
     /// kernel runs device programs of cgroup2 whatever v1 controllers there are).
     #[test]
@@ -480,9 +550,9 @@ mod tests {
         let rules = vec![r(false, None, -1, -1, "rwm")];
         let mut all = rules.clone();
         all.extend(super::super::default_device_rules());
-        install(&dir, &all).unwrap();
+        install(&dir, &all, false).unwrap();
         let first = attached_programs(&dir).unwrap();
-        install(&dir, &all).unwrap();
+        install(&dir, &all, false).unwrap();
         let second = attached_programs(&dir).unwrap();
         let script = format!(
             "read go; mknod {0}/blk b 7 0 && echo mknod-ok; head -c 1 {0}/blk 2>&1; echo x > /dev/null && echo null-ok",

@@ -25,6 +25,9 @@
 //! hosts, as runc) and otherwise become an eBPF program on the cgroup2 directory (`devfilter`,
 //! `bpf`), loaded and attached by the runtime process itself.
 //!
+//! With the systemd driver (`systemd`) systemd creates the cgroup as a transient unit and is
+//! told every resource as a unit property; the files are written as above as well.
+//!
 //! Known gaps: rdma limits are ignored; v1 mounts whose root is not `/` (inside another
 //! container) are not supported.
 
@@ -35,6 +38,7 @@ pub mod oom;
 mod path;
 mod resources;
 pub mod stats;
+mod systemd;
 mod v1;
 mod v2;
 
@@ -51,6 +55,7 @@ pub use oom::OomWatch;
 pub use path::{resolve_path, DEFAULT_PARENT};
 pub use resources::{default_device_rules, device_allow_rules, spec_resources};
 pub use stats::Stats;
+pub use systemd::{booted as systemd_booted, stop as stop_systemd_unit, Unit as SystemdUnit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -95,6 +100,12 @@ pub enum CgroupError {
     Freezer {
         op: &'static str,
         path: String,
+        reason: String,
+    },
+    #[error("systemd unit {unit}: {op}: {reason}")]
+    Systemd {
+        unit: String,
+        op: &'static str,
         reason: String,
     },
     #[error("cgroup: {0}")]
@@ -156,6 +167,8 @@ pub struct Cgroup {
     device_rules: Option<Vec<oci_spec::runtime::LinuxDeviceCgroup>>,
     /// See [`Cgroup::created_parents`].
     parents: Vec<PathBuf>,
+    /// The systemd unit that owns the cgroup (systemd driver).
+    unit: Option<String>,
 }
 
 /// See [`Cgroup::join_plan`].
@@ -205,6 +218,7 @@ impl Cgroup {
             unified_fd: None,
             device_rules: None,
             parents: Vec::new(),
+            unit: None,
         }
     }
 
@@ -239,6 +253,55 @@ impl Cgroup {
                 Err(e)
             }
         }
+    }
+
+    /// Creates the cgroup at `path` as the systemd unit `unit` holding the process `pid` (see
+    /// the `systemd` module), then makes the directories systemd does not and writes
+    /// `resources` to the files, as [`Cgroup::create`] does; [`Cgroup::join_plan`] says what
+    /// joining is left. On error nothing is left behind: neither the unit nor a directory.
+    pub fn create_systemd(
+        path: &str,
+        unit: &SystemdUnit,
+        resources: &LinuxResources,
+        pid: i32,
+    ) -> Result<Cgroup, CgroupError> {
+        check_path(path)?;
+        let mode = mode();
+        resources::validate(resources, mode)?;
+        let mut devices = resources.devices().clone().unwrap_or_default();
+        devices.extend(default_device_rules());
+        let filtered = (mode != Mode::Legacy).then_some(devices.as_slice());
+        systemd::start(unit, pid, resources, filtered, mode)?;
+        let mut cg = Cgroup::layout(path);
+        cg.unit = Some(unit.name.clone());
+        let mut created = Vec::new();
+        match cg.build(Some(resources), &mut created) {
+            Ok(()) => {
+                log::debug!("created cgroup {path} as systemd unit {}", unit.name);
+                let leaves: Vec<PathBuf> = cg.dirs().into_iter().map(Path::to_path_buf).collect();
+                created.retain(|d| !leaves.contains(d));
+                cg.parents = created;
+                Ok(cg)
+            }
+            Err(e) => {
+                if let Err(stop) = systemd::stop(&unit.name) {
+                    log::warn!("undo create: {stop}");
+                }
+                fs::remove_created(&created);
+                Err(e)
+            }
+        }
+    }
+
+    /// The systemd unit that owns this cgroup (systemd driver).
+    pub fn systemd_unit(&self) -> Option<&str> {
+        self.unit.as_deref()
+    }
+
+    /// Gives an opened cgroup the systemd unit its creation started, for update and destroy.
+    pub fn with_systemd_unit(mut self, unit: Option<String>) -> Cgroup {
+        self.unit = unit;
+        self
     }
 
     fn build(
@@ -406,8 +469,11 @@ impl Cgroup {
     /// gap, as runc update does), the `devices` of `resources` are not looked at.
     pub fn update(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
         resources::validate(resources, self.mode)?;
+        if let Some(unit) = &self.unit {
+            systemd::set(unit, resources, self.mode)?;
+        }
         if let (Some(rules), Some(dir)) = (&self.device_rules, &self.unified) {
-            devfilter::install(dir, rules)?;
+            devfilter::install(dir, rules, self.unit.is_some())?;
         }
         let h = fs::hierarchies();
         if let (Mode::Hybrid, Some(dir), Some(mount)) = (self.mode, &self.unified, &h.unified) {
@@ -563,10 +629,17 @@ impl Cgroup {
 
     /// Removes the cgroup from every hierarchy (it must be empty), sub-cgroups first. Tasks
     /// that were just killed can hold a cgroup busy for a moment, so EBUSY is retried for up
-    /// to [`DESTROY_TIMEOUT`]. Removing a cgroup that is already gone succeeds.
+    /// to [`DESTROY_TIMEOUT`]. Removing a cgroup that is already gone succeeds. A systemd unit
+    /// is stopped first.
     pub fn destroy(&self) -> Result<(), CgroupError> {
         let deadline = Instant::now() + DESTROY_TIMEOUT;
         let mut first_err = None;
+        if let Some(unit) = &self.unit {
+            // systemd removes the directories it made; the others go below.
+            if let Err(e) = systemd::stop(unit) {
+                first_err = Some(e);
+            }
+        }
         for d in self.dirs() {
             if let Err(e) = remove_tree(d, deadline) {
                 first_err.get_or_insert(e);
@@ -759,6 +832,7 @@ pub fn fuzz_translate(
         unified_fd: None,
         device_rules: None,
         parents: Vec::new(),
+        unit: None,
     };
     let all_v1 = [
         "memory", "cpu", "cpuset", "pids", "blkio", "hugetlb", "devices", "net_cls", "net_prio",

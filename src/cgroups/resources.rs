@@ -445,7 +445,7 @@ fn apply_devices(
         (_, Some(_)) if pass == Pass::Fixture => {
             super::devfilter::Emulated::from_rules(&rules).map(|e| drop(e.program()))
         }
-        (_, Some(dir)) => super::devfilter::install(dir, &rules),
+        (_, Some(dir)) => super::devfilter::install(dir, &rules, cg.systemd_unit().is_some()),
         (_, None) => {
             log::warn!(
                 "no devices controller and no cgroup2 mount: device rules of {} not enforced",

@@ -7,6 +7,7 @@
 
 mod copy;
 mod devices;
+pub mod idmap;
 pub mod mountapi;
 pub mod mountinfo;
 mod mounts;
@@ -30,6 +31,8 @@ pub use mounts::{parse_proc_cgroup, v1_subsystems};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
+    #[error(transparent)]
+    Idmap(#[from] idmap::IdmapError),
     /// A spec mount that cannot be mounted as written.
     #[error("mount {index} ({}): {reason}", destination.display())]
     InvalidMount {
@@ -104,7 +107,15 @@ fn ms(bits: libc::c_ulong) -> MsFlags {
 /// Everything before pivot_root: root propagation private, rootfs bind, every `spec.mounts`
 /// entry (destinations resolved inside `rootfs` without following symlinks out of it), default
 /// and spec devices, /dev symlinks, /dev/ptmx. `in_userns`: bind devices instead of mknod.
-pub fn prepare(spec: &Spec, rootfs: &Path, in_userns: bool) -> Result<(), RootfsError> {
+///
+/// `idmapped`: the detached idmapped trees the runtime made (see [`idmap`]), by mount index,
+/// as fds of this process.
+pub fn prepare(
+    spec: &Spec,
+    rootfs: &Path,
+    in_userns: bool,
+    idmapped: &[(usize, std::os::fd::RawFd)],
+) -> Result<(), RootfsError> {
     let bundle = bundle_dir(spec, rootfs);
     let rootfs = std::fs::canonicalize(rootfs).map_err(|e| {
         RootfsError::sys(
@@ -147,6 +158,7 @@ pub fn prepare(spec: &Spec, rootfs: &Path, in_userns: bool) -> Result<(), Rootfs
         cgroupns: has_namespace(spec, LinuxNamespaceType::Cgroup),
         bundle,
         rootfs: rootfs.clone(),
+        idmapped,
     };
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         mounts::mount_one(&ctx, i, m)?;
@@ -407,6 +419,7 @@ pub fn validate(spec: &Spec) -> Result<(), RootfsError> {
             return Err(invalid(format!("unknown mount type {typ:?}")));
         }
     }
+    idmap::validate(spec)?;
     let linux = spec.linux().as_ref();
     for d in linux
         .and_then(|l| l.devices().as_ref())

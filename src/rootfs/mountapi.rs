@@ -14,6 +14,7 @@ const FSOPEN_CLOEXEC: libc::c_uint = 1;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 #[repr(C)]
 struct MountAttr {
@@ -43,6 +44,18 @@ pub fn clone_tree(fd: BorrowedFd<'_>, recursive: bool) -> Result<OwnedFd, Errno>
     }
     // SAFETY: open_tree reads a NUL-terminated path and returns a new fd; no memory is shared.
     owned(unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), empty().as_ptr(), flags) })
+}
+
+/// A detached copy of the mount tree at `path` (followed as a bind mount follows its source).
+pub fn clone_path(path: &std::path::Path, recursive: bool) -> Result<OwnedFd, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: open_tree reads the NUL-terminated path, which outlives the call.
+    owned(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })
 }
 
 /// Attaches the detached mount `from` on top of the file or directory `to`.
@@ -75,6 +88,33 @@ pub fn set_attr(fd: BorrowedFd<'_>, set: u64, clr: u64, recursive: bool) -> Resu
     };
     // SAFETY: the kernel reads `size_of::<MountAttr>()` bytes from `attr`, which lives across
     // the call, and the empty NUL-terminated path.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty().as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// Idmaps the detached mount at `fd` with the ids of user namespace `userns`
+/// (MOUNT_ATTR_IDMAP), with its submounts when `recursive`.
+pub fn set_idmap(fd: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive: bool) -> Result<(), Errno> {
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: as in set_attr: the kernel reads the struct and the empty path during the call.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,

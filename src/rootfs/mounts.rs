@@ -27,6 +27,8 @@ pub struct Ctx<'a> {
     pub bundle: Option<PathBuf>,
     /// The rootfs on the host side (canonical): host mounts below it are ours, not the host's.
     pub rootfs: PathBuf,
+    /// Detached idmapped trees made by the runtime: (mount index, fd).
+    pub idmapped: &'a [(usize, std::os::fd::RawFd)],
 }
 
 impl Ctx<'_> {
@@ -198,7 +200,14 @@ pub fn mount_one(ctx: &Ctx<'_>, index: usize, m: &Mount) -> Result<(), RootfsErr
                 is_procfs(&src).map_err(|e| RootfsError::sys("statfs bind source", &src, e))?;
             check_proc_destination(&rel, typ, true, Some(proc)).map_err(invalid)?;
         }
-        mount_bind(ctx, &src, &rel, dest, &opts)?;
+        match ctx.idmapped.iter().find(|(i, _)| *i == index) {
+            Some(&(_, fd)) => {
+                // SAFETY: the runtime passed this detached tree at this fd for this mount.
+                let tree = unsafe { BorrowedFd::borrow_raw(fd) };
+                attach_tree(ctx, tree, &rel, dest, &opts)?;
+            }
+            None => mount_bind(ctx, &src, &rel, dest, &opts)?,
+        }
     } else {
         check_proc_destination(&rel, typ, false, None).map_err(invalid)?;
         if rel == Path::new("dev") {
@@ -296,6 +305,39 @@ fn mount_bind(
     .map_err(|e| RootfsError::sys(format!("bind {} on", src.display()), dest, e))?;
     if opts.bind_remount_flags() != 0 || opts.cleared != 0 {
         // MS_BIND ignores every other flag: they need a remount of the new mount.
+        let mounted = open_in_root(ctx.root, rel, OFlag::empty())
+            .map_err(|e| RootfsError::sys("open", dest, e))?;
+        remount_bind(
+            mounted.as_fd(),
+            opts.bind_remount_flags(),
+            opts.cleared,
+            dest,
+        )?;
+    }
+    Ok(())
+}
+
+/// Moves a detached tree (an idmapped bind the runtime made) onto `rel`, then applies the
+/// flags a bind remount would.
+fn attach_tree(
+    ctx: &Ctx<'_>,
+    tree: BorrowedFd<'_>,
+    rel: &Path,
+    dest: &Path,
+    opts: &MountOptions,
+) -> Result<(), RootfsError> {
+    let st = nix::sys::stat::fstat(tree)
+        .map_err(|e| RootfsError::sys("stat idmapped source for", dest, e))?;
+    let kind = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        Kind::Dir
+    } else {
+        Kind::File
+    };
+    let target = ensure_in_root(ctx.root, rel, kind)
+        .map_err(|(e, p)| RootfsError::sys("create mount point", p, e))?;
+    mountapi::move_mount(tree, target.as_fd())
+        .map_err(|e| RootfsError::sys("attach the idmapped mount on", dest, e))?;
+    if opts.bind_remount_flags() != 0 || opts.cleared != 0 {
         let mounted = open_in_root(ctx.root, rel, OFlag::empty())
             .map_err(|e| RootfsError::sys("open", dest, e))?;
         remount_bind(

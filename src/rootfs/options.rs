@@ -35,6 +35,19 @@ pub struct MountOptions {
     pub data: Vec<String>,
     /// `tmpcopyup`: copy the directory's existing content into the new tmpfs.
     pub tmpcopyup: bool,
+    /// `idmap` / `ridmap` (see [`super::idmap`]).
+    pub idmap: Idmap,
+}
+
+/// Whether a bind mount is idmapped, and how deep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Idmap {
+    #[default]
+    None,
+    /// `idmap`: the mount itself.
+    Top,
+    /// `ridmap`: the mount and every submount.
+    Recursive,
 }
 
 impl MountOptions {
@@ -63,15 +76,12 @@ pub enum OptionError {
     /// A word that is neither a mount(2) flag nor filesystem data on a mount that has no data
     /// (bind mounts).
     Unknown(String),
-    /// A known option this runtime does not implement.
-    Unsupported(String),
 }
 
 impl std::fmt::Display for OptionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OptionError::Unknown(o) => write!(f, "unknown mount option {o:?}"),
-            OptionError::Unsupported(o) => write!(f, "unsupported mount option {o:?}"),
         }
     }
 }
@@ -154,7 +164,7 @@ pub fn known() -> Vec<&'static str> {
         .map(|(n, _, _)| *n)
         .chain(PROPAGATION.iter().map(|(n, _)| *n))
         .chain(REC_ATTRS.iter().map(|(n, _, _)| *n))
-        .chain(["tmpcopyup"])
+        .chain(["tmpcopyup", "idmap", "ridmap"])
         .collect();
     names.sort_unstable();
     names
@@ -195,8 +205,10 @@ pub fn parse(options: &[String]) -> Result<MountOptions, OptionError> {
             }
         } else if o == "tmpcopyup" {
             out.tmpcopyup = true;
-        } else if matches!(o, "idmap" | "ridmap") {
-            return Err(OptionError::Unsupported(opt.clone()));
+        } else if o == "idmap" {
+            out.idmap = Idmap::Top;
+        } else if o == "ridmap" {
+            out.idmap = Idmap::Recursive;
         } else if !o.is_empty() {
             out.data.push(opt.clone());
         } else {
@@ -277,11 +289,13 @@ mod tests {
     }
 
     #[test]
-    fn idmap_is_refused() {
+    fn idmap_and_ridmap() {
+        assert_eq!(parse(&opts(&["rbind", "idmap"])).unwrap().idmap, Idmap::Top);
         assert_eq!(
-            parse(&opts(&["rbind", "idmap"])),
-            Err(OptionError::Unsupported("idmap".into()))
+            parse(&opts(&["bind", "ridmap"])).unwrap().idmap,
+            Idmap::Recursive
         );
+        assert_eq!(parse(&opts(&["bind"])).unwrap().idmap, Idmap::None);
     }
 
     #[test]

@@ -415,6 +415,7 @@ impl TestRoot {
             config: Config {
                 root,
                 helper: Some(PathBuf::from(env!("CARGO_BIN_EXE_pelagos"))),
+                systemd_cgroup: false,
             },
         }
     }

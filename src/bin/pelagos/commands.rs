@@ -46,6 +46,7 @@ pub fn run(g: &Global, command: &str, rest: &[String]) -> Result<i32> {
     let config = Config {
         root: g.root.clone(),
         helper: None,
+        systemd_cgroup: g.systemd_cgroup,
     };
     match command {
         "create" => create(&config, rest),

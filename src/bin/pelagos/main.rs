@@ -25,6 +25,8 @@ exec, ps, pause, resume, update, list, spec, features";
 /// What every command gets from the global flags.
 pub struct Global {
     pub root: PathBuf,
+    /// `--systemd-cgroup`: cgroups as systemd units (see `pelagos::cgroups`).
+    pub systemd_cgroup: bool,
 }
 
 const GLOBAL_FLAGS: &[Flag] = &[
@@ -104,20 +106,19 @@ fn main() {
         }
         fail(log_path.is_some(), &format!("no command given\n{USAGE}"));
     };
-    if parsed.on("systemd-cgroup") {
-        let msg = if std::path::Path::new("/run/systemd/system").exists() {
-            "--systemd-cgroup: the systemd cgroup driver is not supported by pelagos; use \
-             cgroupfs paths"
-        } else {
-            "--systemd-cgroup: systemd is not running on this host (no /run/systemd/system)"
-        };
-        fail(log_path.is_some(), msg);
+    let systemd_cgroup = parsed.on("systemd-cgroup");
+    if systemd_cgroup && !pelagos::cgroups::systemd_booted() {
+        fail(
+            log_path.is_some(),
+            "--systemd-cgroup: systemd is not running on this host (no /run/systemd/system)",
+        );
     }
     let global = Global {
         root: parsed
             .get("root")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/run/pelagos")),
+        systemd_cgroup,
     };
     match commands::run(&global, command, rest) {
         Ok(code) => exit(code),
