@@ -97,6 +97,9 @@ pub struct Config {
     /// The binary re-executed as the setup helper; it must call `init::run_if_helper()` first
     /// thing. `None`: this process's own executable, sealed (see `selfexe`).
     pub helper: Option<PathBuf>,
+    /// The systemd cgroup driver (runc's `--systemd-cgroup`): cgroups are transient systemd
+    /// units, `cgroupsPath` is `slice:prefix:name`.
+    pub systemd_cgroup: bool,
 }
 
 /// The container side of stdio.
@@ -170,18 +173,23 @@ impl Container {
             .map(|(_, fd)| fd.as_fd());
         let idmapped = rootfs::idmap::prepare(spec, &bundle.path, joined_userns)?;
         let helper = selfexe::open(config.helper.as_deref())?;
-        let cgroup_path = cgroups::resolve_path(
-            linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
-            &opts.id,
-        )?;
+        let raw_cgroup_path = linux.cgroups_path().as_ref().and_then(|p| p.to_str());
+        let systemd_unit = config
+            .systemd_cgroup
+            .then(|| cgroups::SystemdUnit::of(raw_cgroup_path, &opts.id))
+            .transpose()?;
+        let cgroup_path = match &systemd_unit {
+            Some(unit) => unit.path.clone(),
+            None => cgroups::resolve_path(raw_cgroup_path, &opts.id)?,
+        };
+        let resources = cgroups::spec_resources(&linux);
 
         let dir = claim_state_dir(&config.root, &opts.id)?;
         let mut undo = Undo::new(dir.clone());
         let start_fifo = make_start_fifo(&dir)?;
-        undo.cgroup = Some(Cgroup::create(
-            &cgroup_path,
-            Some(&cgroups::spec_resources(&linux)),
-        )?);
+        if systemd_unit.is_none() {
+            undo.cgroup = Some(Cgroup::create(&cgroup_path, Some(&resources))?);
+        }
 
         let ns = &bundle.namespaces;
         let (stdio, console) = split_console(opts.stdio)?;
@@ -213,6 +221,15 @@ impl Container {
         })?;
         let helper_pid = spawned.pid;
         undo.children.push((spawned.pid, spawned.pidfd));
+        if let Some(unit) = &systemd_unit {
+            // A scope is made with its first process in it: the helper, still waiting.
+            undo.cgroup = Some(Cgroup::create_systemd(
+                &cgroup_path,
+                unit,
+                &resources,
+                helper_pid,
+            )?);
+        }
         let mut chan = spawned.channel;
         // The maps must be in place before the child execs (it becomes root of the userns).
         if ns.userns == Userns::AtClone {
@@ -284,6 +301,7 @@ impl Container {
             },
             init_start_time: 0,
             cgroup_path,
+            systemd_unit: systemd_unit.map(|u| u.name),
             cgroup_parents: undo
                 .cgroup
                 .as_ref()
@@ -376,9 +394,10 @@ impl Container {
             // differs and the fd names a stranger.
             sys::proc_stat(record.state.pid).is_some_and(|s| s.start_time == record.init_start_time)
         });
-        let cgroup = Cgroup::open(&record.cgroup_path)
-            .ok()
-            .map(|c| c.with_parents(record.cgroup_parents.clone()));
+        let cgroup = Cgroup::open(&record.cgroup_path).ok().map(|c| {
+            c.with_parents(record.cgroup_parents.clone())
+                .with_systemd_unit(record.systemd_unit.clone())
+        });
         Ok(Container {
             record,
             dir,
@@ -606,7 +625,8 @@ impl Container {
         let cgroup = match &self.cgroup {
             Some(c) => c,
             None => {
-                opened = Cgroup::open(&self.record.cgroup_path)?;
+                opened = Cgroup::open(&self.record.cgroup_path)?
+                    .with_systemd_unit(self.record.systemd_unit.clone());
                 &opened
             }
         };
@@ -780,7 +800,13 @@ impl Container {
         match &self.cgroup {
             // Kept with the state dir on failure, so that delete can be retried.
             Some(cg) => cg.destroy()?,
-            None => cgroups::remove_parents(&self.record.cgroup_parents),
+            None => {
+                // systemd stops a scope once it is empty; stopping a gone unit is fine.
+                if let Some(unit) = &self.record.systemd_unit {
+                    cgroups::stop_systemd_unit(unit)?;
+                }
+                cgroups::remove_parents(&self.record.cgroup_parents)
+            }
         }
         std::fs::remove_dir_all(&self.dir).map_err(|source| Error::StateDir {
             path: self.dir.clone(),

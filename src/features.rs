@@ -24,7 +24,7 @@ pub fn document() -> Value {
         "linux": {
             "namespaces": namespaces,
             "capabilities": caps,
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false,
+            "cgroup": {"v1": true, "v2": true, "systemd": true, "systemdUser": false,
                        "rdma": false},
             "seccomp": {
                 "enabled": true,
