@@ -68,6 +68,8 @@ pub enum Error {
     Namespaces(#[from] NsError),
     #[error(transparent)]
     Idmap(#[from] IdmapError),
+    #[error(transparent)]
+    User(#[from] crate::user::UserError),
     #[error("container init: {0}")]
     Process(#[from] ProcessError),
     #[error("container init: protocol: {0}")]
@@ -171,7 +173,7 @@ impl Container {
             .iter()
             .find(|(k, _)| *k == Kind::User)
             .map(|(_, fd)| fd.as_fd());
-        let idmapped = rootfs::idmap::prepare(spec, &bundle.path, joined_userns)?;
+        let trees = rootfs::idmap::prepare(spec, &bundle.path, joined_userns)?;
         let helper = selfexe::open(config.helper.as_deref())?;
         let raw_cgroup_path = linux.cgroups_path().as_ref().and_then(|p| p.to_str());
         let systemd_unit = config
@@ -203,7 +205,7 @@ impl Container {
             extra_fds.push(c);
             extra_fds.len() - 1
         });
-        let idmapped: Vec<(usize, usize)> = idmapped
+        let trees: Vec<(usize, usize)> = trees
             .into_iter()
             .map(|(mount, fd)| {
                 extra_fds.push(fd);
@@ -234,6 +236,11 @@ impl Container {
         // The maps must be in place before the child execs (it becomes root of the userns).
         if ns.userns == Userns::AtClone {
             namespaces::write_id_maps(helper_pid, spec)?;
+        }
+        if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+            if ns.in_userns() {
+                crate::user::set_oom_score_adj(helper_pid, adj)?;
+            }
         }
 
         let hooks_request = [
@@ -272,7 +279,7 @@ impl Container {
                 rootfs: bundle.rootfs.clone(),
                 no_pivot: opts.no_pivot,
                 hooks_request,
-                idmapped: idmapped
+                trees: trees
                     .iter()
                     .map(|&(mount, i)| (mount, spawned.extra_fd_base + i as i32))
                     .collect(),
@@ -652,6 +659,11 @@ impl Container {
         let helper_pid = spawned.pid;
         let mut undo = Undo::new_processes_only();
         undo.children.push((spawned.pid, spawned.pidfd));
+        if let Some(adj) = process.oom_score_adj() {
+            if join_flags & libc::CLONE_NEWUSER != 0 {
+                crate::user::set_oom_score_adj(helper_pid, adj)?;
+            }
+        }
         let mut chan = spawned.channel;
         // With a fork the exec'd process is the helper's child, reported by Forked; an EOF
         // without it means the helper died, and its own pid is no process of ours to return.

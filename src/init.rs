@@ -325,6 +325,9 @@ fn enter_namespaces(chan: &mut Channel, plan: &Plan) -> Result<bool, InitError> 
         let ns = unsafe { BorrowedFd::borrow_raw(*fd) };
         namespaces::enter(*kind, ns).step(&format!("join {kind} namespace"))?;
         if *kind == Kind::User {
+            if let Some(init) = &plan.init {
+                namespaces::check_joined_maps(&init.spec).step("join user namespace")?;
+            }
             become_root()?;
         }
     }
@@ -447,7 +450,7 @@ fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<(
         }
     }
     let in_userns = plan.userns != Userns::Host;
-    crate::rootfs::prepare(spec, &init.rootfs, in_userns, &init.idmapped).step("prepare rootfs")?;
+    crate::rootfs::prepare(spec, &init.rootfs, in_userns, &init.trees).step("prepare rootfs")?;
     if init.hooks_request {
         chan.send(&FromHelper::HooksRequest)
             .step("request runtime hooks")?;

@@ -36,8 +36,17 @@ pub enum NsError {
     NotANamespace { kind: Kind, path: PathBuf },
     #[error("namespaces: a new user namespace needs linux.uidMappings and linux.gidMappings")]
     MissingMappings,
-    #[error("namespaces: linux.uidMappings/gidMappings are only valid with a new user namespace")]
+    #[error("namespaces: linux.uidMappings/gidMappings need a user namespace (none in linux.namespaces)")]
     MappingsWithoutUserns,
+    /// A joined user namespace whose maps differ from the spec's.
+    #[error(
+        "namespaces: the joined user namespace maps {file} as {actual:?}, the spec says {wanted:?}"
+    )]
+    MapsDiffer {
+        file: &'static str,
+        actual: String,
+        wanted: String,
+    },
     #[error("namespaces: write {path}: {source}")]
     WriteMap {
         path: PathBuf,
@@ -218,7 +227,9 @@ pub fn plan(spec: &Spec) -> Result<NsPlan, NsError> {
     if creates(Kind::User) && !(uid_maps && gid_maps) {
         return Err(NsError::MissingMappings);
     }
-    if !creates(Kind::User) && (uid_maps || gid_maps) {
+    // With a joined namespace the maps describe it (containerd's pinned pod namespace); the
+    // helper checks them once inside (see check_joined_maps).
+    if !creates(Kind::User) && !joins(Kind::User) && (uid_maps || gid_maps) {
         return Err(NsError::MappingsWithoutUserns);
     }
 
@@ -304,6 +315,45 @@ pub fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), NsError> {
         let path = PathBuf::from(format!("/proc/{pid}/{file}"));
         let text = format_id_map(mappings.map(Vec::as_slice).unwrap_or_default());
         std::fs::write(&path, text).map_err(|source| NsError::WriteMap { path, source })?;
+    }
+    Ok(())
+}
+
+/// In a joined user namespace: its maps (`/proc/self/uid_map`, `gid_map`) are those of the
+/// spec, when the spec gives any.
+pub fn check_joined_maps(spec: &Spec) -> Result<(), NsError> {
+    let linux = spec.linux().as_ref();
+    let maps = [
+        ("uid_map", linux.and_then(|l| l.uid_mappings().as_ref())),
+        ("gid_map", linux.and_then(|l| l.gid_mappings().as_ref())),
+    ];
+    let triples = |text: &str| {
+        let mut v: Vec<Vec<String>> = text
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .filter(|t: &Vec<String>| !t.is_empty())
+            .collect();
+        v.sort();
+        v
+    };
+    for (file, mappings) in maps {
+        let Some(mappings) = mappings.filter(|m| !m.is_empty()) else {
+            continue;
+        };
+        let path = format!("/proc/self/{file}");
+        let actual = std::fs::read_to_string(&path).map_err(|source| NsError::Syscall {
+            op: "read",
+            kind: path.clone(),
+            source,
+        })?;
+        let wanted = format_id_map(mappings);
+        if triples(&actual) != triples(&wanted) {
+            return Err(NsError::MapsDiffer {
+                file,
+                actual: actual.trim().to_owned(),
+                wanted: wanted.trim().to_owned(),
+            });
+        }
     }
     Ok(())
 }

@@ -111,17 +111,24 @@ pub fn apply_limits(process: &Process, oom_score_adj: Option<i32>) -> Result<(),
         set_rlimit(r)?;
     }
     if let Some(value) = oom_score_adj {
-        write_oom_score_adj(value)?;
+        write_oom_score_adj("self", value)?;
     }
     Ok(())
 }
 
-fn write_oom_score_adj(value: i32) -> Result<(), UserError> {
+/// Sets the oom_score_adj of process `pid` from the runtime, before the helper enters a user
+/// namespace, where its own write would be refused (the value is the runtime's to set: runc's
+/// parent sets it too). The helper's own write then finds it done.
+pub fn set_oom_score_adj(pid: i32, value: i32) -> Result<(), UserError> {
+    write_oom_score_adj(&pid.to_string(), value)
+}
+
+fn write_oom_score_adj(proc_dir: &str, value: i32) -> Result<(), UserError> {
     let err = |reason: String| UserError::OomScoreAdj { value, reason };
     if !(-1000..=1000).contains(&value) {
         return Err(err("outside -1000..=1000".into()));
     }
-    let path = "/proc/self/oom_score_adj";
+    let path = &format!("/proc/{proc_dir}/oom_score_adj");
     let current = std::fs::read_to_string(path)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok());

@@ -8,7 +8,13 @@
 //! bind needs a remount. An overlay whose option string exceeds a page is mounted with lowerdirs
 //! made relative to their common parent, from a short-lived thread that unshared its cwd
 //! (`unshare(CLONE_FS)`): no fork in this multi-threaded process.
+//!
+//! An overlay with containerd's `uidmap=`/`gidmap=` options (the snapshotter's answer for a
+//! user-namespaced pod on a kernel that idmaps overlay layers) gets each lowerdir as an
+//! idmapped detached mount, named to overlayfs by `/proc/self/fd/N`, as containerd's mount
+//! package does with temporary directories.
 
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -41,6 +47,8 @@ pub enum MountError {
     MountInfo(std::io::Error),
     #[error("mount helper thread: {0}")]
     Thread(String),
+    #[error("overlay {source_path:?}: {reason}")]
+    Idmap { source_path: String, reason: String },
 }
 
 /// One mount as containerd describes it.
@@ -159,7 +167,16 @@ pub fn mount_all(mounts: &[MountSpec], rootfs: &Path) -> Result<(), MountError> 
 }
 
 fn mount_one(m: &MountSpec, target: &Path) -> Result<(), MountError> {
-    let Parsed { flags, data } = parse_options(&m.options);
+    let Parsed { flags, mut data } = parse_options(&m.options);
+    // Held until the overlay is mounted: it keeps its own references to its layers.
+    let _idmapped = if m.fstype == "overlay" {
+        idmap_lowerdirs(&mut data).map_err(|reason| MountError::Idmap {
+            source_path: m.source.clone(),
+            reason,
+        })?
+    } else {
+        Vec::new()
+    };
     let mut data = data.join(",");
     let mut chdir = None;
     let limit = page_size();
@@ -223,6 +240,70 @@ fn mount_one(m: &MountSpec, target: &Path) -> Result<(), MountError> {
         })?;
     }
     Ok(())
+}
+
+/// Parses containerd's id map option value: `container:host:size` triples, comma-separated.
+pub fn parse_idmap(value: &str) -> Result<Vec<oci_spec::runtime::LinuxIdMapping>, String> {
+    value
+        .split(',')
+        .map(|triple| {
+            let n: Vec<u32> = triple
+                .split(':')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|_| format!("bad id mapping {triple:?}"))?;
+            match n[..] {
+                [c, h, size] if size > 0 => oci_spec::runtime::LinuxIdMappingBuilder::default()
+                    .container_id(c)
+                    .host_id(h)
+                    .size(size)
+                    .build()
+                    .map_err(|e| e.to_string()),
+                _ => Err(format!(
+                    "bad id mapping {triple:?} (want container:host:size)"
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Takes `uidmap=`/`gidmap=` out of an overlay's data and replaces each lowerdir by an
+/// idmapped detached copy; returns the copies, to be held until the overlay is mounted.
+fn idmap_lowerdirs(data: &mut Vec<String>) -> Result<Vec<OwnedFd>, String> {
+    let mut take = |key: &str| {
+        let i = data.iter().position(|o| o.starts_with(key))?;
+        Some(data.remove(i)[key.len()..].to_owned())
+    };
+    let (uid, gid) = match (take("uidmap="), take("gidmap=")) {
+        (None, None) => return Ok(Vec::new()),
+        (Some(u), Some(g)) => (parse_idmap(&u)?, parse_idmap(&g)?),
+        _ => return Err("uidmap and gidmap must be given together".into()),
+    };
+    let userns = pelagos::rootfs::idmap::user_namespace(&uid, &gid).map_err(|e| e.to_string())?;
+    let lower = data
+        .iter_mut()
+        .find(|o| o.starts_with("lowerdir="))
+        .ok_or("uidmap without a lowerdir")?;
+    let mut held = Vec::new();
+    let mut names = Vec::new();
+    for dir in lower["lowerdir=".len()..].split(':') {
+        let tree = pelagos::rootfs::mountapi::clone_path(Path::new(dir), false)
+            .map_err(|e| format!("open_tree of lowerdir {dir}: {e}"))?;
+        pelagos::rootfs::mountapi::set_idmap(tree.as_fd(), userns.as_fd(), false).map_err(|e| {
+            format!(
+                "idmap lowerdir {dir}: {e}{}",
+                if e == Errno::EINVAL {
+                    " (its filesystem cannot be idmapped)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        names.push(format!("/proc/self/fd/{}", tree.as_raw_fd()));
+        held.push(tree);
+    }
+    *lower = format!("lowerdir={}", names.join(":"));
+    Ok(held)
 }
 
 /// Runs mount(2) with `dir` as the cwd of a throwaway thread, so relative lowerdirs resolve
@@ -349,6 +430,19 @@ mod tests {
         assert_eq!(p.data, v(&["index=off"]));
         let p = parse_options(&v(&["ro", "rw", "suid"]));
         assert_eq!(p.flags, MsFlags::empty());
+    }
+
+    #[test]
+    fn id_maps_from_containerd_options() {
+        let m = parse_idmap("0:100000:65536").unwrap();
+        assert_eq!(
+            (m[0].container_id(), m[0].host_id(), m[0].size()),
+            (0, 100000, 65536)
+        );
+        assert_eq!(parse_idmap("0:1:1,1:100:10").unwrap().len(), 2);
+        for bad in ["0:1", "a:b:c", "0:1:0", ""] {
+            assert!(parse_idmap(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

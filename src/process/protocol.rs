@@ -97,9 +97,9 @@ pub struct InitPlan {
     /// Ask the runtime to run prestart/createRuntime hooks (and send the state for
     /// createContainer) before pivot_root.
     pub hooks_request: bool,
-    /// Detached idmapped trees the runtime made: (mount index, fd in the helper).
+    /// Detached bind trees the runtime made: (mount index, fd in the helper).
     #[serde(default)]
-    pub idmapped: Vec<(usize, RawFd)>,
+    pub trees: Vec<(usize, RawFd)>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]

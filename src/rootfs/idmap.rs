@@ -1,8 +1,10 @@
-//! Idmapped bind mounts (`idmap`/`ridmap` options, mount `uidMappings`/`gidMappings`). Runs in
-//! the runtime, not in the helper: idmapping a mount needs privilege over the source's
-//! filesystem, which the helper gives up when it enters the container's user namespace. So the
-//! runtime makes each one a detached tree here (open_tree + mount_setattr(MOUNT_ATTR_IDMAP)) and
-//! passes its fd to the helper, which moves it onto the destination (runc does the same).
+//! Bind mounts the runtime makes for the helper: idmapped ones (`idmap`/`ridmap` options, mount
+//! `uidMappings`/`gidMappings`), and every bind of a container in a user namespace. Runs in the
+//! runtime, not in the helper: idmapping a mount needs privilege over the source's filesystem,
+//! and a source may not even be reachable (a 0700 state directory of containerd's) once the
+//! helper is in the container's user namespace. So the runtime makes each one a detached tree
+//! here (open_tree, then mount_setattr(MOUNT_ATTR_IDMAP) for idmapped ones) and passes its fd to
+//! the helper, which moves it onto the destination (runc opens such sources in its parent too).
 //!
 //! The ids come from the mount's own mappings, else the container's (`linux.uidMappings`), else
 //! the user namespace it joins. A mapping the runtime has no namespace for is made in a
@@ -27,7 +29,7 @@ pub enum IdmapError {
         destination: PathBuf,
         reason: String,
     },
-    #[error("mount {index} ({}): idmap {}: {step}: {source}{hint}", destination.display(), src.display())]
+    #[error("mount {index} ({}): bind {}: {step}: {source}{hint}", destination.display(), src.display())]
     Sys {
         index: usize,
         destination: PathBuf,
@@ -42,6 +44,9 @@ pub enum IdmapError {
         source: std::io::Error,
     },
 }
+
+/// uid and gid mappings.
+type Maps = (Vec<LinuxIdMapping>, Vec<LinuxIdMapping>);
 
 /// How a mount is idmapped, if it is.
 fn wanted(m: &Mount) -> Result<Option<(Idmap, bool)>, String> {
@@ -93,14 +98,18 @@ pub fn validate(spec: &Spec) -> Result<(), IdmapError> {
     Ok(())
 }
 
-/// The detached idmapped trees of `spec`'s mounts, by mount index. `joined_userns` is the user
-/// namespace the container joins, if any; `bundle` the base of relative sources.
+/// The detached trees of `spec`'s bind mounts the runtime makes (see the module doc), by mount
+/// index. `joined_userns` is the user namespace the container joins, if any; `bundle` the base
+/// of relative sources.
 pub fn prepare(
     spec: &Spec,
     bundle: &Path,
     joined_userns: Option<BorrowedFd<'_>>,
 ) -> Result<Vec<(usize, OwnedFd)>, IdmapError> {
     validate(spec)?;
+    let in_userns = namespaces::plan(spec)
+        .map(|p| p.in_userns())
+        .unwrap_or(false);
     let linux = spec.linux().as_ref();
     let own_uid = linux
         .and_then(|l| l.uid_mappings().clone())
@@ -109,11 +118,18 @@ pub fn prepare(
         .and_then(|l| l.gid_mappings().clone())
         .unwrap_or_default();
     // One namespace per distinct mapping of this create.
-    let mut made: Vec<((Vec<LinuxIdMapping>, Vec<LinuxIdMapping>), OwnedFd)> = Vec::new();
+    let mut made: Vec<(Maps, OwnedFd)> = Vec::new();
     let mut out = Vec::new();
     for (index, m) in spec.mounts().iter().flatten().enumerate() {
-        let Some((idmap, rbind)) = wanted(m).expect("validated") else {
-            continue;
+        let raw = m.options().clone().unwrap_or_default();
+        let plain_bind = m.typ().as_deref() == Some("bind") || options::wants_bind(&raw);
+        let (idmap, rbind) = match wanted(m).expect("validated") {
+            Some(w) => w,
+            None if in_userns && plain_bind => (
+                Idmap::None,
+                options::parse(&raw).is_ok_and(|o| o.flags & libc::MS_REC != 0),
+            ),
+            None => continue,
         };
         let destination = m.destination().clone();
         let src = match m.source() {
@@ -127,6 +143,19 @@ pub fn prepare(
                 })
             }
         };
+        let sys_err = |step, source: Errno, hint| IdmapError::Sys {
+            index,
+            destination: destination.clone(),
+            src: src.clone(),
+            step,
+            source,
+            hint,
+        };
+        let tree = mountapi::clone_path(&src, rbind).map_err(|e| sys_err("open_tree", e, ""))?;
+        if idmap == Idmap::None {
+            out.push((index, tree));
+            continue;
+        }
         let maps = match (m.uid_mappings(), m.gid_mappings()) {
             (Some(u), Some(g)) if !u.is_empty() => Some((u.clone(), g.clone())),
             _ if !own_uid.is_empty() => Some((own_uid.clone(), own_gid.clone())),
@@ -137,7 +166,7 @@ pub fn prepare(
                 if let Some(i) = made.iter().position(|(k, _)| *k == key) {
                     made[i].1.as_fd()
                 } else {
-                    let fd = userns_with(&key.0, &key.1)?;
+                    let fd = user_namespace(&key.0, &key.1)?;
                     made.push((key, fd));
                     made.last().expect("pushed").1.as_fd()
                 }
@@ -148,15 +177,6 @@ pub fn prepare(
                 reason: "no id mapping: neither the mount nor the container has one".into(),
             })?,
         };
-        let sys_err = |step, source: Errno, hint| IdmapError::Sys {
-            index,
-            destination: destination.clone(),
-            src: src.clone(),
-            step,
-            source,
-            hint,
-        };
-        let tree = mountapi::clone_path(&src, rbind).map_err(|e| sys_err("open_tree", e, ""))?;
         mountapi::set_idmap(tree.as_fd(), userns, idmap == Idmap::Recursive).map_err(|e| {
             let hint = match e {
                 Errno::EINVAL => {
@@ -175,7 +195,11 @@ pub fn prepare(
 
 /// A user namespace with the given maps, owned by the caller. Made by a child cloned into it
 /// that only waits; its maps are written from here, its namespace opened, and it is killed.
-fn userns_with(uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<OwnedFd, IdmapError> {
+/// Safe to call from a multi-threaded process.
+pub fn user_namespace(
+    uid: &[LinuxIdMapping],
+    gid: &[LinuxIdMapping],
+) -> Result<OwnedFd, IdmapError> {
     let err = |step| move |source| IdmapError::Userns { step, source };
     let mut pidfd: libc::c_int = -1;
     let flags = (libc::CLONE_NEWUSER | libc::CLONE_PIDFD) as u64;

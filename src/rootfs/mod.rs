@@ -108,13 +108,13 @@ fn ms(bits: libc::c_ulong) -> MsFlags {
 /// entry (destinations resolved inside `rootfs` without following symlinks out of it), default
 /// and spec devices, /dev symlinks, /dev/ptmx. `in_userns`: bind devices instead of mknod.
 ///
-/// `idmapped`: the detached idmapped trees the runtime made (see [`idmap`]), by mount index,
+/// `trees`: the detached bind trees the runtime made (see [`idmap::prepare`]), by mount index,
 /// as fds of this process.
 pub fn prepare(
     spec: &Spec,
     rootfs: &Path,
     in_userns: bool,
-    idmapped: &[(usize, std::os::fd::RawFd)],
+    trees: &[(usize, std::os::fd::RawFd)],
 ) -> Result<(), RootfsError> {
     let bundle = bundle_dir(spec, rootfs);
     let rootfs = std::fs::canonicalize(rootfs).map_err(|e| {
@@ -158,7 +158,7 @@ pub fn prepare(
         cgroupns: has_namespace(spec, LinuxNamespaceType::Cgroup),
         bundle,
         rootfs: rootfs.clone(),
-        idmapped,
+        trees,
     };
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         mounts::mount_one(&ctx, i, m)?;

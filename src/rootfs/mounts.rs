@@ -27,8 +27,8 @@ pub struct Ctx<'a> {
     pub bundle: Option<PathBuf>,
     /// The rootfs on the host side (canonical): host mounts below it are ours, not the host's.
     pub rootfs: PathBuf,
-    /// Detached idmapped trees made by the runtime: (mount index, fd).
-    pub idmapped: &'a [(usize, std::os::fd::RawFd)],
+    /// Detached bind trees made by the runtime: (mount index, fd).
+    pub trees: &'a [(usize, std::os::fd::RawFd)],
 }
 
 impl Ctx<'_> {
@@ -179,6 +179,11 @@ fn is_procfs(path: &Path) -> Result<bool, Errno> {
     Ok(st.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
 }
 
+fn is_procfs_fd(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    let st = nix::sys::statfs::fstatfs(fd)?;
+    Ok(st.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+}
+
 /// Mounts `m` (index `index` in spec.mounts) under the rootfs.
 pub fn mount_one(ctx: &Ctx<'_>, index: usize, m: &Mount) -> Result<(), RootfsError> {
     let dest = m.destination();
@@ -194,18 +199,21 @@ pub fn mount_one(ctx: &Ctx<'_>, index: usize, m: &Mount) -> Result<(), RootfsErr
     let rel = clean_relative(dest);
     if bind {
         opts.flags |= libc::MS_BIND;
+        let tree = ctx.trees.iter().find(|(i, _)| *i == index).map(|&(_, fd)| {
+            // SAFETY: the runtime passed this detached tree at this fd for this mount.
+            unsafe { BorrowedFd::borrow_raw(fd) }
+        });
         let src = bind_source(ctx, m).map_err(invalid)?;
         if rel.starts_with("proc") {
-            let proc =
-                is_procfs(&src).map_err(|e| RootfsError::sys("statfs bind source", &src, e))?;
+            let proc = match tree {
+                Some(t) => is_procfs_fd(t),
+                None => is_procfs(&src),
+            }
+            .map_err(|e| RootfsError::sys("statfs bind source", &src, e))?;
             check_proc_destination(&rel, typ, true, Some(proc)).map_err(invalid)?;
         }
-        match ctx.idmapped.iter().find(|(i, _)| *i == index) {
-            Some(&(_, fd)) => {
-                // SAFETY: the runtime passed this detached tree at this fd for this mount.
-                let tree = unsafe { BorrowedFd::borrow_raw(fd) };
-                attach_tree(ctx, tree, &rel, dest, &opts)?;
-            }
+        match tree {
+            Some(tree) => attach_tree(ctx, tree, &rel, dest, &opts)?,
             None => mount_bind(ctx, &src, &rel, dest, &opts)?,
         }
     } else {
@@ -317,7 +325,7 @@ fn mount_bind(
     Ok(())
 }
 
-/// Moves a detached tree (an idmapped bind the runtime made) onto `rel`, then applies the
+/// Moves a detached tree (a bind the runtime made, see `idmap::prepare`) onto `rel`, then applies the
 /// flags a bind remount would.
 fn attach_tree(
     ctx: &Ctx<'_>,
@@ -327,7 +335,7 @@ fn attach_tree(
     opts: &MountOptions,
 ) -> Result<(), RootfsError> {
     let st = nix::sys::stat::fstat(tree)
-        .map_err(|e| RootfsError::sys("stat idmapped source for", dest, e))?;
+        .map_err(|e| RootfsError::sys("stat bind source for", dest, e))?;
     let kind = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
         Kind::Dir
     } else {
@@ -336,7 +344,7 @@ fn attach_tree(
     let target = ensure_in_root(ctx.root, rel, kind)
         .map_err(|(e, p)| RootfsError::sys("create mount point", p, e))?;
     mountapi::move_mount(tree, target.as_fd())
-        .map_err(|e| RootfsError::sys("attach the idmapped mount on", dest, e))?;
+        .map_err(|e| RootfsError::sys("attach the bind mount on", dest, e))?;
     if opts.bind_remount_flags() != 0 || opts.cleared != 0 {
         let mounted = open_in_root(ctx.root, rel, OFlag::empty())
             .map_err(|e| RootfsError::sys("open", dest, e))?;

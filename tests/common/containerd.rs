@@ -188,7 +188,12 @@ impl Containerd {
     /// version's config). The namespace is CRI's `k8s.io`, which holds the imported image; the
     /// shim is on containerd's PATH whatever the runtime, as CRI picks it per pod.
     pub fn start_cri(cri_section: &str) -> Containerd {
-        Containerd::start_inner(&containerd_version(), Some(cri_section.to_owned()))
+        Containerd::start_cri_version(&containerd_version(), cri_section)
+    }
+
+    /// [`Containerd::start_cri`] with containerd `version` whatever `PELAGOS_CONTAINERD` says.
+    pub fn start_cri_version(version: &str, cri_section: &str) -> Containerd {
+        Containerd::start_inner(version, Some(cri_section.to_owned()))
     }
 
     fn start_inner(version: &str, cri: Option<String>) -> Containerd {

@@ -194,6 +194,21 @@ impl Cri {
         restrict_oom_score_adj: bool,
         extra: impl Fn(u32, &Path) -> String,
     ) -> Cri {
+        Cri::start_on(
+            &containerd::containerd_version(),
+            handler,
+            restrict_oom_score_adj,
+            extra,
+        )
+    }
+
+    /// Like [`Cri::start_full`], on containerd `version` (for features of containerd 2.x).
+    pub fn start_on(
+        version: &str,
+        handler: &str,
+        restrict_oom_score_adj: bool,
+        extra: impl Fn(u32, &Path) -> String,
+    ) -> Cri {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         sweep_stale_once();
         let tag = format!(
@@ -219,12 +234,13 @@ impl Cri {
             r#"{"cniVersion":"0.4.0","name":"pelagos-test","plugins":[{"type":"pelagos-test-net"}]}"#,
         )
         .expect("write cni config");
-        let major: u32 = containerd::containerd_version()
+        let major: u32 = version
             .split('.')
             .next()
             .and_then(|m| m.parse().ok())
             .unwrap_or(1);
-        let cd = Containerd::start_cri(
+        let cd = Containerd::start_cri_version(
+            version,
             &cri_section(major, &cni_bin, &net_d, &extra(major, &work)).replace(
                 "restrict_oom_score_adj = true",
                 &format!("restrict_oom_score_adj = {restrict_oom_score_adj}"),
