@@ -15,7 +15,11 @@ struct HostDir(PathBuf);
 
 impl HostDir {
     fn new(name: &str) -> HostDir {
-        let d = std::env::temp_dir().join(unique_id(&format!("pelagos-rootfs-{name}")));
+        HostDir::new_in(&std::env::temp_dir(), name)
+    }
+
+    fn new_in(base: &Path, name: &str) -> HostDir {
+        let d = base.join(unique_id(&format!("pelagos-rootfs-{name}")));
         std::fs::create_dir_all(&d).unwrap();
         HostDir(d)
     }
@@ -623,7 +627,8 @@ fn mounts_over_proc_are_refused() {
 #[test]
 fn idmapped_bind_mounts_show_host_ids_through_the_mapping() {
     use std::os::unix::fs::{chown, MetadataExt};
-    let data = HostDir::new("idmap");
+    // On a disk filesystem: idmapped tmpfs (a /tmp) needs Linux 6.3.
+    let data = HostDir::new_in(Path::new("/var/lib"), "idmap");
     std::fs::write(data.0.join("root-file"), "r").unwrap();
     std::fs::write(data.0.join("user-file"), "u").unwrap();
     chown(data.0.join("user-file"), Some(1000), Some(1000)).unwrap();
@@ -709,4 +714,36 @@ fn impossible_idmapped_mounts_are_named_and_leave_nothing() {
         );
         root.assert_nothing_left(&id, &b);
     }
+}
+
+/// `rro` (recursive read-only, what CRI asks for `recursiveReadOnly: Enabled`): the submounts
+/// of the bind are read-only too, where plain `ro` leaves them writable.
+#[test]
+fn recursive_read_only_reaches_submounts() {
+    let data = HostDir::new("rro");
+    let sub = data.0.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=755"),
+    )
+    .unwrap();
+    let src = data.0.to_str().unwrap();
+    let b = Bundle::new()
+        .mount(json!({"destination": "/ro", "type": "bind", "source": src, "options": ["rbind", "ro"]}))
+        .mount(json!({"destination": "/rro", "type": "bind", "source": src, "options": ["rbind", "rro"]}));
+    let (_, out) = sh(
+        b,
+        "for d in /ro /ro/sub /rro /rro/sub; do touch $d/f 2>/dev/null && echo $d rw || echo $d ro; done",
+    );
+    nix::mount::umount(&sub).unwrap();
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "/ro ro\n/ro/sub rw\n/rro ro\n/rro/sub ro\n"),
+        "{}",
+        out.stderr
+    );
 }

@@ -68,7 +68,8 @@ fn words(s: &str) -> String {
 #[test]
 fn pelagos_userns_pod_with_idmapped_volumes() {
     let cri = Cri::start_on(CD, PELAGOS, true, |_, _| String::new());
-    let vol = cri.work.join("volume");
+    // Beside containerd's root: a disk filesystem (idmapped tmpfs needs Linux 6.3).
+    let vol = cri.cd.root_dir().join("volume");
     fs::create_dir_all(&vol).unwrap();
     fs::write(vol.join("root-file"), "r").unwrap();
     let pod = userns_pod(&cri, "userns", NamespaceMode::Pod, pod_mapping());
