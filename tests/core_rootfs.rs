@@ -25,6 +25,41 @@ impl HostDir {
     }
 }
 
+/// A mount made for a test, detached on drop (also when the test fails).
+struct Unmount(PathBuf);
+
+impl Unmount {
+    fn bind(src: &Path, dst: &Path) -> Unmount {
+        nix::mount::mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        Unmount(dst.to_path_buf())
+    }
+
+    fn tmpfs(dst: &Path) -> Unmount {
+        nix::mount::mount(
+            Some("tmpfs"),
+            dst,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=755"),
+        )
+        .unwrap();
+        Unmount(dst.to_path_buf())
+    }
+}
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 impl Drop for HostDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -648,15 +683,10 @@ fn idmapped_bind_mounts_show_host_ids_through_the_mapping() {
     for d in ["plain", "idmapped", "mapped", "rec", "top"] {
         std::fs::create_dir(b.path().join("rootfs").join(d)).unwrap();
     }
-    // A submount of the source, which both rbinds carry: idmapped with ridmap only.
-    nix::mount::mount(
-        Some("tmpfs"),
-        &sub,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("mode=755"),
-    )
-    .unwrap();
+    // A submount of the source, which both rbinds carry: idmapped with ridmap only. A bind of
+    // another disk directory, which Linux 6.1 can idmap (a tmpfs it cannot).
+    let other = HostDir::new_in(Path::new("/var/lib"), "idmap-sub");
+    let _sub = Unmount::bind(&other.0, &sub);
     let b = b
         .mount(bind("/rec", &["rbind", "ridmap"]))
         .mount(bind("/top", &["rbind", "idmap"]));
@@ -723,14 +753,7 @@ fn recursive_read_only_reaches_submounts() {
     let data = HostDir::new("rro");
     let sub = data.0.join("sub");
     std::fs::create_dir(&sub).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &sub,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("mode=755"),
-    )
-    .unwrap();
+    let _sub = Unmount::tmpfs(&sub);
     let src = data.0.to_str().unwrap();
     let b = Bundle::new()
         .mount(json!({"destination": "/ro", "type": "bind", "source": src, "options": ["rbind", "ro"]}))
@@ -739,7 +762,6 @@ fn recursive_read_only_reaches_submounts() {
         b,
         "for d in /ro /ro/sub /rro /rro/sub; do touch $d/f 2>/dev/null && echo $d rw || echo $d ro; done",
     );
-    nix::mount::umount(&sub).unwrap();
     assert_eq!(
         (out.code, out.stdout.as_str()),
         (0, "/ro ro\n/ro/sub rw\n/rro ro\n/rro/sub ro\n"),

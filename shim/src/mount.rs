@@ -11,10 +11,10 @@
 //!
 //! An overlay with containerd's `uidmap=`/`gidmap=` options (the snapshotter's answer for a
 //! user-namespaced pod on a kernel that idmaps overlay layers) gets each lowerdir as an
-//! idmapped detached mount, named to overlayfs by `/proc/self/fd/N`, as containerd's mount
+//! idmapped copy attached beside the rootfs while the overlay is mounted, as containerd's mount
 //! package does with temporary directories.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -169,13 +169,14 @@ pub fn mount_all(mounts: &[MountSpec], rootfs: &Path) -> Result<(), MountError> 
 fn mount_one(m: &MountSpec, target: &Path) -> Result<(), MountError> {
     let Parsed { flags, mut data } = parse_options(&m.options);
     // Held until the overlay is mounted: it keeps its own references to its layers.
-    let _idmapped = if m.fstype == "overlay" {
-        idmap_lowerdirs(&mut data).map_err(|reason| MountError::Idmap {
-            source_path: m.source.clone(),
-            reason,
-        })?
-    } else {
-        Vec::new()
+    let _idmapped = match (m.fstype.as_str(), target.parent()) {
+        ("overlay", Some(scratch)) => {
+            Some(idmap_lowerdirs(&mut data, scratch).map_err(|reason| MountError::Idmap {
+                source_path: m.source.clone(),
+                reason,
+            })?)
+        }
+        _ => None,
     };
     let mut data = data.join(",");
     let mut chdir = None;
@@ -267,15 +268,36 @@ pub fn parse_idmap(value: &str) -> Result<Vec<oci_spec::runtime::LinuxIdMapping>
         .collect()
 }
 
+/// Idmapped copies of an overlay's lowerdirs, attached on directories beside the rootfs for as
+/// long as the overlay's mount(2) needs their paths; unmounted (the overlay keeps its own
+/// references) and removed on drop.
+struct IdmappedLayers(Vec<PathBuf>);
+
+impl Drop for IdmappedLayers {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            if let Err(e) = umount2(d, MntFlags::MNT_DETACH) {
+                if e != Errno::EINVAL {
+                    log::warn!("unmount idmapped layer {}: {e}", d.display());
+                }
+            }
+            if let Err(e) = std::fs::remove_dir(d) {
+                log::warn!("remove idmapped layer dir {}: {e}", d.display());
+            }
+        }
+    }
+}
+
 /// Takes `uidmap=`/`gidmap=` out of an overlay's data and replaces each lowerdir by an
-/// idmapped detached copy; returns the copies, to be held until the overlay is mounted.
-fn idmap_lowerdirs(data: &mut Vec<String>) -> Result<Vec<OwnedFd>, String> {
+/// idmapped copy attached under `scratch` (a directory of the bundle). Attached, not named by
+/// /proc/self/fd/N: overlayfs before Linux 6.x refuses detached layers.
+fn idmap_lowerdirs(data: &mut Vec<String>, scratch: &Path) -> Result<IdmappedLayers, String> {
     let mut take = |key: &str| {
         let i = data.iter().position(|o| o.starts_with(key))?;
         Some(data.remove(i)[key.len()..].to_owned())
     };
     let (uid, gid) = match (take("uidmap="), take("gidmap=")) {
-        (None, None) => return Ok(Vec::new()),
+        (None, None) => return Ok(IdmappedLayers(Vec::new())),
         (Some(u), Some(g)) => (parse_idmap(&u)?, parse_idmap(&g)?),
         _ => return Err("uidmap and gidmap must be given together".into()),
     };
@@ -284,9 +306,9 @@ fn idmap_lowerdirs(data: &mut Vec<String>) -> Result<Vec<OwnedFd>, String> {
         .iter_mut()
         .find(|o| o.starts_with("lowerdir="))
         .ok_or("uidmap without a lowerdir")?;
-    let mut held = Vec::new();
+    let mut layers = IdmappedLayers(Vec::new());
     let mut names = Vec::new();
-    for dir in lower["lowerdir=".len()..].split(':') {
+    for (i, dir) in lower["lowerdir=".len()..].split(':').enumerate() {
         let tree = pelagos::rootfs::mountapi::clone_path(Path::new(dir), false)
             .map_err(|e| format!("open_tree of lowerdir {dir}: {e}"))?;
         pelagos::rootfs::mountapi::set_idmap(tree.as_fd(), userns.as_fd(), false).map_err(|e| {
@@ -299,11 +321,16 @@ fn idmap_lowerdirs(data: &mut Vec<String>) -> Result<Vec<OwnedFd>, String> {
                 }
             )
         })?;
-        names.push(format!("/proc/self/fd/{}", tree.as_raw_fd()));
-        held.push(tree);
+        let at = scratch.join(format!("idmapped-{i}"));
+        std::fs::create_dir(&at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
+        layers.0.push(at.clone());
+        let at_fd = std::fs::File::open(&at).map_err(|e| format!("open {}: {e}", at.display()))?;
+        pelagos::rootfs::mountapi::move_mount(tree.as_fd(), at_fd.as_fd())
+            .map_err(|e| format!("attach idmapped lowerdir {dir} on {}: {e}", at.display()))?;
+        names.push(at.display().to_string());
     }
     *lower = format!("lowerdir={}", names.join(":"));
-    Ok(held)
+    Ok(layers)
 }
 
 /// Runs mount(2) with `dir` as the cwd of a throwaway thread, so relative lowerdirs resolve
