@@ -50,7 +50,8 @@ mount -t tmpfs -o nosuid,nodev,mode=1777 tmp /tmp
 mount -t tmpfs -o nosuid,nodev,mode=1777 vartmp /var/tmp
 # containerd's overlay snapshotter cannot put its upper layers on the overlay root (overlayfs is
 # no upper filesystem): every state root the tests use lives under /var/lib, which gets a tmpfs
-# (hiding the host's package databases, which nothing here needs).
+# (hiding the host's package databases, which nothing here needs), replaced below by the ext4
+# disk the host attached once modules can load.
 mount -t tmpfs -o nosuid,nodev,mode=0755 varlib /var/lib
 
 mkdir -p "$results"
@@ -83,6 +84,16 @@ ln -sfn "$MODULES" "/lib/modules/$(uname -r)"
 ln -sf /bin/busybox /run/vm/bin/modprobe
 echo /run/vm/bin/modprobe >/proc/sys/kernel/modprobe
 for m in loop veth bridge; do /run/vm/bin/modprobe -q "$m" 2>/dev/null; done
+# /var/lib on the host's ext4 disk (serial pelagos-varlib, see run-tests.sh): filesystems that
+# can be idmapped on this kernel, as a node's /var/lib/containerd.
+varlib_dev=
+for d in /sys/block/vd*; do
+    [ "$(cat "$d/serial" 2>/dev/null)" = pelagos-varlib ] && varlib_dev="/dev/${d##*/}"
+done
+if [ -n "$varlib_dev" ]; then
+    /run/vm/bin/modprobe -q ext4 2>/dev/null
+    mount -t ext4 -o nosuid,nodev "$varlib_dev" /var/lib || say "cannot mount $varlib_dev on /var/lib"
+fi
 
 # The unified hierarchy, mounted as systemd does, with every controller delegated from the root.
 mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup

@@ -150,6 +150,11 @@ quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 } >"$run/job.env"
 # A real block device for io.max and io.stat (the root is 9p, which has none).
 truncate -s 64M "$run/scratch.img"
+# /var/lib of the guest on ext4 (sparse): containerd's layers and the tests' volumes on a disk
+# filesystem, which the kernel can idmap (user-namespaced pods); tmpfs can only from Linux 6.3.
+truncate -s 4G "$run/varlib.img"
+mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$run/varlib.img" \
+    || die "mkfs.ext4 of the guest's /var/lib failed"
 
 log "booting $(basename "$kernel") ($accel) with $vm_cpus cpus and $vm_mem: $(wc -l <"$run/tests.list") test executables"
 # Serial port 0 is the kernel console (kept in console.log), port 1 the tests' output.
@@ -165,6 +170,8 @@ timeout -k 10 "$vm_timeout" qemu-system-x86_64 \
     -device virtio-9p-pci,fsdev=results,mount_tag=results \
     -drive if=none,id=scratch,file="$run/scratch.img",format=raw \
     -device virtio-blk-pci,drive=scratch \
+    -drive if=none,id=varlib,file="$run/varlib.img",format=raw \
+    -device virtio-blk-pci,drive=varlib,serial=pelagos-varlib \
     -serial file:"$run/console.log" -serial stdio \
     </dev/null > >(tee "$run/test.log") 2>&1 &
 qemu_pid=$!
