@@ -71,7 +71,6 @@ pub enum StartError {
     },
 }
 
-/// Runs `start` in the bundle (the cwd) and returns the address to print.
 /// What `start` answers containerd: the daemon's address, as a `BootstrapResult` when it was
 /// asked with `BootstrapParams` (containerd ≥ 2.3), else as the plain address.
 #[derive(Debug)]
@@ -98,6 +97,7 @@ impl Started {
     }
 }
 
+/// Runs `start` in the bundle (the cwd) and returns what to print.
 pub fn run(flags: &Flags) -> Result<Started, StartError> {
     let input = read_stdin()?;
     let start_input = options::detect_start_input(&input, &flags.id, &flags.namespace);
@@ -391,6 +391,25 @@ pub fn write_address(bundle: &Path, address: &str) -> Result<(), StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reply_is_the_form_containerd_asked_in() {
+        let address = "unix:///run/containerd/s/abc".to_owned();
+        let legacy = Started {
+            address: address.clone(),
+            bootstrap: false,
+        };
+        assert_eq!(legacy.reply(), address.as_bytes());
+        let new = Started {
+            address: address.clone(),
+            bootstrap: true,
+        };
+        let got = BootstrapResult::parse_from_bytes(&new.reply()).expect("a BootstrapResult");
+        assert_eq!(
+            (got.version, got.address.as_str(), got.protocol.as_str()),
+            (2, address.as_str(), "ttrpc")
+        );
+    }
 
     #[test]
     fn grouping_prefers_the_runc_group_then_the_sandbox() {
