@@ -170,12 +170,12 @@ fn mount_one(m: &MountSpec, target: &Path) -> Result<(), MountError> {
     let Parsed { flags, mut data } = parse_options(&m.options);
     // Held until the overlay is mounted: it keeps its own references to its layers.
     let _idmapped = match (m.fstype.as_str(), target.parent()) {
-        ("overlay", Some(scratch)) => {
-            Some(idmap_lowerdirs(&mut data, scratch).map_err(|reason| MountError::Idmap {
+        ("overlay", Some(scratch)) => Some(idmap_lowerdirs(&mut data, scratch).map_err(
+            |reason| MountError::Idmap {
                 source_path: m.source.clone(),
                 reason,
-            })?)
-        }
+            },
+        )?),
         _ => None,
     };
     let mut data = data.join(",");
