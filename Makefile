@@ -7,7 +7,8 @@
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 15) each, see RELIABILITY.md
 #   make lint    rustfmt check and clippy with warnings as errors
 #   make install install the shim (release build) into $(PREFIX)/bin
-#   make bench   pelagos vs runc's shim (latency, exec, memory, throughput), see BENCHMARKS.md
+#   make bench   pelagos vs runc's shim through ctr and through CRI (latency, exec, memory,
+#                throughput), see BENCHMARKS.md
 #   make fresh-root  set-up, build, demo and test in a clean debootstrap bookworm root (CI does)
 
 CARGO ?= cargo
@@ -67,9 +68,11 @@ lint:
 install:
 	install -D -m 0755 "$$(bash scripts/build-release.sh)" $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 
-# Pelagos beside runc's shim through one private containerd: a table and bench/results.json.
+# Pelagos beside runc's shim through one private containerd: through ctr (a table and
+# bench/results.json), then through CRI on containerd 1.6 and 2.1 (bench/cri-results.json).
 bench: setup
 	@bash scripts/bench.sh $(BENCH_ARGS)
+	@BENCH_NO_BUILD=1 bash scripts/bench-cri.sh $(CRI_BENCH_ARGS)
 
 # scripts/install-deps.sh, the build, `make demo` and `make test` in a clean bookworm root that
 # has only debootstrap's minbase and the Rust toolchain: what a fresh machine needs is in the
