@@ -955,7 +955,28 @@ def fmt(v: float | None, unit: str) -> str:
     return f"{v:.2f}"
 
 
-def table_rows(res: Results) -> list[tuple[str, str, str, str, str]]:
+# How many `ctr` processes each sample of a metric waits for (a function of the density size):
+# times the median `ctr --help` (the "ctr_startup" metric), what no runtime can take away.
+CTR_PROCS = {
+    "run_to_exit": lambda n: 1, "run_to_exit_p90": lambda n: 1, "create_start": lambda n: 1,
+    "kill_delete": lambda n: 2, "exec": lambda n: 1, "exec_p90": lambda n: 1,
+    "density_wall": lambda n: n, "density_remove": lambda n: 2 * n,
+}
+
+
+def ctr_floor(res: Results, m: Metric, density: int) -> str:
+    """`ctr`'s start-up in one sample of `m`, in its unit, and that as a share of runc's value."""
+    startup = res.metrics.get("ctr_startup")
+    ms = startup.value(RUNC) if startup else None
+    if m.key not in CTR_PROCS or ms is None:
+        return ""
+    floor = CTR_PROCS[m.key](density) * ms / (1000.0 if m.unit == "s" else 1.0)
+    runc = m.value(RUNC)
+    share = f" ({floor / runc:.2f})" if runc else ""
+    return fmt(floor, m.unit) + share
+
+
+def table_rows(res: Results, density: int = 0) -> list[tuple[str, str, str, str, str, str]]:
     rows = []
     for m in res.metrics.values():
         cells = []
@@ -972,14 +993,15 @@ def table_rows(res: Results) -> list[tuple[str, str, str, str, str]]:
                 "ok" if (ratio <= t if op == "<=" else ratio >= t) else "MISS")
             target = f"{op} {t} {verdict}"
         rows.append((f"{m.label} ({m.unit})", cells[0], cells[1],
-                     "-" if ratio is None else f"{ratio:.2f}", target))
+                     "-" if ratio is None else f"{ratio:.2f}", target,
+                     ctr_floor(res, m, density)))
     return rows
 
 
-def print_table(res: Results) -> None:
-    head = ("metric", "runc", "pelagos", "ratio", "target")
-    rows = table_rows(res)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
+def print_table(res: Results, density: int = 0) -> None:
+    head = ("metric", "runc", "pelagos", "ratio", "target", "ctr floor (of runc)")
+    rows = table_rows(res, density)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(6)]
     line = "  ".join("-" * w for w in widths)
     print(line)
     for i, row in enumerate([head, *rows]):
@@ -990,9 +1012,10 @@ def print_table(res: Results) -> None:
     print(line)
 
 
-def markdown_table(res: Results) -> str:
-    out = ["| metric | runc | pelagos | pelagos/runc | target |", "|---|---:|---:|---:|---|"]
-    for row in table_rows(res):
+def markdown_table(res: Results, density: int = 0) -> str:
+    out = ["| metric | runc | pelagos | pelagos/runc | target | ctr start-up floor (of runc) |",
+           "|---|---:|---:|---:|---|---:|"]
+    for row in table_rows(res, density):
         out.append("| " + " | ".join(row) + " |")
     return "\n".join(out) + "\n"
 
@@ -1798,7 +1821,7 @@ def main(argv: list[str]) -> int:
         log("tearing down")
         cd.stop()
     elapsed = time.monotonic() - started
-    print_table(res)
+    print_table(res, args.density)
     for note in res.notes:
         print(f"note: {note}")
     report = res.failure_report()
@@ -1817,7 +1840,7 @@ def main(argv: list[str]) -> int:
     Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     log(f"wrote {args.json} ({elapsed:.0f}s)")
     if args.markdown:
-        Path(args.markdown).write_text(markdown_table(res))
+        Path(args.markdown).write_text(markdown_table(res, args.density))
     # runc's rounds are the control: ctr itself loses a tty's tail now and then with either
     # shim (seen with runc's too), which is no failure of the shim under test.
     failed = any(m.failures[PELAGOS] for m in res.metrics.values())
