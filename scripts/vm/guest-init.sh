@@ -11,6 +11,10 @@
 # SUITE_TIMEOUT, exported PELAGOS_*/RUST_* variables), tests.list (lines "<executable> <manifest
 # dir>"), args (one test argument per line), bin/ and binds (snapshots of the executables).
 # Results: rc, dmesg.log, summary.
+#
+# PELAGOS_VM_SYSTEMD=1 (set by scripts/vm/systemd-init.sh): not PID 1 but a service of systemd,
+# which has mounted /proc, /sys, /dev, /run and the cgroup2 tree and owns the cgroup tree; those
+# steps are skipped and the cgroup tree left as systemd made it.
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 HOME=/root
@@ -29,12 +33,16 @@ halt_now() {
     /bin/busybox reboot -f
 }
 
-mount -t proc -o nosuid,nodev,noexec proc /proc
-mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-mkdir -p /dev/pts /dev/shm /dev/mqueue
-mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
-mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
-mount -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue
+systemd="${PELAGOS_VM_SYSTEMD:-}"
+if [ -z "$systemd" ]; then
+    mount -t proc -o nosuid,nodev,noexec proc /proc
+    mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+    mkdir -p /dev/pts /dev/shm /dev/mqueue
+    mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+    mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
+fi
+mkdir -p /dev/mqueue
+mountpoint -q /dev/mqueue || mount -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue
 # What systemd makes in /dev on a real host and devtmpfs lacks: bash's process substitution
 # opens /dev/fd/N (scripts/build-image.sh, when no earlier run left the test image built).
 [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
@@ -45,7 +53,7 @@ mount -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue
 # is hidden by them and bound back from here once the job names it.
 mkdir -p /mnt/vm-root
 mount --bind / /mnt/vm-root
-mount -t tmpfs -o nosuid,nodev,mode=0755 run /run
+[ -n "$systemd" ] || mount -t tmpfs -o nosuid,nodev,mode=0755 run /run
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmp /tmp
 mount -t tmpfs -o nosuid,nodev,mode=1777 vartmp /var/tmp
 # containerd's overlay snapshotter cannot put its upper layers on the overlay root (overlayfs is
@@ -95,18 +103,24 @@ if [ -n "$varlib_dev" ]; then
     mount -t ext4 -o nosuid,nodev "$varlib_dev" /var/lib || say "cannot mount $varlib_dev on /var/lib"
 fi
 
-# The unified hierarchy, mounted as systemd does, with every controller delegated from the root.
-mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup
-for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
-    echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || say "cannot enable controller $c"
-done
-mkdir -p /sys/fs/cgroup/init.scope
-echo $$ >/sys/fs/cgroup/init.scope/cgroup.procs
+# The unified hierarchy, mounted as systemd does, with every controller delegated from the root
+# (under systemd: as systemd left it, which enables a controller as its units need it).
+if [ -z "$systemd" ]; then
+    mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup
+    for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
+        echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || say "cannot enable controller $c"
+    done
+    mkdir -p /sys/fs/cgroup/init.scope
+    echo $$ >/sys/fs/cgroup/init.scope/cgroup.procs
+fi
 
 fs_type="$(stat -f -c %T /sys/fs/cgroup)"
 enabled="$(cat /sys/fs/cgroup/cgroup.subtree_control)"
 say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo)"
 say "/sys/fs/cgroup is $fs_type; controllers enabled at the root: $enabled"
+# systemd enables a controller at the root once a unit needs it: what matters is that it can.
+[ -z "$systemd" ] || enabled="$(cat /sys/fs/cgroup/cgroup.controllers)"
+[ -z "$systemd" ] || say "systemd $(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p') is PID 1"
 missing=
 for c in cpu cpuset io memory pids hugetlb; do
     case " $enabled " in *" $c "*) ;; *) missing="$missing $c" ;; esac
@@ -120,6 +134,7 @@ fi
 
 deadline=$((started + DEADLINE_SECS))
 awk '{print $2}' /proc/self/mounts | sort >/run/vm/mounts.before
+find /sys/fs/cgroup -mindepth 1 -type d | sort >/run/vm/cgroups.before
 set --
 while IFS= read -r a; do set -- "$@" "$a"; done <"$results/args"
 
@@ -166,7 +181,7 @@ run_suites() {
 
     # What the suites left behind on this otherwise idle host (the harness's own leak checks
     # decide; this only makes a leak visible).
-    left_cgroups="$(find /sys/fs/cgroup -mindepth 1 -type d ! -path /sys/fs/cgroup/init.scope 2>/dev/null)"
+    left_cgroups="$(find /sys/fs/cgroup -mindepth 1 -type d 2>/dev/null | sort | comm -13 /run/vm/cgroups.before -)"
     [ -z "$left_cgroups" ] || say "warning: cgroups left behind: $(echo $left_cgroups)"
     left_mounts="$(awk '{print $2}' /proc/self/mounts | sort | comm -13 /run/vm/mounts.before -)"
     [ -z "$left_mounts" ] || say "warning: mounts left behind: $(echo $left_mounts)"

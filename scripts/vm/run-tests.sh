@@ -18,6 +18,7 @@
 #   PELAGOS_VM_MEM, _CPUS     guest memory and cpus (default 4G, 2)
 #   PELAGOS_VM_CACHE          kernel, initramfs and run directories (default <repo>/.work/vm)
 #   PELAGOS_VM_KEEP=1         keep the run directory (console log, dmesg, test log) on success
+#   PELAGOS_VM_INIT=systemd   boot the host's systemd as PID 1 (scripts/vm/systemd-init.sh)
 # Other PELAGOS_* and RUST_* variables are passed to the tests in the guest.
 set -euo pipefail
 
@@ -58,6 +59,15 @@ accel="${PELAGOS_VM_ACCEL:-}"
 if [ -z "$accel" ]; then
     if [ -c /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ]; then accel=kvm; else accel=tcg; fi
 fi
+case "${PELAGOS_VM_INIT:-}" in
+    '') init_arg= ;;
+    systemd) init_arg=" pelagos.init=systemd"
+        # The guest boots this host's own systemd and system bus (shared root).
+        for f in /lib/systemd/systemd /usr/bin/dbus-daemon; do
+            [ -x "$f" ] || die "PELAGOS_VM_INIT=systemd needs $f on this host (apt-get install systemd dbus-daemon)"
+        done ;;
+    *) die "PELAGOS_VM_INIT='$PELAGOS_VM_INIT' is not systemd" ;;
+esac
 case "$accel" in
     kvm) [ -c /dev/kvm ] || die "PELAGOS_VM_ACCEL=kvm but /dev/kvm is missing"
          qemu_accel=(-accel kvm -cpu host) ;;
@@ -163,7 +173,7 @@ timeout -k 10 "$vm_timeout" qemu-system-x86_64 \
     -nodefaults -no-user-config -machine pc "${qemu_accel[@]}" -smp "$vm_cpus" -m "$vm_mem" \
     -display none -no-reboot \
     -kernel "$kernel" -initrd "$initrd" \
-    -append "console=ttyS0 quiet panic=-1 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 pelagos.repo=$repo" \
+    -append "console=ttyS0 quiet panic=-1 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 pelagos.repo=$repo$init_arg" \
     -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
     -fsdev local,id=results,path="$run",security_model=none,multidevs=remap \

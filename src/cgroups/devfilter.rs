@@ -334,6 +334,20 @@ pub fn attached_programs(dir: &Path) -> Result<Vec<u32>, CgroupError> {
     bpf::query_device_programs(cgroup.as_fd()).map_err(|e| failed(dir, "BPF_PROG_QUERY", e))
 }
 
+/// The names of the device programs attached to `dir` (this runtime's are `pelagos_dev`,
+/// systemd's `sd_devices`), sorted.
+pub fn attached_program_names(dir: &Path) -> Result<Vec<String>, CgroupError> {
+    let mut names = Vec::new();
+    for id in attached_programs(dir)? {
+        let fd = bpf::prog_fd_by_id(id).map_err(|e| failed(dir, "BPF_PROG_GET_FD_BY_ID", e))?;
+        names.push(
+            bpf::prog_name(fd.as_fd()).map_err(|e| failed(dir, "BPF_OBJ_GET_INFO_BY_FD", e))?,
+        );
+    }
+    names.sort();
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

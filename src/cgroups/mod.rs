@@ -50,7 +50,10 @@ use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode as FileMode;
 use oci_spec::runtime::LinuxResources;
 
-pub use devfilter::attached_programs as attached_device_programs;
+pub use devfilter::{
+    attached_program_names as attached_device_program_names,
+    attached_programs as attached_device_programs,
+};
 pub use oom::OomWatch;
 pub use path::{resolve_path, DEFAULT_PARENT};
 pub use resources::{default_device_rules, device_allow_rules, spec_resources};

@@ -1,0 +1,234 @@
+//! The systemd cgroup driver as a Kubernetes node runs it: CRI handlers with `SystemdCgroup =
+//! true` (pelagos, and runc's shim as the control) and pods whose cgroup parent is a slice.
+//!
+//! On a host booted with systemd (the VM of `PELAGOS_VM_INIT=systemd scripts/vm/run-tests.sh`):
+//! each container is a transient `cri-containerd-<id>.scope` in the pod's slice, active, with the
+//! container's processes, its limits in the unit's properties and in the cgroup files; a
+//! `systemctl daemon-reload` and a `set-property` on the pod slice leave the limits and the
+//! device filter as they were; an update reaches the unit too; removing the pod leaves no unit
+//! and no cgroup; a cgroupfs-form parent is refused. Without systemd the handler refuses the
+//! pod, saying why.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::cri::{pelagos_handler, runtimes_table, Cri};
+use k8s_cri::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
+
+const PELAGOS_SYSTEMD: &str = "pelagos-systemd";
+const RUNC_SYSTEMD: &str = "runc-systemd";
+const MEMORY: i64 = 64 << 20;
+const UPDATED_MEMORY: i64 = 96 << 20;
+
+fn handlers(major: u32, dir: &Path) -> String {
+    let t = runtimes_table(major);
+    pelagos_handler(major, dir, PELAGOS_SYSTEMD, "SystemdCgroup = true\n")
+        + &format!(
+            "    [{t}.{RUNC_SYSTEMD}]\n      runtime_type = \"io.containerd.runc.v2\"\n    \
+             [{t}.{RUNC_SYSTEMD}.options]\n      SystemdCgroup = true\n"
+        )
+}
+
+fn booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+fn systemctl(args: &[&str]) -> String {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .expect("run systemctl");
+    assert!(
+        out.status.success(),
+        "systemctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `systemctl show -p NAME unit` for each name, as `NAME=value` lines.
+fn show(unit: &str, props: &[&str]) -> Vec<String> {
+    let mut args = vec!["show", unit];
+    for p in props {
+        args.extend(["-p", p]);
+    }
+    let out = systemctl(&args);
+    let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+fn prop(unit: &str, name: &str) -> String {
+    show(unit, &[name])
+        .into_iter()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// What must hold of a running container whatever systemd was asked meanwhile.
+fn check_container(cri: &Cri, id: &str, slice: &str, memory: i64) {
+    let programs = |dir: &Path| pelagos::cgroups::attached_device_program_names(dir).unwrap();
+    let unit = format!("cri-containerd-{id}.scope");
+    assert_eq!(prop(&unit, "ActiveState"), "active", "{unit}");
+    assert_eq!(prop(&unit, "Slice"), slice, "{unit}");
+    assert_eq!(prop(&unit, "Delegate"), "yes", "{unit}");
+    assert_eq!(prop(&unit, "MemoryMax"), memory.to_string(), "{unit}");
+    assert_eq!(prop(&unit, "CPUQuotaPerSecUSec"), "500ms", "{unit}");
+    assert_eq!(prop(&unit, "TasksMax"), "77", "{unit}");
+    assert_eq!(prop(&unit, "DevicePolicy"), "strict", "{unit}");
+    let path = format!("/{slice}/{unit}");
+    assert_eq!(prop(&unit, "ControlGroup"), path, "{unit}");
+    let pid = cri.container_pid(id);
+    let own = read(Path::new(&format!("/proc/{pid}/cgroup")));
+    assert_eq!(own, format!("0::{path}"), "container init {pid}");
+    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    assert_eq!(read(&dir.join("memory.max")), memory.to_string());
+    assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
+    assert_eq!(read(&dir.join("pids.max")), "77");
+    // pelagos keeps its program beside systemd's; runc replaces systemd's at create (systemd
+    // attaches its own again at the next reload), so only one of them is sure to be there.
+    let names = programs(&dir);
+    if cri.handler == PELAGOS_SYSTEMD {
+        assert_eq!(names, ["pelagos_dev", "sd_devices"], "{}", dir.display());
+    } else {
+        assert!(!names.is_empty(), "no device program on {}", dir.display());
+    }
+    // The device filter: a node it made itself (mknod is allowed) cannot be opened, /dev/null
+    // can. systemd's program and the runtime's are both on the scope; either refuses.
+    let (code, out, err) = cri
+        .exec_sync(
+            id,
+            &[
+                "sh",
+                "-c",
+                "rm -f /tmp/mem; mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem; echo rc=$?; \
+                 echo x >/dev/null && echo null-ok",
+            ],
+        )
+        .expect("ExecSync");
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        err.contains("Operation not permitted") && out.contains("rc=1") && out.contains("null-ok"),
+        "device filter of {unit} does not hold: stdout {out:?} stderr {err:?}"
+    );
+}
+
+fn systemd_driver(handler: &str) {
+    let cri = Cri::start_with(handler, handlers);
+    let mut pod = cri.pod_config("sd");
+    let slice = cri.slice_parent();
+    pod.linux.as_mut().unwrap().cgroup_parent = slice.clone();
+    if !booted() {
+        // Without systemd the driver cannot work; the pod is refused, not laid out by hand.
+        let err = cri
+            .run_pod(&pod)
+            .expect_err("a systemd-driver pod without systemd");
+        if handler == PELAGOS_SYSTEMD {
+            assert!(
+                err.message().contains("systemd is not running"),
+                "{}",
+                err.message()
+            );
+        }
+        cri.assert_no_leaks();
+        return;
+    }
+    let pod_id = cri.run_pod_ok(&pod);
+    let pod_unit = format!("cri-containerd-{pod_id}.scope");
+    assert_eq!(
+        prop(&pod_unit, "ActiveState"),
+        "active",
+        "sandbox {pod_unit}"
+    );
+    let mut config = Cri::container_config("app", &["sleep", "1000"]);
+    let resources = config
+        .linux
+        .as_mut()
+        .unwrap()
+        .resources
+        .get_or_insert_with(Default::default);
+    resources.memory_limit_in_bytes = MEMORY;
+    resources.cpu_period = 100_000;
+    resources.cpu_quota = 50_000;
+    resources.cpu_shares = 512;
+    resources
+        .unified
+        .insert("pids.max".to_string(), "77".to_string());
+    let id = cri.run_container(&pod_id, &pod, &config);
+    check_container(&cri, &id, &slice, MEMORY);
+
+    systemctl(&["daemon-reload"]);
+    check_container(&cri, &id, &slice, MEMORY);
+    systemctl(&["set-property", "--runtime", &slice, "MemoryMax=1G"]);
+    assert_eq!(prop(&slice, "MemoryMax"), (1u64 << 30).to_string());
+    check_container(&cri, &id, &slice, MEMORY);
+
+    cri.block(
+        cri.rs()
+            .update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: UPDATED_MEMORY,
+                    cpu_period: 100_000,
+                    cpu_quota: 50_000,
+                    cpu_shares: 512,
+                    unified: [("pids.max".to_string(), "77".to_string())].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+    )
+    .expect("UpdateContainerResources");
+    check_container(&cri, &id, &slice, UPDATED_MEMORY);
+    systemctl(&["daemon-reload"]);
+    check_container(&cri, &id, &slice, UPDATED_MEMORY);
+
+    let unit = format!("cri-containerd-{id}.scope");
+    cri.stop_pod(&pod_id);
+    cri.remove_pod(&pod_id);
+    for u in [&unit, &pod_unit] {
+        assert_eq!(prop(u, "LoadState"), "not-found", "{u} left behind");
+    }
+    for u in [&id, &pod_id] {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(&slice)
+            .join(format!("cri-containerd-{u}.scope"));
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    cri.assert_no_leaks();
+    // The pod slice is the kubelet's to remove, as it does.
+    systemctl(&["stop", &slice]);
+
+    // A cgroupfs parent under the systemd driver: CRI writes a plain path, which names no unit.
+    let mut plain = cri.pod_config("sd-plain");
+    plain.linux.as_mut().unwrap().cgroup_parent = cri.cgroup_parent.clone();
+    let err = cri
+        .run_pod(&plain)
+        .expect_err("a systemd-driver pod with a cgroupfs parent");
+    assert!(
+        err.message().contains("slice:prefix:name"),
+        "{}",
+        err.message()
+    );
+    cri.assert_no_leaks();
+}
+
+#[test]
+fn pelagos_systemd_driver() {
+    systemd_driver(PELAGOS_SYSTEMD);
+}
+
+#[test]
+fn runc_systemd_driver() {
+    systemd_driver(RUNC_SYSTEMD);
+}
