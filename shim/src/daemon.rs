@@ -145,7 +145,12 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
 
     let mut events = [EpollEvent::empty(); 16];
     'serve: loop {
-        let n = match epoll.wait(&mut events, deferred.timeout()) {
+        let orphan = shim.orphan_deadline();
+        let next = [deferred.next_deadline(), orphan]
+            .into_iter()
+            .flatten()
+            .min();
+        let n = match epoll.wait(&mut events, timeout_until(next)) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(sys("epoll_wait")(e)),
@@ -176,6 +181,13 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
         if !ready.is_empty() {
             shim.route_now(&ready);
         }
+        if shim.orphan_deadline().is_some_and(|d| d <= Instant::now()) {
+            log::warn!(
+                "no container left and no Shutdown from containerd for {:?}: exiting",
+                crate::service::ORPHAN_AFTER
+            );
+            break 'serve;
+        }
     }
 
     // No new connection may find a dying shim; containerd closes its own once it has the
@@ -189,6 +201,19 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
     exit.linger(SHUTDOWN_LINGER);
     log::info!("shim exiting");
     Ok(())
+}
+
+/// An epoll timeout that ends at `next` (none: wait for events only).
+fn timeout_until(next: Option<Instant>) -> EpollTimeout {
+    let Some(first) = next else {
+        return EpollTimeout::NONE;
+    };
+    // Rounded up, so the wait does not end just before the deadline.
+    let ms = first
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        .saturating_add(1);
+    EpollTimeout::from(ms.min(u128::from(u16::MAX)) as u16)
 }
 
 /// Exits held back until the client has read the process's output (see
@@ -235,22 +260,13 @@ impl Deferred {
         });
     }
 
-    fn timeout(&self) -> EpollTimeout {
-        let next = self
-            .exits
+    /// The earliest deadline of a held exit.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.exits
             .iter()
             .flat_map(|h| [Some(h.deadline), h.recheck.map(|(at, _)| at)])
             .flatten()
-            .min();
-        let Some(first) = next else {
-            return EpollTimeout::NONE;
-        };
-        // Rounded up, so the wait does not end just before the deadline.
-        let ms = first
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .saturating_add(1);
-        EpollTimeout::from(ms.min(u128::from(u16::MAX)) as u16)
+            .min()
     }
 
     /// The exits whose output was read (to its end, or so far while another process holds it

@@ -84,6 +84,20 @@ impl Event {
         }
     }
 
+    pub fn container_id(&self) -> &str {
+        match self {
+            Event::Create(e) => &e.container_id,
+            Event::Start(e) => &e.container_id,
+            Event::ExecAdded(e) => &e.container_id,
+            Event::ExecStarted(e) => &e.container_id,
+            Event::Oom(e) => &e.container_id,
+            Event::Exit(e) => &e.container_id,
+            Event::Paused(e) => &e.container_id,
+            Event::Resumed(e) => &e.container_id,
+            Event::Delete(e) => &e.container_id,
+        }
+    }
+
     /// The identifying fields, for the log.
     pub fn summary(&self) -> String {
         match self {
@@ -239,6 +253,7 @@ fn forward_loop(rx: Receiver<Item>, address: &str, namespace: &str) {
         }
         let mut tries = 0;
         loop {
+            crate::failpoint::hold("Publish", q.event.container_id());
             tries += 1;
             let result = match client.as_mut() {
                 Some(c) => c.forward(&req),

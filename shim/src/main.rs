@@ -24,6 +24,7 @@ mod args;
 mod daemon;
 mod delete;
 mod events;
+mod failpoint;
 mod info;
 mod io;
 mod lifecycle;

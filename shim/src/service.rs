@@ -50,6 +50,9 @@ pub const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// first time this long after the exit: a hangup is not always visible the moment the exit is
 /// (reporting "held open, all read" at once lost the tail of a tty once in CI).
 pub const HELD_OPEN_POLL: Duration = Duration::from_millis(50);
+/// How long a shim emptied by a Delete waits for containerd's Shutdown (sent right after the
+/// Delete answer) before it takes containerd for gone (see [`Shim::orphan_deadline`]).
+pub const ORPHAN_AFTER: Duration = Duration::from_secs(10);
 /// Epoll keys below this are the daemon's own (signalfd, wake-up eventfd).
 pub const FIRST_OOM_KEY: u64 = 16;
 
@@ -188,6 +191,11 @@ impl ExitSignal {
         let _ = self.wake.read();
         self.requested.load(Ordering::SeqCst)
     }
+
+    /// Wakes the daemon's loop without asking it to finish (one of its deadlines changed).
+    pub fn wake(&self) {
+        let _ = self.wake.write(1);
+    }
 }
 
 type ContainerCell = Arc<RwLock<Option<pelagos::Container>>>;
@@ -222,6 +230,8 @@ struct Handled {
     /// answers a plain address, i.e. shim API v2; 2.x skips it for a sandboxed container of
     /// a v3 shim, which would leave its id here and delay the exit by the linger bound.)
     awaiting_shutdown: std::collections::HashSet<String>,
+    /// When a Delete left the shim without containers (see [`Shim::orphan_deadline`]).
+    emptied_at: Option<std::time::Instant>,
     /// Pids whose exit was reaped but is held back for unread output (see
     /// [`Shim::handle_exits`]); the exit itself waits in the reaper's table.
     held: std::collections::HashSet<i32>,
@@ -726,6 +736,19 @@ impl Shim {
     /// find the shim empty while the last Delete answer is still being written, and exiting
     /// then would cut it off (containerd: "ttrpc: closed"). containerd sends a container's
     /// Shutdown only after reading its Delete answer.
+    /// When the daemon should give up on a Shutdown that is not coming: a Delete left it
+    /// without containers, none is being created, and containerd did not follow up with
+    /// Shutdown within [`ORPHAN_AFTER`]. containerd died between the two (a restarted 1.6 then
+    /// loads the shim with no task in it and never shuts it down); exiting lets containerd see a
+    /// dead shim and clean its bundle up with the `delete` action, as after any shim death.
+    pub fn orphan_deadline(&self) -> Option<std::time::Instant> {
+        let st = self.lock();
+        if !st.life.is_empty() || st.life.creating() {
+            return None;
+        }
+        st.h.emptied_at.map(|t| t + ORPHAN_AFTER)
+    }
+
     pub fn await_delete_answers(&self, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         let mut st = self.lock();
@@ -819,9 +842,13 @@ impl Shim {
             if d.is_some() {
                 st.h.awaiting_shutdown.insert(id.to_owned());
             }
+            if st.life.is_empty() {
+                st.h.emptied_at = Some(std::time::Instant::now());
+            }
             d
         };
         self.changed.notify_all();
+        self.exit.wake();
         let d = d.ok_or_else(|| ttrpc::Error::from(LifecycleError::NotFound(id.to_owned())))?;
         log::info!("container {id} deleted");
         Ok(DeleteResponse {
@@ -986,6 +1013,7 @@ impl Task for Shim {
             ));
         }
         self.lock().life.reserve(&req.id)?;
+        crate::failpoint::hit("Create", &req.id, "");
         match self.do_create(&req) {
             Ok(pid) => Ok(CreateTaskResponse {
                 pid: pid as u32,
@@ -1001,6 +1029,7 @@ impl Task for Shim {
     }
 
     fn start(&self, _: &TtrpcContext, req: StartRequest) -> Res<StartResponse> {
+        crate::failpoint::hit("Start", &req.id, &req.exec_id);
         if req.exec_id.is_empty() {
             self.start_init(&req.id)
         } else {
@@ -1009,6 +1038,7 @@ impl Task for Shim {
     }
 
     fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> Res<DeleteResponse> {
+        crate::failpoint::hit("Delete", &req.id, &req.exec_id);
         if req.exec_id.is_empty() {
             self.delete_init(&req.id)
         } else {
@@ -1144,6 +1174,7 @@ impl Task for Shim {
         if req.exec_id.is_empty() {
             return Err(status(Code::INVALID_ARGUMENT, "exec: empty exec id"));
         }
+        crate::failpoint::hit("Exec", &req.id, &req.exec_id);
         let spec_any = req
             .spec
             .as_ref()

@@ -222,6 +222,7 @@ impl Containerd {
             base.join("state"),
             base.join("fifo"),
             base.join("bin"),
+            base.join("failpoints"),
             root.clone(),
         ] {
             fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
@@ -403,6 +404,8 @@ state = "{state}"
             .args(["--log-level", level])
             .env_clear()
             .env("PATH", path)
+            // Inherited by the shims: see Containerd::failpoint.
+            .env("PELAGOS_SHIM_FAILPOINTS", self.base.join("failpoints"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -456,6 +459,28 @@ state = "{state}"
                 self.log_tail(40)
             ),
         }
+    }
+
+    /// Makes the pelagos shim stop itself (SIGSTOP) on entering Task call `call` ("Create",
+    /// "Start", "Exec", "Delete") of container `id` (exec `exec_id`, "" for the init), once
+    /// (shim/src/failpoint.rs). runc's shim ignores it.
+    pub fn failpoint(&self, call: &str, id: &str, exec_id: &str) {
+        let path = self.failpoint_path(call, id, exec_id);
+        fs::write(&path, "").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// Removes a failpoint file (for the `Publish` hold, which waits while it exists).
+    pub fn release_failpoint(&self, call: &str, id: &str, exec_id: &str) {
+        let _ = fs::remove_file(self.failpoint_path(call, id, exec_id));
+    }
+
+    fn failpoint_path(&self, call: &str, id: &str, exec_id: &str) -> PathBuf {
+        let name = if exec_id.is_empty() {
+            format!("{call}-{id}")
+        } else {
+            format!("{call}-{id}-{exec_id}")
+        };
+        self.base.join("failpoints").join(name)
     }
 
     /// The containerd daemon's pid.
