@@ -75,33 +75,55 @@ fn read(path: &Path) -> String {
         .to_string()
 }
 
-/// What must hold of a running container whatever systemd was asked meanwhile.
+fn unified() -> bool {
+    pelagos::cgroups::mode() == pelagos::cgroups::Mode::Unified
+}
+
+/// What must hold of a running container whatever systemd was asked meanwhile. On cgroup v2
+/// the unit has MemoryMax and TasksMax and the device filter is eBPF; on hybrid and v1 hosts
+/// MemoryLimit (systemd's v1 name) and the v1 devices controller.
 fn check_container(cri: &Cri, id: &str, slice: &str, memory: i64) {
-    let programs = |dir: &Path| pelagos::cgroups::attached_device_program_names(dir).unwrap();
     let unit = format!("cri-containerd-{id}.scope");
     assert_eq!(prop(&unit, "ActiveState"), "active", "{unit}");
     assert_eq!(prop(&unit, "Slice"), slice, "{unit}");
     assert_eq!(prop(&unit, "Delegate"), "yes", "{unit}");
-    assert_eq!(prop(&unit, "MemoryMax"), memory.to_string(), "{unit}");
     assert_eq!(prop(&unit, "CPUQuotaPerSecUSec"), "500ms", "{unit}");
-    assert_eq!(prop(&unit, "TasksMax"), "77", "{unit}");
     assert_eq!(prop(&unit, "DevicePolicy"), "strict", "{unit}");
     let path = format!("/{slice}/{unit}");
     assert_eq!(prop(&unit, "ControlGroup"), path, "{unit}");
     let pid = cri.container_pid(id);
     let own = read(Path::new(&format!("/proc/{pid}/cgroup")));
-    assert_eq!(own, format!("0::{path}"), "container init {pid}");
-    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-    assert_eq!(read(&dir.join("memory.max")), memory.to_string());
-    assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
-    assert_eq!(read(&dir.join("pids.max")), "77");
-    // pelagos keeps its program beside systemd's; runc replaces systemd's at create (systemd
-    // attaches its own again at the next reload), so only one of them is sure to be there.
-    let names = programs(&dir);
-    if cri.handler == PELAGOS_SYSTEMD {
-        assert_eq!(names, ["pelagos_dev", "sd_devices"], "{}", dir.display());
+    let rel = path.trim_start_matches('/');
+    if unified() {
+        assert_eq!(prop(&unit, "MemoryMax"), memory.to_string(), "{unit}");
+        assert_eq!(prop(&unit, "TasksMax"), "77", "{unit}");
+        assert_eq!(own, format!("0::{path}"), "container init {pid}");
+        let dir = Path::new("/sys/fs/cgroup").join(rel);
+        assert_eq!(read(&dir.join("memory.max")), memory.to_string());
+        assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
+        assert_eq!(read(&dir.join("pids.max")), "77");
+        // pelagos keeps its program beside systemd's; runc replaces systemd's at create
+        // (systemd attaches its own again at the next reload): only one is sure to be there.
+        let names = pelagos::cgroups::attached_device_program_names(&dir).unwrap();
+        if cri.handler == PELAGOS_SYSTEMD {
+            assert_eq!(names, ["pelagos_dev", "sd_devices"], "{}", dir.display());
+        } else {
+            assert!(!names.is_empty(), "no device program on {}", dir.display());
+        }
     } else {
-        assert!(!names.is_empty(), "no device program on {}", dir.display());
+        assert_eq!(prop(&unit, "MemoryLimit"), memory.to_string(), "{unit}");
+        for c in ["memory", "cpu,cpuacct", "pids", "devices"] {
+            assert!(
+                own.lines()
+                    .any(|l| l.split(':').nth(1) == Some(c) && l.ends_with(&path)),
+                "container init {pid} not in {path} of {c}: {own}"
+            );
+        }
+        let v1 = |c: &str, f: &str| read(&Path::new("/sys/fs/cgroup").join(c).join(rel).join(f));
+        assert_eq!(v1("memory", "memory.limit_in_bytes"), memory.to_string());
+        assert_eq!(v1("cpu,cpuacct", "cpu.cfs_quota_us"), "50000");
+        let devices = v1("devices", "devices.list");
+        assert!(!devices.contains("a *:* rwm"), "{unit} allows every device");
     }
     // The device filter: a node it made itself (mknod is allowed) cannot be opened, /dev/null
     // can. systemd's program and the runtime's are both on the scope; either refuses.
@@ -161,9 +183,11 @@ fn systemd_driver(handler: &str) {
     resources.cpu_period = 100_000;
     resources.cpu_quota = 50_000;
     resources.cpu_shares = 512;
-    resources
-        .unified
-        .insert("pids.max".to_string(), "77".to_string());
+    if unified() {
+        resources
+            .unified
+            .insert("pids.max".to_string(), "77".to_string());
+    }
     let id = cri.run_container(&pod_id, &pod, &config);
     check_container(&cri, &id, &slice, MEMORY);
 
@@ -182,7 +206,10 @@ fn systemd_driver(handler: &str) {
                     cpu_period: 100_000,
                     cpu_quota: 50_000,
                     cpu_shares: 512,
-                    unified: [("pids.max".to_string(), "77".to_string())].into(),
+                    unified: match unified() {
+                        true => [("pids.max".to_string(), "77".to_string())].into(),
+                        false => Default::default(),
+                    },
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -115,18 +115,29 @@ if [ -z "$systemd" ]; then
 fi
 
 fs_type="$(stat -f -c %T /sys/fs/cgroup)"
-enabled="$(cat /sys/fs/cgroup/cgroup.subtree_control)"
+enabled="$(cat /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null)"
 say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo)"
 say "/sys/fs/cgroup is $fs_type; controllers enabled at the root: $enabled"
 # systemd enables a controller at the root once a unit needs it: what matters is that it can.
-[ -z "$systemd" ] || enabled="$(cat /sys/fs/cgroup/cgroup.controllers)"
+[ -z "$systemd" ] || enabled="$(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null)"
 [ -z "$systemd" ] || say "systemd $(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p') is PID 1"
 missing=
 for c in cpu cpuset io memory pids hugetlb; do
     case " $enabled " in *" $c "*) ;; *) missing="$missing $c" ;; esac
 done
 v1_lines="$(grep -cv '^0::' /proc/self/cgroup)"
-if [ "$fs_type" != cgroup2fs ] || [ -n "$missing" ] || [ "$v1_lines" != 0 ]; then
+if [ -n "$systemd" ] && grep -qw 'systemd.unified_cgroup_hierarchy=0' /proc/cmdline; then
+    # PELAGOS_VM_CGROUP=hybrid|v1: v1 controllers, and for hybrid systemd's cgroup2 at
+    # /sys/fs/cgroup/unified.
+    unified_fs="$(stat -f -c %T /sys/fs/cgroup/unified 2>/dev/null)"
+    if grep -qw 'systemd.legacy_systemd_cgroup_controller=1' /proc/cmdline; then
+        want=v1 && [ -z "$unified_fs" ]
+    else
+        want=hybrid && [ "$unified_fs" = cgroup2fs ]
+    fi || { say "FAIL: not a $want host (cgroup2 at /sys/fs/cgroup/unified: ${unified_fs:-none})"; echo 2 >"$results/rc"; halt_now; }
+    [ -d /sys/fs/cgroup/memory ] || { say "FAIL: no v1 memory controller"; echo 2 >"$results/rc"; halt_now; }
+    say "$want host: $v1_lines v1 hierarchies, cgroup2 at /sys/fs/cgroup/unified: ${unified_fs:-none}"
+elif [ "$fs_type" != cgroup2fs ] || [ -n "$missing" ] || [ "$v1_lines" != 0 ]; then
     say "FAIL: not a pure cgroup v2 host (fs $fs_type, missing controllers:${missing:- none}, v1 hierarchies: $v1_lines)"
     echo 2 >"$results/rc"
     halt_now

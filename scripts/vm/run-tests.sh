@@ -19,6 +19,8 @@
 #   PELAGOS_VM_CACHE          kernel, initramfs and run directories (default <repo>/.work/vm)
 #   PELAGOS_VM_KEEP=1         keep the run directory (console log, dmesg, test log) on success
 #   PELAGOS_VM_INIT=systemd   boot the host's systemd as PID 1 (scripts/vm/systemd-init.sh)
+#   PELAGOS_VM_CGROUP=hybrid|v1  with PELAGOS_VM_INIT=systemd: v1 controllers and systemd's
+#                             cgroup2 mount (hybrid), or v1 alone, instead of pure v2
 # Other PELAGOS_* and RUST_* variables are passed to the tests in the guest.
 set -euo pipefail
 
@@ -67,6 +69,14 @@ case "${PELAGOS_VM_INIT:-}" in
             [ -x "$f" ] || die "PELAGOS_VM_INIT=systemd needs $f on this host (apt-get install systemd dbus-daemon)"
         done ;;
     *) die "PELAGOS_VM_INIT='$PELAGOS_VM_INIT' is not systemd" ;;
+esac
+case "${PELAGOS_VM_CGROUP:-v2}" in
+    v2) cgroup_args="cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1" ;;
+    hybrid|v1) [ "${PELAGOS_VM_INIT:-}" = systemd ] \
+                || die "PELAGOS_VM_CGROUP=$PELAGOS_VM_CGROUP needs PELAGOS_VM_INIT=systemd (systemd mounts the hierarchies)"
+            cgroup_args="systemd.unified_cgroup_hierarchy=0"
+            [ "$PELAGOS_VM_CGROUP" = hybrid ] || cgroup_args="$cgroup_args systemd.legacy_systemd_cgroup_controller=1" ;;
+    *) die "PELAGOS_VM_CGROUP='$PELAGOS_VM_CGROUP' is not v2, hybrid or v1" ;;
 esac
 case "$accel" in
     kvm) [ -c /dev/kvm ] || die "PELAGOS_VM_ACCEL=kvm but /dev/kvm is missing"
@@ -173,7 +183,7 @@ timeout -k 10 "$vm_timeout" qemu-system-x86_64 \
     -nodefaults -no-user-config -machine pc "${qemu_accel[@]}" -smp "$vm_cpus" -m "$vm_mem" \
     -display none -no-reboot \
     -kernel "$kernel" -initrd "$initrd" \
-    -append "console=ttyS0 quiet panic=-1 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 pelagos.repo=$repo$init_arg" \
+    -append "console=ttyS0 quiet panic=-1 $cgroup_args pelagos.repo=$repo$init_arg" \
     -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
     -fsdev local,id=results,path="$run",security_model=none,multidevs=remap \

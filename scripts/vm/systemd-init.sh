@@ -20,6 +20,9 @@ fail() {
 [ -x /lib/systemd/systemd ] || fail "no /lib/systemd/systemd in the host root (apt-get install systemd)"
 [ -x /usr/bin/dbus-daemon ] || fail "no /usr/bin/dbus-daemon in the host root (apt-get install dbus-daemon)"
 
+# This guest is a VM, not the container the host may be: with /.dockerenv systemd would run in
+# its container mode (taking its own argv for the kernel command line, among other things).
+rm -f /.dockerenv /run/.containerenv
 # Nothing of the host's own configuration: its enabled units, mounts and default target.
 rm -rf "$units" /etc/systemd/system.conf.d
 mkdir -p "$units"

@@ -273,8 +273,9 @@ impl Cgroup {
         resources::validate(resources, mode)?;
         let mut devices = resources.devices().clone().unwrap_or_default();
         devices.extend(default_device_rules());
-        let filtered = (mode != Mode::Legacy).then_some(devices.as_slice());
-        systemd::start(unit, pid, resources, filtered, mode)?;
+        // On every kind of host: a unit without DeviceAllow is opened to all devices by
+        // systemd at its next reload (v1 devices.allow "a", v2 no program of its own).
+        systemd::start(unit, pid, resources, &devices, mode)?;
         let mut cg = Cgroup::layout(path);
         cg.unit = Some(unit.name.clone());
         let mut created = Vec::new();

@@ -217,7 +217,7 @@ pub(crate) fn start(
     unit: &Unit,
     pid: i32,
     resources: &LinuxResources,
-    devices: Option<&[LinuxDeviceCgroup]>,
+    devices: &[LinuxDeviceCgroup],
     mode: Mode,
 ) -> Result<(), CgroupError> {
     let mut m = Manager::connect(&unit.name)?;
@@ -252,9 +252,7 @@ pub(crate) fn start(
         list.push(prop(a, Value::Bool(true)));
     }
     list.push(prop("DefaultDependencies", Value::Bool(false)));
-    if let Some(rules) = devices {
-        list.extend(device_properties(rules)?);
-    }
+    list.extend(device_properties(devices)?);
     list.extend(resource_properties(resources, mode, version)?);
     m.watch_jobs()
         .map_err(|e| failed(&unit.name, "subscribe", e))?;
@@ -792,7 +790,7 @@ mod tests {
             return;
         }
         let u = Unit::of(None, "c1").unwrap();
-        let e = start(&u, 1, &LinuxResources::default(), None, Mode::Unified)
+        let e = start(&u, 1, &LinuxResources::default(), &[], Mode::Unified)
             .unwrap_err()
             .to_string();
         assert!(e.contains("systemd is not running"), "{e}");
