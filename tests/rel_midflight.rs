@@ -129,9 +129,9 @@ fn settle(cd: &Containerd, id: &str, what: &str) {
     cd.assert_no_leaks();
 }
 
-/// No leak, allowing for a shim emptied by a Delete whose Shutdown died with containerd: it
-/// exits on its own after `ORPHAN_AFTER` (10 s, shim/src/service.rs) and containerd then
-/// cleans its bundle up.
+/// No leak, allowing for a shim left empty whose next call died with containerd (the Shutdown
+/// after a Delete or a failed Create): it exits on its own after `ORPHAN_AFTER` (10 s,
+/// shim/src/service.rs) and containerd then cleans its bundle up.
 fn no_leaks_soon(cd: &Containerd, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -231,6 +231,11 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Whether a Create of `id` is in flight.
+    pub fn is_reserved(&self, id: &str) -> bool {
+        self.reserved.contains(id)
+    }
+
     pub fn unreserve(&mut self, id: &str) {
         self.reserved.remove(id);
     }

@@ -50,8 +50,9 @@ pub const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// first time this long after the exit: a hangup is not always visible the moment the exit is
 /// (reporting "held open, all read" at once lost the tail of a tty once in CI).
 pub const HELD_OPEN_POLL: Duration = Duration::from_millis(50);
-/// How long a shim emptied by a Delete waits for containerd's Shutdown (sent right after the
-/// Delete answer) before it takes containerd for gone (see [`Shim::orphan_deadline`]).
+/// How long an empty shim waits for containerd's next call (a Create right after `start`, the
+/// Shutdown right after a Delete or a failed Create) before it takes containerd for gone (see
+/// [`Shim::orphan_deadline`]).
 pub const ORPHAN_AFTER: Duration = Duration::from_secs(10);
 /// Epoll keys below this are the daemon's own (signalfd, wake-up eventfd).
 pub const FIRST_OOM_KEY: u64 = 16;
@@ -230,7 +231,8 @@ struct Handled {
     /// answers a plain address, i.e. shim API v2; 2.x skips it for a sandboxed container of
     /// a v3 shim, which would leave its id here and delay the exit by the linger bound.)
     awaiting_shutdown: std::collections::HashSet<String>,
-    /// When a Delete left the shim without containers (see [`Shim::orphan_deadline`]).
+    /// Since when the shim has had no container: its start, the Delete that emptied it, or a
+    /// failed Create that left it empty (see [`Shim::orphan_deadline`]).
     emptied_at: Option<std::time::Instant>,
     /// Pids whose exit was reaped but is held back for unread output (see
     /// [`Shim::handle_exits`]); the exit itself waits in the reaper's table.
@@ -278,7 +280,11 @@ impl Shim {
             io,
             state: Mutex::new(State {
                 life: Lifecycle::new(publisher.clone()),
-                h: Handled::default(),
+                h: Handled {
+                    // A shim starts empty: a Create that never comes counts as a lost Shutdown.
+                    emptied_at: Some(std::time::Instant::now()),
+                    ..Default::default()
+                },
             }),
             changed: Condvar::new(),
             epoll,
@@ -290,6 +296,18 @@ impl Shim {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state once a Create of `id` in flight has decided: a call about the container waits
+    /// for it, as with runc's shim, whose Create holds its lock. A containerd reloading after a
+    /// crash asks for the pids of a task whose Create it lost track of; answering NotFound
+    /// while that Create is still running made it delete a task that then came to exist.
+    fn lock_settled(&self, id: &str) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        while st.life.is_reserved(id) {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st
     }
 
     /// Routes exits the monitor reaped. Exits of pids we do not own stay in the reaper's table
@@ -453,7 +471,7 @@ impl Shim {
     }
 
     fn container(&self, id: &str) -> Res<ContainerCell> {
-        let st = self.lock();
+        let st = self.lock_settled(id);
         st.life.get(id)?;
         st.h.handles
             .get(id)
@@ -736,11 +754,12 @@ impl Shim {
     /// find the shim empty while the last Delete answer is still being written, and exiting
     /// then would cut it off (containerd: "ttrpc: closed"). containerd sends a container's
     /// Shutdown only after reading its Delete answer.
-    /// When the daemon should give up on a Shutdown that is not coming: a Delete left it
-    /// without containers, none is being created, and containerd did not follow up with
-    /// Shutdown within [`ORPHAN_AFTER`]. containerd died between the two (a restarted 1.6 then
-    /// loads the shim with no task in it and never shuts it down); exiting lets containerd see a
-    /// dead shim and clean its bundle up with the `delete` action, as after any shim death.
+    /// When the daemon should give up on a Shutdown that is not coming: it has had no container
+    /// for [`ORPHAN_AFTER`] (since its start, the Delete that emptied it or a failed Create), none
+    /// is being created, and containerd sent no Shutdown. containerd died in between (a
+    /// restarted 1.6 loads such a shim with no task in it and never shuts it down); exiting lets
+    /// containerd see a dead shim and clean its bundle up with the `delete` action, as after any
+    /// shim death.
     pub fn orphan_deadline(&self) -> Option<std::time::Instant> {
         let st = self.lock();
         if !st.life.is_empty() || st.life.creating() {
@@ -797,7 +816,7 @@ impl Shim {
 
     fn delete_init(&self, id: &str) -> Res<DeleteResponse> {
         let (started, handles) = {
-            let mut st = self.lock();
+            let mut st = self.lock_settled(id);
             self.route_held_exits(&mut st, id);
             let started = st.life.begin_delete(id)?;
             let State { h, .. } = &mut *st;
@@ -975,7 +994,7 @@ fn pidfd_signal(fd: &OwnedFd, sig: i32) -> nix::Result<()> {
 
 impl Task for Shim {
     fn state(&self, _: &TtrpcContext, req: StateRequest) -> Res<StateResponse> {
-        let st = self.lock();
+        let st = self.lock_settled(&req.id);
         let t = st.life.get(&req.id)?;
         let p = t.proc(&req.exec_id)?;
         let (exit_status, exited_at) = match p.exit {
@@ -1020,8 +1039,15 @@ impl Task for Shim {
                 ..Default::default()
             }),
             Err(e) => {
-                self.lock().life.unreserve(&req.id);
+                {
+                    let mut st = self.lock();
+                    st.life.unreserve(&req.id);
+                    if st.life.is_empty() {
+                        st.h.emptied_at = Some(std::time::Instant::now());
+                    }
+                }
                 self.changed.notify_all();
+                self.exit.wake();
                 log::error!("container {}: create: {e:?}", req.id);
                 Err(e)
             }
