@@ -26,6 +26,8 @@ use report::*;
 const SLEEPER: &[&str] = &["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
 /// StopContainer's grace period (the sleeper exits at the SIGTERM).
 const STOP_TIMEOUT_S: i64 = 10;
+/// A pause before each parallel batch of calls (see [`Bench::parallel`]).
+const SETTLE: Duration = Duration::from_millis(500);
 const PHASES: &[&str] = &["lifecycle", "parallel", "exec", "log", "memory", "density"];
 
 struct Opts {
@@ -42,6 +44,7 @@ struct Opts {
     only: Vec<String>,
     strict: bool,
     json: PathBuf,
+    keep_log: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: cri [options]
@@ -56,7 +59,8 @@ const USAGE: &str = "usage: cri [options]
   --no-warmup        no unrecorded lifecycle per handler first
   --smoke            one of everything, small: about a minute per containerd
   --strict           exit 1 on any failed call or anything left behind
-  --json PATH        where the results go (default bench/cri-results.json)";
+  --json PATH        where the results go (default bench/cri-results.json)
+  --keep-log DIR     copy each containerd's log (with the shims') to DIR/containerd-<version>.log";
 
 fn parse_opts() -> Result<Opts, String> {
     let mut o = Opts {
@@ -73,6 +77,7 @@ fn parse_opts() -> Result<Opts, String> {
         only: PHASES.iter().map(|s| s.to_string()).collect(),
         strict: false,
         json: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/cri-results.json"),
+        keep_log: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -108,6 +113,7 @@ fn parse_opts() -> Result<Opts, String> {
             }
             "--strict" => o.strict = true,
             "--json" => o.json = PathBuf::from(value(&a)?),
+            "--keep-log" => o.keep_log = Some(PathBuf::from(value(&a)?)),
             // cargo bench appends it.
             "--bench" => {}
             "-h" | "--help" => return Err(USAGE.to_owned()),
@@ -354,6 +360,7 @@ impl Bench<'_> {
         };
         let rs = self.cri.rs();
         let pods: Vec<_> = (0..n).map(|_| self.pod(h)).collect();
+        std::thread::sleep(SETTLE);
         let runs = self.parallel_calls(
             pods.iter()
                 .map(|p| {
@@ -382,6 +389,10 @@ impl Bench<'_> {
             return Err(e);
         }
         for (metric, remove) in [(stop_m, false), (rm_m, true)] {
+            // containerd's garbage collection of the previous batch's snapshots and leases
+            // holds its metadata lock: it runs in this pause rather than inside the next
+            // measured batch, which would charge it to whichever handler comes next.
+            std::thread::sleep(SETTLE);
             let outs = self.parallel_calls(
                 ids.iter()
                     .map(|id| {
@@ -433,6 +444,7 @@ impl Bench<'_> {
             for b in 0..opts.execs.div_ceil(opts.exec_block) {
                 for h in order(b) {
                     let cpu0 = procs::cpu_ms(shims[h], true).ok_or("shim gone")?;
+                    let self0 = procs::cpu_ms(shims[h], false).ok_or("shim gone")?;
                     for _ in 0..opts.exec_block {
                         let req = ExecSyncRequest {
                             container_id: targets[h].1.clone(),
@@ -449,8 +461,10 @@ impl Bench<'_> {
                         self.res.add(EXEC, h, t);
                     }
                     let cpu1 = procs::cpu_ms(shims[h], true).ok_or("shim gone")?;
-                    self.res
-                        .add(EXEC_CPU, h, (cpu1 - cpu0) / opts.exec_block as f64);
+                    let self1 = procs::cpu_ms(shims[h], false).ok_or("shim gone")?;
+                    let per_exec = |d: f64| d / opts.exec_block as f64;
+                    self.res.add(EXEC_CPU, h, per_exec(cpu1 - cpu0));
+                    self.res.add(EXEC_CPU_SHIM, h, per_exec(self1 - self0));
                 }
             }
             Ok(())
@@ -660,6 +674,15 @@ fn run_version(opts: &Opts, version: &str) -> Results {
     let mut res = b.res;
     if let Err(p) = catch_unwind(AssertUnwindSafe(|| cri.assert_no_leaks())) {
         res.leaks.push(panic_text(p));
+    }
+    if let Some(dir) = &opts.keep_log {
+        let to = dir.join(format!("containerd-{version}.log"));
+        if let Err(e) = std::fs::copy(cri.cd.log_path(), &to) {
+            eprintln!(
+                "cri bench: cannot copy the containerd log to {}: {e}",
+                to.display()
+            );
+        }
     }
     res
 }

@@ -62,6 +62,7 @@ pub const STOP_POD_8: &str = "StopPodSandbox, 8 in parallel";
 pub const REMOVE_POD_8: &str = "RemovePodSandbox, 8 in parallel";
 pub const EXEC: &str = "ExecSync /bin/true";
 pub const EXEC_CPU: &str = "ExecSync CPU per exec: shim + all it forks";
+pub const EXEC_CPU_SHIM: &str = "ExecSync CPU per exec: the shim daemon alone (information)";
 pub const PSS_POD: &str = "shim PSS per pod (pause + 2 containers, one shim per pod)";
 pub const PSS_DENSITY: &str = "total shim PSS with the density pods running";
 pub const LOG_CPU: &str = "shim CPU per GiB of stdout through CRI log files";
@@ -85,6 +86,7 @@ pub const METRICS: &[Metric] = &[
     op(REMOVE_POD_8, None),
     op(EXEC, Some(0.3)),
     mean(EXEC_CPU, "ms", Some(0.15)),
+    mean(EXEC_CPU_SHIM, "ms", None),
     mean(PSS_POD, "KiB", Some(0.15)),
     mean(PSS_DENSITY, "MiB", Some(0.15)),
     mean(LOG_CPU, "ms", Some(0.3)),
