@@ -928,3 +928,94 @@ fn log_file_on_a_full_filesystem_does_not_affect_the_container() {
     drop(full);
     cd.assert_no_leaks();
 }
+
+/// A cgroup creation refused half way: the container's cgroup parent allows no descendant in
+/// the unified hierarchy (`cgroup.max.descendants` 0), so on a hybrid host the v1 hierarchies
+/// take the new cgroup and the unified one refuses it, and on a pure v2 host the refusal comes
+/// after the parents the create made. The run fails naming the refused directory; nothing is
+/// left in any hierarchy, neither the container's cgroup nor the parents the create made.
+#[test]
+fn cgroup_creation_refused_half_way_fails_cleanly() {
+    let cd = Containerd::start();
+    let unified = common::containerd::cgroup_mounts()
+        .into_iter()
+        .find(|m| {
+            std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|mi| {
+                mi.lines().any(|l| {
+                    l.split(' ').nth(4) == Some(&*m.to_string_lossy()) && l.contains(" - cgroup2 ")
+                })
+            })
+        })
+        .expect("a cgroup2 mount");
+    let top = format!("pelagos-halfway-{}", std::process::id());
+    // The parent the test makes (and removes): full, in the unified hierarchy only.
+    let mut parent = Scratch::at(unified.join(&top).join("full"));
+    fs::write(parent.path.join("cgroup.max.descendants"), "0").expect("limit descendants");
+    let cgroup = format!("/{top}/full/c");
+    let id = "halfway";
+    let out = cd.run(id, &["--cgroup", &cgroup], &["echo", "hi"]);
+    if out.status.success() && !testing_pelagos() {
+        // runc 1.1 on a hybrid host makes no cgroup in the unified hierarchy at all.
+        println!("the control ran: runc leaves the unified hierarchy alone on this host");
+        let _ = fs::remove_dir(&parent.path);
+        let _ = fs::remove_dir(unified.join(&top));
+        parent.path = std::env::temp_dir().join(format!("{top}-gone"));
+        for m in common::containerd::cgroup_mounts() {
+            let _ = fs::remove_dir(m.join(&top).join("full/c"));
+            let _ = fs::remove_dir(m.join(&top).join("full"));
+            let _ = fs::remove_dir(m.join(&top));
+        }
+        cd.assert_no_leaks();
+        return;
+    }
+    assert!(!out.status.success(), "ran: {}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = unified.join(&top).join("full/c");
+    assert!(
+        err.contains(&*refused.to_string_lossy()),
+        "error does not name {}: {err}",
+        refused.display()
+    );
+    let left: Vec<PathBuf> = common::containerd::cgroup_mounts()
+        .into_iter()
+        .filter(|m| *m != unified)
+        .map(|m| m.join(&top))
+        .chain([refused])
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+    cd.clear_fifo_dirs();
+    cd.ctr(&["containers", "rm", id]);
+    cd.assert_no_leaks();
+    // Scratch removes the directory tree; cgroupfs wants rmdir of each level.
+    let _ = fs::remove_dir(&parent.path);
+    let _ = fs::remove_dir(unified.join(&top));
+    parent.path = std::env::temp_dir().join(format!("{top}-gone"));
+}
+
+/// The fifo directory of a running container removed under it (a tmp cleaner, an operator): the
+/// container keeps running, execs work, kill and delete work, and nothing is left.
+#[test]
+fn fifo_dir_removed_under_a_running_container() {
+    let cd = Containerd::start();
+    let id = "fifogone";
+    cd.run_detached(
+        id,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.01; done",
+        ],
+    );
+    let dirs = common::containerd::dir_entries(&cd.fifo_dir());
+    assert!(!dirs.is_empty(), "no fifo dir for the container");
+    cd.clear_fifo_dirs();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(cd.task_status(id).as_deref(), Some("RUNNING"));
+    let out = cd.exec(id, "after", &[], &["echo", "still here"]);
+    assert_eq!(stdout(&out), "still here\n", "{}", describe(&out));
+    cd.clear_fifo_dirs();
+    cd.remove(id);
+    cd.assert_no_leaks();
+}
