@@ -220,6 +220,36 @@ fn systemd_driver(handler: &str) {
     systemctl(&["daemon-reload"]);
     check_container(&cri, &id, &slice, UPDATED_MEMORY);
 
+    // Input systemd takes but the kernel refuses (a cpu this host does not have): the start
+    // fails, saying so, and leaves neither a unit nor a cgroup.
+    let mut bad = Cri::container_config("bad", &["sleep", "1000"]);
+    bad.linux
+        .as_mut()
+        .unwrap()
+        .resources
+        .get_or_insert_with(Default::default)
+        .cpuset_cpus = "63".to_string();
+    let bad_id = cri
+        .create_container(&pod_id, &pod, &bad)
+        .expect("CreateContainer");
+    let err = cri
+        .start_container(&bad_id)
+        .expect_err("a container on cpu 63");
+    assert!(err.message().contains("cpus"), "{}", err.message());
+    let bad_unit = format!("cri-containerd-{bad_id}.scope");
+    assert_eq!(
+        prop(&bad_unit, "LoadState"),
+        "not-found",
+        "{bad_unit} left behind"
+    );
+    let left: Vec<_> = common::containerd::cgroup_mounts()
+        .into_iter()
+        .map(|m| m.join(&slice).join(&bad_unit))
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    cri.remove_container(&bad_id);
+
     let unit = format!("cri-containerd-{id}.scope");
     cri.stop_pod(&pod_id);
     cri.remove_pod(&pod_id);
