@@ -1019,3 +1019,106 @@ fn fifo_dir_removed_under_a_running_container() {
     cd.remove(id);
     cd.assert_no_leaks();
 }
+
+/// A `binary://` logger that exits, is killed, or stops reading: the container keeps running
+/// and writing (its writes neither block for ever nor fail), the shim says so once, and the next
+/// container's logger works. The container writes as fast as it can and counts its lines in
+/// /tmp/n (by rename: never seen empty); a stalled logger is killed after 10 s of a full pipe (shim/src/io/logger.rs).
+#[test]
+fn binary_logger_that_dies_or_stalls_does_not_stop_the_container() {
+    let cd = Containerd::start();
+    let dir = Scratch::new("logger");
+    let write_script = |name: &str, body: &str| {
+        let path = dir.path.join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        path
+    };
+    let out = dir.path.join("out");
+    // Ready once fd 5 is closed; each keeps fd 3 (stdout) and 4 (stderr) as the shim gave them.
+    let exits = write_script("exits", "exec 5>&-\nhead -n 3 <&3 >/dev/null\nexit 3");
+    let killed = write_script(
+        "killed",
+        &format!(
+            "exec 5>&-\necho $$ > {}/killed.pid\nexec cat <&3 >/dev/null",
+            dir.path.display()
+        ),
+    );
+    let stalls = write_script("stalls", "exec 5>&-\nexec sleep 1000");
+    let works = write_script(
+        "works",
+        &format!("exec 5>&-\nexec cat <&3 >{}", out.display()),
+    );
+    let writer = [
+        "sh",
+        "-c",
+        "i=0; while true; do echo line $i; i=$((i+1)); echo $i > /tmp/n.t; mv /tmp/n.t /tmp/n; done",
+    ];
+    let count = |id: &str| -> u64 {
+        let out = cd.exec(id, "count", &[], &["cat", "/tmp/n"]);
+        stdout(&out)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{id}: count: {}\n{}", describe(&out), cd.log_tail(30)))
+    };
+    for (id, logger) in [
+        ("lexits", &exits),
+        ("lkilled", &killed),
+        ("lstalls", &stalls),
+    ] {
+        if id == "lstalls" && !testing_pelagos() {
+            // runc's shim, the control, leaves this container blocked once the pipe is full
+            // (seen: 6656 lines, 64 KiB, then nothing).
+            continue;
+        }
+        let uri = format!("binary://{}", logger.display());
+        cd.run_detached(id, &["--log-uri", &uri], &writer);
+        if id == "lkilled" {
+            let pid_file = dir.path.join("killed.pid");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !pid_file.exists() {
+                assert!(Instant::now() < deadline, "the logger never started");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let pid: i32 = fs::read_to_string(&pid_file)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            kill(pid, libc::SIGKILL);
+        }
+        // Past the stall limit: by then a stalled logger is gone and the output drained.
+        let wait = if id == "lstalls" { 12 } else { 2 };
+        std::thread::sleep(Duration::from_secs(wait));
+        let before = count(id);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = count(id);
+        assert_eq!(cd.task_status(id).as_deref(), Some("RUNNING"), "{id}");
+        assert!(
+            after > before,
+            "{id}: the container stopped writing ({before} then {after})"
+        );
+        cd.remove(id);
+    }
+    // What the shim says is pelagos' own.
+    let said = cd.log_tail(400);
+    for id in ["lexits", "lkilled", "lstalls"]
+        .into_iter()
+        .filter(|_| testing_pelagos())
+    {
+        let n = said
+            .lines()
+            .filter(|l| l.contains("has exited") && l.contains(&format!("container {id}")))
+            .count();
+        assert_eq!(n, 1, "{id}: said {n} times that its logger exited:\n{said}");
+    }
+    let uri = format!("binary://{}", works.display());
+    let out_run = cd.run("lworks", &["--log-uri", &uri], &["echo", "logged"]);
+    assert!(out_run.status.success(), "{}", describe(&out_run));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(&out).unwrap_or_default() != "logged\n" {
+        assert!(Instant::now() < deadline, "the next logger got nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cd.assert_no_leaks();
+}

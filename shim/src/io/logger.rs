@@ -1,6 +1,9 @@
 //! `binary://` loggers: a child of the shim that reads the container's stdout on fd 3 and
 //! stderr on fd 4 and says it is ready by writing a byte to (or closing) fd 5.
 //!
+//! The container writes straight into the logger's pipes, as with containerd's shim; a watcher
+//! thread per logger keeps a logger's failure from reaching the container (see [`watch`]).
+//!
 //! Arguments and environment follow containerd's `NewBinaryCmd`: every query key becomes an
 //! argument followed by its first value; keys prefixed `env.` become environment variables
 //! instead; the environment holds only those and `CONTAINER_ID`, `CONTAINER_NAMESPACE`.
@@ -10,7 +13,10 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -23,6 +29,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a logger has to exit after SIGTERM before it is killed (containerd: 12 s).
 const TERM_GRACE: Duration = Duration::from_secs(12);
 const ENV_PREFIX: &str = "env.";
+/// How long a logger may leave its stdout pipe full before it is taken for hung and killed.
+const STALL: Duration = Duration::from_secs(10);
+/// How often the watcher looks at the logger's pipes.
+const WATCH_TICK: Duration = Duration::from_millis(500);
 
 /// A parsed `binary://` URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +157,8 @@ pub(crate) struct Logger {
     pid: i32,
     pidfd: Option<OwnedFd>,
     path: PathBuf,
+    /// Set before the shim stops the logger itself: its exit is then no failure.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Logger {
@@ -170,6 +182,7 @@ impl Logger {
             pid,
             pidfd: pidfd_open(pid),
             path: cmd.path.clone(),
+            stopping: Arc::new(AtomicBool::new(false)),
         };
         match wait_ready(ready_r.as_fd()) {
             Ok(true) => {}
@@ -182,7 +195,38 @@ impl Logger {
             Err(e) => return Err(err(format!("waiting for readiness: {e}"))),
         }
         log::debug!("binary logger {} started as pid {pid}", cmd.path.display());
+        logger.start_watch(ctx, stdout, stderr);
         Ok(logger)
+    }
+
+    /// Starts the watcher thread (see [`watch`]); without a pidfd or a thread, the logger runs
+    /// unwatched, as containerd's do.
+    fn start_watch(&self, ctx: &LoggerContext, stdout: BorrowedFd<'_>, stderr: BorrowedFd<'_>) {
+        let fds = (|| {
+            let pidfd = self.pidfd.as_ref()?.try_clone().ok()?;
+            Some((
+                pidfd,
+                stdout.try_clone_to_owned().ok()?,
+                stderr.try_clone_to_owned().ok()?,
+            ))
+        })();
+        let Some((pidfd, out, err)) = fds else {
+            log::warn!("binary logger {}: not watched", self.path.display());
+            return;
+        };
+        let watched = Watched {
+            label: format!("{} of container {}", self.path.display(), ctx.id),
+            pidfd,
+            pipes: [out, err],
+            stopping: Arc::clone(&self.stopping),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("logger-watch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || watch(watched));
+        if let Err(e) = spawned {
+            log::warn!("binary logger {}: not watched: {e}", self.path.display());
+        }
     }
 
     #[cfg(test)]
@@ -211,6 +255,7 @@ impl Logger {
 
 impl Drop for Logger {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
         if self.signal(libc::SIGTERM).is_err() {
             // Already exited: collect it if the reaping loop has not.
             let _ = pelagos::reaper::wait(self.pid, Some(Duration::ZERO));
@@ -227,6 +272,108 @@ impl Drop for Logger {
         );
         let _ = self.signal(libc::SIGKILL);
         let _ = pelagos::reaper::wait(self.pid, Some(Duration::from_secs(5)));
+    }
+}
+
+/// What the watcher of one logger holds: the logger's pidfd and read ends of the container's
+/// stdout and stderr pipes (the logger has its own).
+struct Watched {
+    label: String,
+    pidfd: OwnedFd,
+    pipes: [OwnedFd; 2],
+    stopping: Arc<AtomicBool>,
+}
+
+/// Keeps a logger's failure from reaching the container: when the logger exits or is killed,
+/// or reads nothing of a non-empty stdout pipe for [`STALL`] (it is then killed), the container's output is
+/// read here and dropped, so that the container's writes neither block for ever nor fail, and
+/// the shim's log says so once. Ends when the shim stops the logger, or at the pipes' EOF.
+fn watch(w: Watched) {
+    // Since when the logger has read nothing of a non-empty stdout pipe, and how much it held.
+    let mut stalled: Option<(Instant, usize)> = None;
+    loop {
+        if w.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if poll_in(&[w.pidfd.as_fd()], WATCH_TICK).first() == Some(&true) {
+            break;
+        }
+        let queued = pending(w.pipes[0].as_fd());
+        match stalled {
+            _ if queued == 0 => stalled = None,
+            // It read something since the last look.
+            Some((_, before)) if queued < before => stalled = Some((Instant::now(), queued)),
+            None => stalled = Some((Instant::now(), queued)),
+            Some((t, _)) if t.elapsed() >= STALL => {
+                log::warn!(
+                    "binary logger {} read nothing of its pipe for {} s: killing it",
+                    w.label,
+                    STALL.as_secs()
+                );
+                // SAFETY: pidfd_send_signal reads only its scalar arguments.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        w.pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                stalled = None;
+            }
+            Some((t, _)) => stalled = Some((t, queued)),
+        }
+    }
+    if w.stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    log::warn!(
+        "binary logger {} has exited: the container's output is dropped from now on",
+        w.label
+    );
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut open = [true, true];
+    while open.iter().any(|o| *o) && !w.stopping.load(Ordering::SeqCst) {
+        let fds: Vec<BorrowedFd<'_>> = w.pipes.iter().map(AsFd::as_fd).collect();
+        let ready = poll_in(&fds, WATCH_TICK);
+        for (i, r) in ready.into_iter().enumerate() {
+            if r && open[i] {
+                match nix::unistd::read(&w.pipes[i], &mut buf) {
+                    Ok(0) => open[i] = false,
+                    Ok(_) | Err(Errno::EINTR | Errno::EAGAIN) => {}
+                    Err(_) => open[i] = false,
+                }
+            }
+        }
+    }
+}
+
+/// Which of `fds` are readable (or hung up) within `timeout`.
+fn poll_in(fds: &[BorrowedFd<'_>], timeout: Duration) -> Vec<bool> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    let ms = PollTimeout::try_from(timeout.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    match poll(&mut pfds, ms) {
+        Ok(n) if n > 0 => pfds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect(),
+        _ => vec![false; fds.len()],
+    }
+}
+
+/// How many bytes wait in the pipe behind `fd`.
+fn pending(fd: BorrowedFd<'_>) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points at `n`.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 {
+        n.max(0) as usize
+    } else {
+        0
     }
 }
 
