@@ -117,7 +117,7 @@ fn stats_and_update(handler: &str) {
             }),
     )
     .expect("UpdateContainerResources");
-    let rel = format!("{}/{id}", pod.linux.as_ref().unwrap().cgroup_parent);
+    let rel = Cri::container_cgroup(&pod, &id);
     let mem_file = cri
         .cgroup_file(&rel, "memory.limit_in_bytes")
         .or_else(|| cri.cgroup_file(&rel, "memory.max"))

@@ -121,12 +121,11 @@ fn pod_lifecycle(handler: &str) {
     );
 
     // Containers are in cgroups under the pod's cgroup parent.
-    let parent = &pod.linux.as_ref().unwrap().cgroup_parent;
+    let want = Cri::container_cgroup(&pod, &app_id);
     let cg = fs::read_to_string(format!("/proc/{app_pid}/cgroup")).expect("read cgroup");
     assert!(
-        cg.lines()
-            .any(|l| l.ends_with(&format!("{parent}/{app_id}"))),
-        "app cgroups {cg:?} not under {parent}/{app_id}"
+        cg.lines().any(|l| l.ends_with(&want)),
+        "app cgroups {cg:?} not in {want}"
     );
 
     cri.stop_container(&app_id, 2);
@@ -230,7 +229,7 @@ fn systemd_cgroup_path(handler: &str) {
     );
     let pid = cri.container_pid(&id);
     let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read cgroup");
-    let want = if handler == PELAGOS {
+    let want = if handler == PELAGOS || common::cri::systemd_driver() {
         format!("/{slice}/cri-containerd-{id}.scope")
     } else {
         format!("/{slice}:cri-containerd:{id}")

@@ -86,6 +86,13 @@ pub struct Cri {
     _serial: MutexGuard<'static, ()>,
 }
 
+/// `PELAGOS_TEST_SYSTEMD_CGROUP=1`: the `pelagos` and `runc` handlers use the systemd cgroup
+/// driver (`SystemdCgroup = true`) and pods get a slice as cgroup parent, as on a kubeadm node
+/// (a host booted with systemd: `PELAGOS_VM_INIT=systemd scripts/vm/run-tests.sh 'cri_*'`).
+pub fn systemd_driver() -> bool {
+    std::env::var("PELAGOS_TEST_SYSTEMD_CGROUP").is_ok_and(|v| v == "1")
+}
+
 /// The CRI plugin's section of the config (containerd 1.x, version 2, or 2.x, version 3).
 pub fn cri_section(
     major: u32,
@@ -93,6 +100,15 @@ pub fn cri_section(
     cni_conf_dir: &Path,
     extra_runtime: &str,
 ) -> String {
+    let mut extra_runtime = extra_runtime.to_owned();
+    if systemd_driver() {
+        let t = runtimes_table(major);
+        let dir = cni_conf_dir.parent().unwrap_or(cni_conf_dir);
+        extra_runtime.push_str(&format!(
+            "    [{t}.runc.options]\n      SystemdCgroup = true\n{}",
+            pelagos_options(major, dir, PELAGOS, "SystemdCgroup = true\n")
+        ));
+    }
     let conf = cni_conf_dir.display();
     let bin = cni_bin_dir.display();
     if major >= 2 {
@@ -160,9 +176,14 @@ pub fn runtimes_table(major: u32) -> &'static str {
 /// `ConfigPath` in `dir` on 1.x (CRI 1.x passes on only `TypeUrl` and `ConfigPath`).
 pub fn pelagos_handler(major: u32, dir: &Path, name: &str, options: &str) -> String {
     let t = runtimes_table(major);
-    let mut s = format!(
-        "    [{t}.{name}]\n      runtime_type = \"io.containerd.pelagos.v2\"\n    [{t}.{name}.options]\n"
-    );
+    format!("    [{t}.{name}]\n      runtime_type = \"io.containerd.pelagos.v2\"\n")
+        + &pelagos_options(major, dir, name, options)
+}
+
+/// The `options` table of the pelagos handler `name` (see [`pelagos_handler`]).
+fn pelagos_options(major: u32, dir: &Path, name: &str, options: &str) -> String {
+    let t = runtimes_table(major);
+    let mut s = format!("    [{t}.{name}.options]\n");
     if major >= 2 {
         for line in options.lines() {
             s.push_str(&format!("      {line}\n"));
@@ -384,7 +405,10 @@ impl Cri {
             hostname: String::new(),
             log_directory: log_dir.to_string_lossy().into_owned(),
             linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: format!("{}/pod-{name}", self.cgroup_parent),
+                cgroup_parent: match systemd_driver() {
+                    true => self.slice_parent(),
+                    false => format!("{}/pod-{name}", self.cgroup_parent),
+                },
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
                         network: NamespaceMode::Node as i32,
@@ -736,6 +760,16 @@ impl Cri {
             .unwrap_or_default()
     }
 
+    /// Where a container of `pod` has its cgroup, below the hierarchy roots: what the cgroupfs
+    /// driver makes of `<parent>/<id>`, or the systemd driver of `<slice>:cri-containerd:<id>`.
+    pub fn container_cgroup(pod: &PodSandboxConfig, id: &str) -> String {
+        let parent = &pod.linux.as_ref().expect("linux pod config").cgroup_parent;
+        match systemd_driver() {
+            true => format!("/{parent}/cri-containerd-{id}.scope"),
+            false => format!("{parent}/{id}"),
+        }
+    }
+
     /// The cgroup dir of `rel` (a cgroupsPath) in the first hierarchy that has `file`.
     pub fn cgroup_file(&self, rel: &str, file: &str) -> Option<PathBuf> {
         containerd::cgroup_mounts()
@@ -863,6 +897,12 @@ impl Cri {
 impl Drop for Cri {
     fn drop(&mut self) {
         self.remove_all_pods();
+        if systemd_driver() {
+            // The pods' slice, which the kubelet removes on a node.
+            let _ = Command::new("systemctl")
+                .args(["stop", &self.slice_parent()])
+                .status();
+        }
         // Containerd's own Drop then ends what is left; the pod cgroups and work dir are ours.
         for m in containerd::cgroup_mounts() {
             remove_tree(&m.join(self.cgroup_parent.trim_start_matches('/')));
