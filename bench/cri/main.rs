@@ -22,10 +22,17 @@ use tonic::{Response, Status};
 use common::cri::{self, Cri};
 use report::*;
 
-/// An app container that exits on SIGTERM, as a well-behaved pod's container.
-const SLEEPER: &[&str] = &["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
+/// An app container that exits on SIGTERM, as a well-behaved pod's container. It says `ready`
+/// once its trap is set: as pid 1 of its pid namespace it ignores a SIGTERM that comes before.
+const SLEEPER: &[&str] = &[
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM; echo ready; sleep 3600 & wait",
+];
 /// StopContainer's grace period (the sleeper exits at the SIGTERM).
 const STOP_TIMEOUT_S: i64 = 10;
+/// A call without an answer by then is a failed round (the fixture's own limit panics).
+const CALL_LIMIT: Duration = Duration::from_secs(40);
 /// A pause before each parallel batch of calls (see [`Bench::parallel`]).
 const SETTLE: Duration = Duration::from_millis(500);
 const PHASES: &[&str] = &["lifecycle", "parallel", "exec", "log", "memory", "density"];
@@ -192,10 +199,19 @@ impl Bench<'_> {
         fut: impl Future<Output = Result<Response<T>, Status>>,
     ) -> Result<(f64, T), String> {
         let t0 = Instant::now();
-        let r = self.cri.block(fut);
+        let r = self
+            .cri
+            .block(async { tokio::time::timeout(CALL_LIMIT, fut).await });
         let ms = ms_since(t0);
-        r.map(|r| (ms, r.into_inner()))
-            .map_err(|s| format!("{} {what}: {}", HANDLERS[h], s.message()))
+        match r {
+            Ok(r) => r
+                .map(|r| (ms, r.into_inner()))
+                .map_err(|s| format!("{} {what}: {}", HANDLERS[h], s.message())),
+            Err(_) => Err(format!(
+                "{} {what}: no answer within {CALL_LIMIT:?}",
+                HANDLERS[h]
+            )),
+        }
     }
 
     /// The calls of `futs` at once over the one connection: (ms, answer) of each.
@@ -317,6 +333,7 @@ impl Bench<'_> {
             let (t_create, c) = self.call(h, CREATE, rs.clone().create_container(req))?;
             let id = c.container_id;
             let (t_start, _) = self.call(h, START, rs.clone().start_container(start(&id)))?;
+            Self::wait_ready(h, &pod, "app")?;
             let stop = StopContainerRequest {
                 container_id: id.clone(),
                 timeout: STOP_TIMEOUT_S,
@@ -348,6 +365,23 @@ impl Bench<'_> {
             (TEARDOWN, t_stop + t_rm + t_sp + t_rp),
         ] {
             self.res.add(m, h, t);
+        }
+        Ok(())
+    }
+
+    /// Waits until a [`SLEEPER`] has logged `ready` (CRI writes its stdout to the log file).
+    fn wait_ready(h: usize, pod: &PodSandboxConfig, name: &str) -> Result<(), String> {
+        let path = Cri::log_path(pod, &Cri::container_config(name, &[]));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&path).is_ok_and(|t| t.contains("ready")) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} {name}: no `ready` in {} after 30 s",
+                    HANDLERS[h],
+                    path.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
         Ok(())
     }
