@@ -1122,3 +1122,103 @@ fn binary_logger_that_dies_or_stalls_does_not_stop_the_container() {
     }
     cd.assert_no_leaks();
 }
+
+/// The shim under memory pressure: its `ShimCgroup` has a 32 MiB memory limit while its
+/// container writes 64 MiB to an attached `ctr run`. The shim copes (all the output arrives,
+/// exit 0) or, were it OOM-killed, is handled like a killed shim; no ctr call wedges, nothing
+/// is left. (Its copies splice: the output never passes through its memory.)
+#[test]
+fn shim_with_a_small_memory_limit_serves_heavy_output() {
+    if !testing_pelagos() {
+        println!("skipped: ctr passes runc's shim no ShimCgroup");
+        return;
+    }
+    let cd = Containerd::start();
+    let mounts = common::containerd::cgroup_mounts();
+    let memory: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|m| m.join("memory.max").exists() || m.ends_with("memory"))
+        .cloned()
+        .collect();
+    let root_v2 = mounts.iter().any(|m| {
+        m.join("cgroup.subtree_control").exists()
+            && fs::read_to_string(m.join("cgroup.controllers")).is_ok_and(|c| c.contains("memory"))
+    });
+    let made: Vec<&PathBuf> = if root_v2 {
+        mounts
+            .iter()
+            .filter(|m| m.join("cgroup.controllers").exists())
+            .collect()
+    } else {
+        mounts
+            .iter()
+            .filter(|m| !m.join("cgroup.controllers").exists())
+            .collect()
+    };
+    let shim_cg = format!("/pelagos-shim-mem-{}", std::process::id());
+    common::containerd::make_cgroup(&shim_cg, &made);
+    let rel = shim_cg.trim_start_matches('/');
+    let limit = 32u64 << 20;
+    for m in &memory {
+        let dir = m.join(rel);
+        let file = if dir.join("memory.max").exists() {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        fs::write(dir.join(file), limit.to_string()).expect("set the shim's memory limit");
+    }
+    let config = cd.root_dir().join("shim-mem.toml");
+    fs::write(&config, format!("ShimCgroup = \"{shim_cg}\"\n")).unwrap();
+    let size: u64 = 64 << 20;
+    let mut child = cd.spawn_run(
+        "shimmem",
+        &["--runtime-config-path", config.to_str().unwrap()],
+        &["sh", "-c", &format!("head -c {size} /dev/zero")],
+    );
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        while let Ok(k) = stdout_pipe.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        n
+    });
+    // The shim serving it is in the limited cgroup (its `start` joins it before serving).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let joined = cd.shim_pids().into_iter().any(|p| {
+            fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| {
+                c.lines().any(|l| {
+                    (l.contains(":memory:") || l.starts_with("0::")) && l.ends_with(&shim_cg)
+                })
+            })
+        });
+        if joined {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no shim in {shim_cg}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = wait_child_timeout(&mut child, Duration::from_secs(120));
+    let got = reader.join().unwrap();
+    let status = status.expect("ctr run wedged under the shim's memory limit");
+    if status.success() {
+        assert_eq!(got, size, "output lost");
+    } else {
+        println!(
+            "the shim did not cope (status {status:?}, {got} bytes): handled as a killed shim"
+        );
+        cd.ctr(&["task", "rm", "-f", "shimmem"]);
+        cd.ctr(&["containers", "rm", "shimmem"]);
+    }
+    cd.clear_fifo_dirs();
+    cd.assert_no_leaks();
+    for m in &made {
+        let _ = fs::remove_dir(m.join(rel));
+    }
+}
