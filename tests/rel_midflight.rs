@@ -275,3 +275,59 @@ fn exec_exit_while_containerd_is_down_is_reported() {
     cd.remove(&id);
     cd.assert_no_leaks();
 }
+
+/// The bundle turned read-only while the shim is inside Create (a bind mount over it, as a
+/// filesystem remounted read-only would be): the container runs, or the run fails with a clear
+/// error; either way nothing is left once the bundle is writable again (containerd's own
+/// removal of the bundle needs that).
+#[test]
+fn bundle_read_only_during_create() {
+    if !testing_pelagos() {
+        println!("skipped: the failpoints are the pelagos shim's");
+        return;
+    }
+    let cd = Containerd::start();
+    let id = unique_id("mid-robundle");
+    cd.failpoint("Create", &id, "");
+    let argv = cd.run_args(&["-d"], &id, &[], &["sleep", "1000"]);
+    let mut cmd = cd.ctr_command();
+    cmd.args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let client = cmd.spawn().expect("spawn ctr run");
+    let shim = stopped_shim(&cd);
+    let bundle = cd.bundle_dir(&id);
+    let b = bundle.to_str().unwrap();
+    let mount = |args: &[&str]| {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mount {args:?}");
+    };
+    mount(&["--bind", b, b]);
+    mount(&["-o", "remount,bind,ro", b]);
+    signal(shim, libc::SIGCONT);
+    let out = client.wait_with_output().expect("ctr run");
+    let _ = std::process::Command::new("umount")
+        .args(["-l", b])
+        .status();
+    if out.status.success() {
+        assert_eq!(cd.task_status(&id).as_deref(), Some("RUNNING"));
+        let out = cd.exec(&id, "e1", &[], &["true"]);
+        assert!(out.status.success(), "{}", describe(&out));
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(b) || err.contains("read-only"),
+            "unclear error: {err}"
+        );
+    }
+    if cd.task(&id).is_some() {
+        cd.ctr_ok(&["task", "rm", "-f", &id]);
+    }
+    let _ = cd.ctr(&["containers", "rm", &id]);
+    cd.clear_fifo_dirs();
+    no_leaks_soon(&cd, "read-only bundle during Create");
+}
