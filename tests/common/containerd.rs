@@ -869,6 +869,26 @@ state = "{state}"
             .collect()
     }
 
+    /// This containerd's container state dirs under the pelagos state root: every entry of its
+    /// namespace, except in CRI's `k8s.io`, which every CRI containerd on the host shares (other
+    /// test processes, the CRI bench): there only those whose state.json names a bundle of ours.
+    fn pelagos_state_entries(&self) -> Vec<PathBuf> {
+        let dir = Path::new(PELAGOS_STATE_ROOT).join(&self.namespace);
+        let bundles = self.state_dir();
+        dir_entries(&dir)
+            .into_iter()
+            .map(|name| dir.join(name))
+            .filter(|entry| {
+                self.cri.is_none()
+                    || fs::read(entry.join("state.json"))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v.get("bundle")?.as_str().map(PathBuf::from))
+                        .is_some_and(|b| b.starts_with(&bundles))
+            })
+            .collect()
+    }
+
     /// Mount points under this containerd's root or state.
     pub fn mounts(&self) -> Vec<String> {
         let base = self.base.to_string_lossy().into_owned();
@@ -982,13 +1002,9 @@ state = "{state}"
             leaks.push(format!("bundles left in {}: {left:?}", bundles.display()));
         }
         if self.runtime == PELAGOS_RUNTIME {
-            let state = Path::new(PELAGOS_STATE_ROOT).join(&self.namespace);
-            let left = dir_entries(&state);
+            let left = self.pelagos_state_entries();
             if !left.is_empty() {
-                leaks.push(format!(
-                    "pelagos state left in {}: {left:?}",
-                    state.display()
-                ));
+                leaks.push(format!("pelagos state left: {left:?}"));
             }
         }
         leaks
@@ -1080,7 +1096,10 @@ state = "{state}"
         for sock in self.shim_sockets() {
             let _ = fs::remove_file(sock);
         }
-        let _ = fs::remove_dir_all(Path::new(PELAGOS_STATE_ROOT).join(&self.namespace));
+        for dir in self.pelagos_state_entries() {
+            let _ = fs::remove_dir_all(dir);
+        }
+        let _ = fs::remove_dir(Path::new(PELAGOS_STATE_ROOT).join(&self.namespace));
         let _ = fs::remove_dir_all(&self.root);
         let _ = fs::remove_dir_all(&self.base);
     }
