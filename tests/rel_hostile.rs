@@ -966,3 +966,61 @@ fn oversized_config_is_bounded_in_the_shim() {
     v.assert_exec_works();
     v.finish();
 }
+
+/// A client that opens an exec's output fifos only after the process has ended (containerd's
+/// ExecSync opens them in a goroutine, which a loaded node can run late) still reads the output
+/// and its EOF. The shim closing its end first left such a client's open blocked for ever with
+/// no writer to come: ExecSync, so kubelet's exec probes, hung (tests/rel_soak.rs found it,
+/// about one run in two).
+#[test]
+fn late_client_of_an_exec_still_gets_its_output_and_eof() {
+    let v = Victim::start();
+    let dir = std::env::temp_dir().join(unique_id("late-client"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (out, err) = (dir.join("out"), dir.join("err"));
+    for p in [&out, &err] {
+        nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+    let mut c = v.conn();
+    let spec = br#"{"args": ["sh", "-c", "echo out; echo err >&2"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]}"#;
+    let any = Pb::new()
+        .str(
+            1,
+            "types.containerd.io/opencontainers/runtime-spec/1/Process",
+        )
+        .bytes(2, spec);
+    let exec = Pb::new()
+        .str(1, VICTIM)
+        .str(2, "late")
+        .str(5, out.to_str().unwrap())
+        .str(6, err.to_str().unwrap())
+        .bytes(7, &any.0);
+    c.call("Exec", &exec.0).expect("a reply to Exec").ok();
+    c.call("Start", &Pb::new().str(1, VICTIM).str(2, "late").0)
+        .expect("a reply to Start")
+        .ok();
+    // Well past the process's end and the shim's 1 s progress limit for lingering output.
+    std::thread::sleep(Duration::from_secs(2));
+    for (path, want) in [(&out, "out\n"), (&err, "err\n")] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::read_to_string(&p));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        if got.is_err() {
+            // Unblock the reader thread before failing.
+            let _ = std::fs::OpenOptions::new().write(true).open(path);
+        }
+        let text = got
+            .unwrap_or_else(|_| panic!("{} never reached EOF", path.display()))
+            .expect("read the fifo");
+        assert_eq!(text, want, "{}", path.display());
+    }
+    c.call("Delete", &Pb::new().str(1, VICTIM).str(2, "late").0)
+        .expect("a reply to Delete")
+        .ok();
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+    v.finish();
+}

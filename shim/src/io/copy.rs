@@ -58,6 +58,8 @@ const READER_POLL: Duration = Duration::from_millis(20);
 /// A lingering copy whose client made no progress for this long gives up: the client holds
 /// the fifo open but does not read it, or keeps it open past EOF.
 const LINGER_STALL: Duration = Duration::from_secs(1);
+/// How long a fifo no client has opened yet stays open after EOF, waiting for the client.
+const CLIENT_WAIT: Duration = Duration::from_secs(10);
 
 /// Where the outputs of one process stand (see [`IoLoop::outputs`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,6 +320,22 @@ impl Job {
         };
         if let Linger::Unread(left) = phase {
             match unread(&self.spec.dst) {
+                // No client has opened the fifo yet (it opens it concurrently with the create
+                // or exec: containerd's ExecSync in a goroutine). Closing now would leave its
+                // open, which blocks until a writer comes, blocked for ever: the exec probe
+                // hangs. So the writer stays until a reader shows up, as runc's shim opens the
+                // fifo for writing only once the client has it open.
+                0 if !self.spec.client_seen && !self.probe.as_ref().is_some_and(has_reader) => {
+                    if now.duration_since(since) >= CLIENT_WAIT {
+                        log::warn!(
+                            "io {}: no client opened the fifo within {CLIENT_WAIT:?}; closing",
+                            self.spec.name
+                        );
+                        return true;
+                    }
+                    self.linger = Some((phase, since));
+                    return false;
+                }
                 0 => {
                     // Closing the fifo here is the client's EOF; dst becomes the probe.
                     if let Some(probe) = self.probe.take() {
@@ -342,9 +360,14 @@ impl Job {
         if phase == Linger::Reader && !has_reader(&self.spec.dst) {
             return true;
         }
-        if now.duration_since(since) >= LINGER_STALL {
+        // Output a client that has not come yet will read: the fifo stays open for it as above.
+        let awaited = matches!(phase, Linger::Unread(_))
+            && !self.spec.client_seen
+            && !self.probe.as_ref().is_some_and(has_reader);
+        let stall = if awaited { CLIENT_WAIT } else { LINGER_STALL };
+        if now.duration_since(since) >= stall {
             log::warn!(
-                "io {}: the client made no progress within {LINGER_STALL:?} ({}); closing",
+                "io {}: the client made no progress within {stall:?} ({}); closing",
                 self.spec.name,
                 match phase {
                     Linger::Unread(n) => format!("{n} bytes unread"),
