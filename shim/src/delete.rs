@@ -25,6 +25,11 @@ pub enum DeleteError {
 
 /// Removes the shim socket named in `<bundle>/address` when no shim answers on it any more
 /// (the shim was killed). A live socket is left alone: with grouping it serves others.
+///
+/// containerd runs this action as soon as the killed shim's connection breaks, which can be
+/// before the dying process has closed its listener: a connection is then queued and reset
+/// rather than refused. Such a socket is looked at again for up to a second; a live shim
+/// accepts and waits for a request (the read times out).
 fn remove_dead_socket(bundle: &Path) {
     use std::os::unix::fs::FileTypeExt;
     let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
@@ -35,13 +40,27 @@ fn remove_dead_socket(bundle: &Path) {
     if !is_socket {
         return;
     }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-            if let Err(e) = std::fs::remove_file(path) {
-                log::warn!("remove dead shim socket {}: {e}", path.display());
+    for _ in 0..20 {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                if let Err(e) = std::fs::remove_file(path) {
+                    log::warn!("remove dead shim socket {}: {e}", path.display());
+                }
+                return;
+            }
+            Err(_) => return,
+            Ok(mut conn) => {
+                use std::io::Read;
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_millis(100)));
+                match conn.read(&mut [0u8; 1]) {
+                    // Reset or closed unaccepted: the listener is going away with its process.
+                    Ok(0) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {}
+                    _ => return,
+                }
             }
         }
-        _ => {}
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
