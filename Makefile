@@ -4,6 +4,7 @@
 #   make test    install deps, build, run every test (containerd 1.6), then the shim tests on 2.1
 #   make test-v2 the integration suites in a pure cgroup v2 VM (qemu)
 #   make test-long the reliability suites (tests/rel_*) at the full sizes of RELIABILITY.md
+#   make soak    kubelet-like churn through CRI for SOAK_MINUTES (default 60), see RELIABILITY.md
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 15) each, see RELIABILITY.md
 #   make lint    rustfmt check and clippy with warnings as errors
 #   make install install the shim (release build) into $(PREFIX)/bin
@@ -19,7 +20,7 @@ SHIM_TESTS := $(foreach t,$(basename $(notdir $(wildcard tests/shim_*.rs))),--te
 # The shim tests start one containerd per test; two at a time suits the 2-core machines.
 TEST_THREADS ?= 2
 
-.PHONY: all setup build demo test test-shim-2.1 test-v2 test-long fuzz lint install bench fresh-root
+.PHONY: all setup build demo test test-shim-2.1 test-v2 test-long soak fuzz lint install bench fresh-root
 
 all: build
 
@@ -51,6 +52,11 @@ REL_TESTS := $(foreach t,$(basename $(notdir $(wildcard tests/rel_*.rs))),--test
 # under attack, 50 MiB configs...); about 10 minutes.
 test-long: setup build
 	PELAGOS_LONG=1 $(CARGO) test -p pelagos --no-fail-fast $(REL_TESTS) -- --test-threads=$(TEST_THREADS)
+
+SOAK_MINUTES ?= 60
+# tests/rel_soak.rs: pods churned by parallel workers, containerd restarted every 40 s.
+soak: setup build
+	PELAGOS_SOAK_SECS=$$(( $(SOAK_MINUTES) * 60 )) $(CARGO) test -p pelagos --test rel_soak -- --ignored --nocapture
 
 FUZZ_SECONDS ?= 15
 fuzz:

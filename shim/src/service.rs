@@ -50,6 +50,8 @@ pub const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// first time this long after the exit: a hangup is not always visible the moment the exit is
 /// (reporting "held open, all read" at once lost the tail of a tty once in CI).
 pub const HELD_OPEN_POLL: Duration = Duration::from_millis(50);
+/// How often a pending Wait looks whether its client is still there.
+const WAIT_PEER_CHECK: Duration = Duration::from_secs(5);
 /// How long an empty shim waits for containerd's next call (a Create right after `start`, the
 /// Shutdown right after a Delete or a failed Create) before it takes containerd for gone (see
 /// [`Shim::orphan_deadline`]).
@@ -197,6 +199,19 @@ impl ExitSignal {
     pub fn wake(&self) {
         let _ = self.wake.write(1);
     }
+}
+
+/// Whether the peer of connection `fd` has closed it (hung up, or gone with its process).
+fn peer_gone(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the connection's fd, which ttrpc keeps open during the call;
+    // poll only reports its state.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 type ContainerCell = Arc<RwLock<Option<pelagos::Container>>>;
@@ -1293,8 +1308,9 @@ impl Task for Shim {
         Ok(Empty::new())
     }
 
-    fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> Res<WaitResponse> {
+    fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> Res<WaitResponse> {
         let mut st = self.lock();
+        let mut checked = std::time::Instant::now();
         loop {
             let p = st.life.get(&req.id)?.proc(&req.exec_id)?;
             if p.status == Status::Stopped {
@@ -1309,7 +1325,20 @@ impl Task for Shim {
                     ..Default::default()
                 });
             }
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self
+                .changed
+                .wait_timeout(st, WAIT_PEER_CHECK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            // A Wait outlives the containerd that asked when it is killed (CRI keeps one
+            // pending per task): the call holds the connection and its threads until it
+            // returns, so a shim would keep two dead connections per containerd restart.
+            if checked.elapsed() >= WAIT_PEER_CHECK {
+                if peer_gone(ctx.fd) {
+                    return Err(status(Code::CANCELLED, "wait: the client has gone"));
+                }
+                checked = std::time::Instant::now();
+            }
         }
     }
 

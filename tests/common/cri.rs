@@ -274,7 +274,10 @@ impl Cri {
             &format!("linux/{}", image::oci_arch()),
             &pause_archive().to_string_lossy(),
         ]);
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // One worker drives the connection, so that several test threads can make calls at
+        // once (tests/rel_soak.rs); a current-thread runtime lets only one of them at a time.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .expect("tokio runtime");
