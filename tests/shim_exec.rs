@@ -161,10 +161,24 @@ fn exec_leaving_a_background_child_is_reported_at_its_exit() {
 #[test]
 fn detached_exits_with_unread_output_are_not_held() {
     let cd = Containerd::start();
-    let talker =
-        |code: u8| format!("trap 'echo bye; echo bye >&2; exit {code}' TERM; sleep 1000 & wait");
+    // Each says it is ready once its trap is set: a SIGTERM before that would end it with 143.
+    let talker = |code: u8| {
+        format!(
+            "trap 'echo bye; echo bye >&2; exit {code}' TERM; touch /tmp/ready-{code}; \
+             sleep 1000 & wait"
+        )
+    };
     cd.run_detached("quiet", &[], &["sh", "-c", &talker(3)]);
     cd.exec_detached("quiet", "side", &["sh", "-c", &talker(4)]);
+    let tmp = cd.bundle_dir("quiet").join("rootfs/tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(tmp.join("ready-3").exists() && tmp.join("ready-4").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the talkers never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let mut events = cd.events();
     cd.ctr_ok(&[
         "task",
