@@ -76,16 +76,32 @@ pub fn move_mount(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<(), Errno>
 
 /// mount_setattr on the mount at `fd` (attached or detached), recursively when asked.
 pub fn set_attr(fd: BorrowedFd<'_>, set: u64, clr: u64, recursive: bool) -> Result<(), Errno> {
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
     let attr = MountAttr {
         attr_set: set,
         attr_clr: clr,
         propagation: 0,
         userns_fd: 0,
     };
+    mount_setattr(fd, &attr, recursive)
+}
+
+/// Idmaps the detached mount at `fd` with the ids of user namespace `userns`
+/// (MOUNT_ATTR_IDMAP), with its submounts when `recursive`.
+pub fn set_idmap(fd: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive: bool) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    mount_setattr(fd, &attr, recursive)
+}
+
+fn mount_setattr(fd: BorrowedFd<'_>, attr: &MountAttr, recursive: bool) -> Result<(), Errno> {
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
     // SAFETY: the kernel reads `size_of::<MountAttr>()` bytes from `attr`, which lives across
     // the call, and the empty NUL-terminated path.
     let ret = unsafe {
@@ -94,34 +110,7 @@ pub fn set_attr(fd: BorrowedFd<'_>, set: u64, clr: u64, recursive: bool) -> Resu
             fd.as_raw_fd(),
             empty().as_ptr(),
             flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    Errno::result(ret).map(drop)
-}
-
-/// Idmaps the detached mount at `fd` with the ids of user namespace `userns`
-/// (MOUNT_ATTR_IDMAP), with its submounts when `recursive`.
-pub fn set_idmap(fd: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive: bool) -> Result<(), Errno> {
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: as in set_attr: the kernel reads the struct and the empty path during the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty().as_ptr(),
-            flags,
-            &attr as *const MountAttr,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };

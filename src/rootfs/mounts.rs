@@ -311,18 +311,27 @@ fn mount_bind(
         None::<&str>,
     )
     .map_err(|e| RootfsError::sys(format!("bind {} on", src.display()), dest, e))?;
-    if opts.bind_remount_flags() != 0 || opts.cleared != 0 {
-        // MS_BIND ignores every other flag: they need a remount of the new mount.
-        let mounted = open_in_root(ctx.root, rel, OFlag::empty())
-            .map_err(|e| RootfsError::sys("open", dest, e))?;
-        remount_bind(
-            mounted.as_fd(),
-            opts.bind_remount_flags(),
-            opts.cleared,
-            dest,
-        )?;
+    remount_new_bind(ctx, rel, dest, opts)
+}
+
+/// MS_BIND ignores every other flag: a new bind mount needs a remount for them.
+fn remount_new_bind(
+    ctx: &Ctx<'_>,
+    rel: &Path,
+    dest: &Path,
+    opts: &MountOptions,
+) -> Result<(), RootfsError> {
+    if opts.bind_remount_flags() == 0 && opts.cleared == 0 {
+        return Ok(());
     }
-    Ok(())
+    let mounted = open_in_root(ctx.root, rel, OFlag::empty())
+        .map_err(|e| RootfsError::sys("open", dest, e))?;
+    remount_bind(
+        mounted.as_fd(),
+        opts.bind_remount_flags(),
+        opts.cleared,
+        dest,
+    )
 }
 
 /// Moves a detached tree (a bind the runtime made, see `idmap::prepare`) onto `rel`, then applies the
@@ -345,17 +354,7 @@ fn attach_tree(
         .map_err(|(e, p)| RootfsError::sys("create mount point", p, e))?;
     mountapi::move_mount(tree, target.as_fd())
         .map_err(|e| RootfsError::sys("attach the bind mount on", dest, e))?;
-    if opts.bind_remount_flags() != 0 || opts.cleared != 0 {
-        let mounted = open_in_root(ctx.root, rel, OFlag::empty())
-            .map_err(|e| RootfsError::sys("open", dest, e))?;
-        remount_bind(
-            mounted.as_fd(),
-            opts.bind_remount_flags(),
-            opts.cleared,
-            dest,
-        )?;
-    }
-    Ok(())
+    remount_new_bind(ctx, rel, dest, opts)
 }
 
 /// A filesystem mount (tmpfs, proc, devpts, mqueue, sysfs, overlay, ...).
