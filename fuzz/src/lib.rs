@@ -202,6 +202,7 @@ fn plan_round_trip(
             rootfs: PathBuf::from("/rootfs"),
             no_pivot: false,
             hooks_request: false,
+            trees: Vec::new(),
         }),
     }));
     let bytes = serde_json::to_vec(&plan).expect("a plan serializes");
