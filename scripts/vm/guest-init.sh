@@ -53,6 +53,9 @@ mountpoint -q /dev/mqueue || mount -t mqueue -o nosuid,nodev,noexec mqueue /dev/
 # is hidden by them and bound back from here once the job names it.
 mkdir -p /mnt/vm-root
 mount --bind / /mnt/vm-root
+# Private: under systemd / is shared, and the tmpfs mounts below would propagate into this
+# copy and hide the checkout there too.
+mount --make-private /mnt/vm-root
 [ -n "$systemd" ] || mount -t tmpfs -o nosuid,nodev,mode=0755 run /run
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmp /tmp
 mount -t tmpfs -o nosuid,nodev,mode=1777 vartmp /var/tmp
