@@ -173,7 +173,12 @@ impl Container {
             .iter()
             .find(|(k, _)| *k == Kind::User)
             .map(|(_, fd)| fd.as_fd());
-        let trees = rootfs::idmap::prepare(spec, &bundle.path, joined_userns)?;
+        let trees = rootfs::idmap::prepare(
+            spec,
+            &bundle.path,
+            bundle.namespaces.in_userns(),
+            joined_userns,
+        )?;
         let helper = selfexe::open(config.helper.as_deref())?;
         let raw_cgroup_path = linux.cgroups_path().as_ref().and_then(|p| p.to_str());
         let systemd_unit = config

@@ -99,17 +99,15 @@ pub fn validate(spec: &Spec) -> Result<(), IdmapError> {
 }
 
 /// The detached trees of `spec`'s bind mounts the runtime makes (see the module doc), by mount
-/// index. `joined_userns` is the user namespace the container joins, if any; `bundle` the base
-/// of relative sources.
+/// index. `in_userns`: the container has a user namespace of its own (created or joined);
+/// `joined_userns` is the one it joins, if any; `bundle` the base of relative sources.
 pub fn prepare(
     spec: &Spec,
     bundle: &Path,
+    in_userns: bool,
     joined_userns: Option<BorrowedFd<'_>>,
 ) -> Result<Vec<(usize, OwnedFd)>, IdmapError> {
     validate(spec)?;
-    let in_userns = namespaces::plan(spec)
-        .map(|p| p.in_userns())
-        .unwrap_or(false);
     let linux = spec.linux().as_ref();
     let own_uid = linux
         .and_then(|l| l.uid_mappings().clone())
