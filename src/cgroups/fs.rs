@@ -116,6 +116,10 @@ pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupErr
         .truncate(true)
         .open(&path)
         .and_then(|mut f| f.write_all(value.as_bytes()));
+    #[cfg(test)]
+    if res.is_ok() {
+        super::fixture::record(&path, value);
+    }
     res.map_err(|source| CgroupError::Write {
         path,
         value: value.to_string(),

@@ -33,6 +33,8 @@
 
 mod bpf;
 mod devfilter;
+#[cfg(test)]
+mod fixture;
 mod fs;
 pub mod oom;
 mod path;

@@ -286,3 +286,319 @@ pub(crate) fn net_prio(dir: &Path, n: &LinuxNetwork) -> Result<(), CgroupError> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroups::fixture::Fixture;
+    use oci_spec::runtime::{
+        LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+        LinuxHugepageLimitBuilder, LinuxInterfacePriorityBuilder, LinuxMemoryBuilder,
+        LinuxNetworkBuilder, LinuxThrottleDeviceBuilder, LinuxWeightDeviceBuilder,
+    };
+
+    fn memory_of(limit: i64, swap: Option<i64>) -> LinuxMemory {
+        let mut b = LinuxMemoryBuilder::default().limit(limit);
+        if let Some(s) = swap {
+            b = b.swap(s);
+        }
+        b.build().unwrap()
+    }
+
+    const MEMORY_FILES: [&str; 5] = [
+        "memory.limit_in_bytes",
+        "memory.memsw.limit_in_bytes",
+        "memory.soft_limit_in_bytes",
+        "memory.swappiness",
+        "memory.oom_control",
+    ];
+
+    #[test]
+    fn memory_and_swap_are_written_in_the_order_the_kernel_accepts() {
+        // Growing: memsw first, or the kernel refuses memory.limit > memsw.limit.
+        let f = Fixture::new("grow", &[("memory.limit_in_bytes", "100\n")]);
+        std::fs::write(f.0.join("memory.memsw.limit_in_bytes"), "200\n").unwrap();
+        memory(&f.0, &memory_of(1000, Some(2000))).unwrap();
+        assert_eq!(
+            f.writes(),
+            [
+                "memory.memsw.limit_in_bytes=2000",
+                "memory.limit_in_bytes=1000"
+            ]
+        );
+        // Shrinking: memory first.
+        let f = Fixture::new("shrink", &[("memory.limit_in_bytes", "5000\n")]);
+        std::fs::write(f.0.join("memory.memsw.limit_in_bytes"), "9000\n").unwrap();
+        memory(&f.0, &memory_of(1000, Some(2000))).unwrap();
+        assert_eq!(
+            f.writes(),
+            [
+                "memory.limit_in_bytes=1000",
+                "memory.memsw.limit_in_bytes=2000"
+            ]
+        );
+    }
+
+    #[test]
+    fn unlimited_memory_lifts_the_swap_limit_too() {
+        let f = Fixture::empty("unlimited", &MEMORY_FILES);
+        std::fs::write(f.0.join("memory.limit_in_bytes"), "100").unwrap();
+        memory(&f.0, &memory_of(-1, None)).unwrap();
+        assert_eq!(f.get("memory.limit_in_bytes"), "-1");
+        assert_eq!(f.get("memory.memsw.limit_in_bytes"), "-1");
+    }
+
+    #[test]
+    fn memory_knobs_land_in_their_files() {
+        let f = Fixture::empty("knobs", &MEMORY_FILES);
+        let m = LinuxMemoryBuilder::default()
+            .limit(4096i64)
+            .reservation(1024i64)
+            .swappiness(10u64)
+            .disable_oom_killer(true)
+            .build()
+            .unwrap();
+        memory(&f.0, &m).unwrap();
+        assert_eq!(f.get("memory.limit_in_bytes"), "4096");
+        assert_eq!(f.get("memory.soft_limit_in_bytes"), "1024");
+        assert_eq!(f.get("memory.swappiness"), "10");
+        assert_eq!(f.get("memory.oom_control"), "1");
+        assert_eq!(f.get("memory.memsw.limit_in_bytes"), "");
+    }
+
+    #[test]
+    fn swap_without_swap_accounting_is_named() {
+        let f = Fixture::empty("noswap", &["memory.limit_in_bytes"]);
+        let e = memory(&f.0, &memory_of(100, Some(300))).unwrap_err();
+        assert!(e.to_string().contains("swapaccount=1"), "{e}");
+        assert!(f.writes().is_empty(), "{:?}", f.writes());
+    }
+
+    #[test]
+    fn cpu_files() {
+        let f = Fixture::empty(
+            "cpu",
+            &[
+                "cpu.shares",
+                "cpu.cfs_period_us",
+                "cpu.cfs_quota_us",
+                "cpu.idle",
+            ],
+        );
+        let c = LinuxCpuBuilder::default()
+            .shares(512u64)
+            .quota(50_000i64)
+            .period(100_000u64)
+            .idle(1i64)
+            .build()
+            .unwrap();
+        cpu(&f.0, &c).unwrap();
+        assert_eq!(f.get("cpu.shares"), "512");
+        assert_eq!(f.get("cpu.cfs_period_us"), "100000");
+        assert_eq!(f.get("cpu.cfs_quota_us"), "50000");
+        assert_eq!(f.get("cpu.idle"), "1");
+        // Zero means "not set" in the spec's v1 fields: nothing is written.
+        let f = Fixture::empty("cpu0", &["cpu.shares"]);
+        let zero = LinuxCpuBuilder::default().shares(0u64).build().unwrap();
+        cpu(&f.0, &zero).unwrap();
+        assert!(f.writes().is_empty(), "{:?}", f.writes());
+    }
+
+    #[test]
+    fn a_refused_period_is_retried_after_the_quota() {
+        // No cpu.cfs_period_us yet: the first write fails, as a kernel refusing a period
+        // shorter than the current quota would; the quota goes first, then the period.
+        let f = Fixture::empty("period", &["cpu.cfs_quota_us"]);
+        let c = LinuxCpuBuilder::default()
+            .quota(10_000i64)
+            .period(20_000u64)
+            .build()
+            .unwrap();
+        let e = cpu(&f.0, &c).unwrap_err();
+        assert!(e.to_string().contains("cpu.cfs_period_us"), "{e}");
+        assert_eq!(f.writes(), ["cpu.cfs_quota_us=10000"]);
+    }
+
+    #[test]
+    fn cpuset_inherits_the_parents_cpus_and_mems() {
+        let parent = Fixture::new(
+            "cpuset",
+            &[("cpuset.cpus", "0-1\n"), ("cpuset.mems", "0\n")],
+        );
+        let child = parent.0.join("child");
+        std::fs::create_dir(&child).unwrap();
+        std::fs::write(child.join("cpuset.cpus"), "\n").unwrap();
+        std::fs::write(child.join("cpuset.mems"), "0\n").unwrap();
+        cpuset_inherit(&child).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(child.join("cpuset.cpus")).unwrap(),
+            "0-1"
+        );
+        assert_eq!(parent.writes(), ["cpuset.cpus=0-1"]);
+        let c = LinuxCpuBuilder::default()
+            .cpus("1")
+            .mems("")
+            .build()
+            .unwrap();
+        cpuset(&child, &c).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(child.join("cpuset.cpus")).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(child.join("cpuset.mems")).unwrap(),
+            "0\n"
+        );
+    }
+
+    #[test]
+    fn pids_limit() {
+        let f = Fixture::empty("pids", &["pids.max"]);
+        pids(&f.0, 0).unwrap();
+        assert!(f.writes().is_empty());
+        pids(&f.0, 42).unwrap();
+        assert_eq!(f.get("pids.max"), "42");
+        pids(&f.0, -1).unwrap();
+        assert_eq!(f.get("pids.max"), "max");
+    }
+
+    fn throttle(rate: u64) -> Vec<oci_spec::runtime::LinuxThrottleDevice> {
+        vec![LinuxThrottleDeviceBuilder::default()
+            .major(8)
+            .minor(16)
+            .rate(rate)
+            .build()
+            .unwrap()]
+    }
+
+    #[test]
+    fn blkio_weights_fall_back_to_bfq_and_throttles_are_per_device() {
+        let f = Fixture::empty(
+            "bfq",
+            &[
+                "blkio.bfq.weight",
+                "blkio.bfq.weight_device",
+                "blkio.throttle.read_bps_device",
+                "blkio.throttle.write_iops_device",
+            ],
+        );
+        let b = LinuxBlockIoBuilder::default()
+            .weight(300u16)
+            .weight_device(vec![LinuxWeightDeviceBuilder::default()
+                .major(8)
+                .minor(0)
+                .weight(700u16)
+                .build()
+                .unwrap()])
+            .throttle_read_bps_device(throttle(1_048_576))
+            .throttle_write_iops_device(throttle(100))
+            .build()
+            .unwrap();
+        blkio(&f.0, &b).unwrap();
+        assert_eq!(f.get("blkio.bfq.weight"), "300");
+        assert_eq!(f.get("blkio.bfq.weight_device"), "8:0 700");
+        assert_eq!(f.get("blkio.throttle.read_bps_device"), "8:16 1048576");
+        assert_eq!(f.get("blkio.throttle.write_iops_device"), "8:16 100");
+    }
+
+    #[test]
+    fn blkio_weight_without_a_weighted_scheduler_is_named() {
+        let f = Fixture::empty("noweight", &["blkio.throttle.read_bps_device"]);
+        let b = LinuxBlockIoBuilder::default()
+            .weight(300u16)
+            .build()
+            .unwrap();
+        let e = blkio(&f.0, &b).unwrap_err();
+        assert!(e.to_string().contains("blockIO.weight"), "{e}");
+        assert!(e.to_string().contains("blkio.bfq.weight"), "{e}");
+    }
+
+    #[test]
+    fn hugetlb_limits_and_reservations() {
+        let f = Fixture::empty(
+            "hugetlb",
+            &[
+                "hugetlb.2MB.limit_in_bytes",
+                "hugetlb.2MB.rsvd.limit_in_bytes",
+                "hugetlb.1GB.limit_in_bytes",
+            ],
+        );
+        let limit = |size: &str, l: u64| {
+            LinuxHugepageLimitBuilder::default()
+                .page_size(size)
+                .limit(l as i64)
+                .build()
+                .unwrap()
+        };
+        hugetlb(&f.0, &[limit("2MB", 4 << 20), limit("1GB", 0)]).unwrap();
+        assert_eq!(f.get("hugetlb.2MB.limit_in_bytes"), "4194304");
+        assert_eq!(f.get("hugetlb.2MB.rsvd.limit_in_bytes"), "4194304");
+        assert_eq!(f.get("hugetlb.1GB.limit_in_bytes"), "0");
+        let e = hugetlb(&f.0, &[limit("64KB", 1)]).unwrap_err();
+        assert!(e.to_string().contains("64KB"), "{e}");
+    }
+
+    #[test]
+    fn devices_start_from_deny_all_then_follow_the_rules_in_order() {
+        let f = Fixture::empty("devices", &["devices.allow", "devices.deny"]);
+        let rule = |allow: bool, typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>| {
+            let mut b = LinuxDeviceCgroupBuilder::default()
+                .allow(allow)
+                .typ(typ)
+                .access("rwm");
+            if let Some(m) = major {
+                b = b.major(m);
+            }
+            if let Some(m) = minor {
+                b = b.minor(m);
+            }
+            b.build().unwrap()
+        };
+        let rules = [
+            rule(true, LinuxDeviceType::C, Some(1), Some(3)),
+            rule(false, LinuxDeviceType::C, Some(1), Some(3)),
+            rule(true, LinuxDeviceType::B, None, None),
+        ];
+        devices(&f.0, &rules).unwrap();
+        assert_eq!(
+            f.writes(),
+            [
+                "devices.deny=a",
+                "devices.allow=c 1:3 rwm",
+                "devices.deny=c 1:3 rwm",
+                "devices.allow=b *:* rwm",
+            ]
+        );
+    }
+
+    #[test]
+    fn network_class_and_priorities() {
+        let f = Fixture::empty("net", &["net_cls.classid", "net_prio.ifpriomap"]);
+        let n = LinuxNetworkBuilder::default()
+            .class_id(0x100001u32)
+            .priorities(vec![
+                LinuxInterfacePriorityBuilder::default()
+                    .name("eth0")
+                    .priority(5u32)
+                    .build()
+                    .unwrap(),
+                LinuxInterfacePriorityBuilder::default()
+                    .name("lo")
+                    .priority(1u32)
+                    .build()
+                    .unwrap(),
+            ])
+            .build()
+            .unwrap();
+        net_cls(&f.0, &n).unwrap();
+        net_prio(&f.0, &n).unwrap();
+        assert_eq!(
+            f.writes(),
+            [
+                "net_cls.classid=1048577",
+                "net_prio.ifpriomap=eth0 5",
+                "net_prio.ifpriomap=lo 1",
+            ]
+        );
+    }
+}

@@ -249,42 +249,15 @@ pub(crate) fn events_frozen(dir: &Path) -> Result<bool, CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroups::fixture::Fixture;
     use oci_spec::runtime::{
         LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxThrottleDeviceBuilder,
         LinuxWeightDeviceBuilder,
     };
-    use std::path::PathBuf;
-
-    /// A directory standing in for a v2 cgroup: the listed files exist (empty), as cgroupfs
-    /// files do; writes land in them.
-    struct Fixture(PathBuf);
-
-    impl Fixture {
-        fn new(name: &str, files: &[&str]) -> Fixture {
-            let d =
-                std::env::temp_dir().join(format!("pelagos-v2fix-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            for f in files {
-                std::fs::write(d.join(f), "").unwrap();
-            }
-            Fixture(d)
-        }
-
-        fn get(&self, f: &str) -> String {
-            std::fs::read_to_string(self.0.join(f)).unwrap()
-        }
-    }
-
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     #[test]
     fn memory_files() {
-        let f = Fixture::new("mem", &["memory.max", "memory.swap.max", "memory.low"]);
+        let f = Fixture::empty("mem", &["memory.max", "memory.swap.max", "memory.low"]);
         let m = LinuxMemoryBuilder::default()
             .limit(100i64)
             .swap(300i64)
@@ -303,7 +276,7 @@ mod tests {
 
     #[test]
     fn swap_without_swap_accounting_is_named() {
-        let f = Fixture::new("noswap", &["memory.max"]);
+        let f = Fixture::empty("noswap", &["memory.max"]);
         let m = LinuxMemoryBuilder::default()
             .limit(100i64)
             .swap(300i64)
@@ -315,7 +288,7 @@ mod tests {
 
     #[test]
     fn cpu_files() {
-        let f = Fixture::new("cpu", &["cpu.weight", "cpu.max", "cpu.idle"]);
+        let f = Fixture::empty("cpu", &["cpu.weight", "cpu.max", "cpu.idle"]);
         let c = LinuxCpuBuilder::default()
             .shares(1024u64)
             .quota(50_000i64)
@@ -337,7 +310,7 @@ mod tests {
 
     #[test]
     fn io_files() {
-        let f = Fixture::new("io", &["io.weight", "io.max"]);
+        let f = Fixture::empty("io", &["io.weight", "io.max"]);
         let b = LinuxBlockIoBuilder::default()
             .weight(500u16)
             .weight_device(vec![LinuxWeightDeviceBuilder::default()
@@ -362,7 +335,7 @@ mod tests {
 
     #[test]
     fn unified_keys_are_written_or_named() {
-        let f = Fixture::new("unified", &["memory.oom.group"]);
+        let f = Fixture::empty("unified", &["memory.oom.group"]);
         let mut map = HashMap::new();
         map.insert("memory.oom.group".to_string(), "1".to_string());
         unified(&f.0, &map).unwrap();
