@@ -271,8 +271,8 @@ impl Sets {
                 Ok(_) => {}
                 // The kernel only raises what is both permitted and inheritable. runc's
                 // default spec lists ambient capabilities without inheritable ones and runc
-                // runs it without them; so do we, with a warning.
-                Err(nix::errno::Errno::EPERM) => log::warn!(
+                // runs it without them, silently; so do we, with a debug record.
+                Err(nix::errno::Errno::EPERM) => log::debug!(
                     "ambient {n} not raised: it must also be in the permitted and inheritable sets"
                 ),
                 Err(e) => return Err(sys(format!("raise ambient {n}"))(e)),

@@ -289,6 +289,7 @@ impl Container {
                     .map(|&(mount, i)| (mount, spawned.extra_fd_base + i as i32))
                     .collect(),
             }),
+            log_level: log::max_level() as usize,
         };
         // A helper killed on the way (e.g. by the OOM killer) shows here as a broken socket.
         chan.send_byte(0).map_err(|e| undo.explain(e.into()))?;
@@ -332,9 +333,7 @@ impl Container {
         // `crate::process::protocol`): until then every other message is the helper's.
         let mut forked = !ns.fork;
         loop {
-            let frame = chan
-                .recv::<FromHelper>()
-                .map_err(|e| undo.explain(e.into()))?;
+            let frame = recv_from_helper(&mut chan).map_err(|e| undo.explain(e.into()))?;
             match frame {
                 Some(Frame::Msg(FromHelper::Ready)) if forked => break,
                 Some(Frame::Msg(FromHelper::Forked { pid })) if !forked => {
@@ -468,7 +467,7 @@ impl Container {
             Some(mut chan) => {
                 chan.send(&ToHelper::Start { state })?;
                 // EOF: the user process was exec'd (the socket is close-on-exec).
-                match chan.recv::<FromHelper>()? {
+                match recv_from_helper(&mut chan)? {
                     None => {}
                     other => return Err(helper_failure(other, "at start")),
                 }
@@ -690,6 +689,7 @@ impl Container {
             await_cgroup: !join.by_runtime.is_empty(),
             join_cgroup: join.by_process,
             init: None,
+            log_level: log::max_level() as usize,
         };
         chan.send_byte(0)?;
         chan.send(&ToHelper::Plan(Box::new(plan)))?;
@@ -700,7 +700,7 @@ impl Container {
         // EOF: the process exec'd (the socket is close-on-exec).
         let mut forked = false;
         loop {
-            match chan.recv::<FromHelper>()? {
+            match recv_from_helper(&mut chan)? {
                 None if fork && !forked => {
                     return Err(helper_failure(None, "before reporting the forked process"))
                 }
@@ -887,6 +887,23 @@ fn oom_killed(cg: &Cgroup) -> bool {
     match cg.stats() {
         cgroups::Stats::V1(m) => m.memory_oom_control.oom_kill > 0,
         cgroups::Stats::V2(m) => m.memory_events.oom_kill > 0,
+    }
+}
+
+/// The helper's next message; the log records it sends on the way are logged here, as ours.
+fn recv_from_helper(
+    chan: &mut Channel,
+) -> Result<Option<Frame<FromHelper>>, crate::process::protocol::ProtocolError> {
+    loop {
+        match chan.recv::<FromHelper>()? {
+            Some(Frame::Msg(FromHelper::Log { level, message })) => {
+                let level = log::Level::iter()
+                    .nth(level.saturating_sub(1))
+                    .unwrap_or(log::Level::Warn);
+                log::log!(target: "pelagos::helper", level, "{message}");
+            }
+            other => return Ok(other),
+        }
     }
 }
 

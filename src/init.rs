@@ -77,24 +77,20 @@ fn helper_main() -> ! {
     }
     unblock_signals();
     std::panic::set_hook(Box::new(|info| {
-        let msg = FromHelper::Error {
+        send_to_runtime(&FromHelper::Error {
             step: "setup helper".into(),
             message: format!("panic: {info}"),
-        };
-        let fd = SOCKET.load(Ordering::SeqCst);
-        // SAFETY: the socket fd stays open for the life of the helper; the Channel borrowed
-        // here is forgotten so it does not close it.
-        let chan = Channel::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        let _ = chan.send(&msg);
-        std::mem::forget(chan);
+        });
     }));
+    // Off until the plan says the runtime's level.
+    let _ = log::set_logger(&ToRuntime);
+    log::set_max_level(log::LevelFilter::Off);
 
     // SAFETY: fd 3 is the protocol socket set up by the clone child; we take ownership.
     let mut chan = Channel::new(unsafe { OwnedFd::from_raw_fd(SOCKET_FD) });
     let code = match run(&mut chan) {
         Ok(()) => 0,
         Err(e) => {
-            log::debug!("setup helper failed: {e}");
             let _ = chan.send(&FromHelper::Error {
                 step: e.step,
                 message: e.message,
@@ -104,6 +100,38 @@ fn helper_main() -> ! {
     };
     // SAFETY: exit without running atexit handlers or unwinding; nothing is left to flush.
     unsafe { libc::_exit(code) }
+}
+
+/// Sends `msg` on the protocol socket wherever it is now, outside the borrow of `run`'s
+/// Channel (for the panic hook and the logger).
+fn send_to_runtime(msg: &FromHelper) {
+    let fd = SOCKET.load(Ordering::SeqCst);
+    // SAFETY: the socket fd stays open for the life of the helper; the Channel borrowed
+    // here is forgotten so it does not close it.
+    let chan = Channel::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    let _ = chan.send(msg);
+    std::mem::forget(chan);
+}
+
+/// The helper's logger: it has no log of its own, so its records go to the runtime, which
+/// logs them (the shim's log, the CLI's `--log`).
+struct ToRuntime;
+
+impl log::Log for ToRuntime {
+    fn enabled(&self, meta: &log::Metadata) -> bool {
+        meta.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            send_to_runtime(&FromHelper::Log {
+                level: record.level() as usize,
+                message: record.args().to_string(),
+            });
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 fn unblock_signals() {
@@ -122,6 +150,11 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         Some(other) => return Err(fail("read plan", format!("unexpected {other:?}"))),
         None => return Ok(()), // the runtime gave up before sending it
     };
+    log::set_max_level(
+        log::LevelFilter::iter()
+            .nth(plan.log_level)
+            .unwrap_or(log::LevelFilter::Off),
+    );
     relocate_socket(chan, &plan)?;
     for tasks in &plan.join_cgroup {
         std::fs::OpenOptions::new()

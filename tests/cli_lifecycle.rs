@@ -674,6 +674,36 @@ fn global_flags_log_json_and_systemd() {
     }
 }
 
+/// What the container's setup logs (it runs in a helper process with no log of its own)
+/// reaches the runtime's `--log`: here that the fixture's ambient capabilities were not raised
+/// (the kernel refuses without inheritable ones), a debug record as runc is silent about it.
+#[test]
+fn records_of_the_container_setup_reach_the_log() {
+    let cli = Cli::new();
+    let b = Bundle::new().args(&["true"]);
+    let run = |debug: bool| {
+        let log = b.path().join(format!("run-{debug}.log"));
+        let mut args = vec!["--log", log.to_str().unwrap()];
+        if debug {
+            args.push("--debug");
+        }
+        let id = unique_id("setup-log");
+        args.extend(["run", "--bundle", b.path().to_str().unwrap(), &id]);
+        let out = cli.out(&args);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        fs::read_to_string(&log).unwrap()
+    };
+    let not_raised = "ambient CAP_AUDIT_WRITE not raised";
+    let log = run(true);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("debug") && l.contains(not_raised)),
+        "{log}"
+    );
+    let log = run(false);
+    assert!(!log.contains(not_raised), "{log}");
+}
+
 /// `--systemd-cgroup` (runc's flag): the container's cgroup is the transient scope its
 /// `slice:prefix:name` path names, updated through systemd as well, gone with the container.
 /// Without systemd the create fails saying so and leaves nothing.

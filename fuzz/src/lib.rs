@@ -204,6 +204,7 @@ fn plan_round_trip(
             hooks_request: false,
             trees: Vec::new(),
         }),
+        log_level: 0,
     }));
     let bytes = serde_json::to_vec(&plan).expect("a plan serializes");
     let got = match serde_json::from_slice::<ToHelper>(&bytes) {

@@ -18,6 +18,7 @@
 //! | start (init) | `Start { state }`, on the socket or the start fifo | — |
 //! | exec of the user process | — | nothing: EOF (the socket is close-on-exec) |
 //!
+//! `Log` records may come at any point before the exec; the runtime logs them and reads on.
 //! Any step may end with `Error { step, message }` from the side that failed, after which the
 //! helper exits. One writer at a time: after a fork, the forked process says nothing until the
 //! helper that forked it has exited, so `Forked` always comes before the forked process's own
@@ -87,6 +88,10 @@ pub struct Plan {
     pub join_cgroup: Vec<PathBuf>,
     /// Container setup; `None` for exec.
     pub init: Option<InitPlan>,
+    /// The runtime's log level (`log::LevelFilter as usize`): the helper sends records up to
+    /// it back as `FromHelper::Log`.
+    #[serde(default)]
+    pub log_level: usize,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -137,6 +142,12 @@ pub enum FromHelper {
     },
     /// On a console socket: the pty master (attached).
     Console,
+    /// A log record of the helper (`log::Level as usize`), for the runtime's log. May come
+    /// before any other message.
+    Log {
+        level: usize,
+        message: String,
+    },
 }
 
 /// A received frame.
