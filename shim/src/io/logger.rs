@@ -493,10 +493,8 @@ impl SpawnActions {
         // SAFETY: an all-zero value is a valid destination for the init call below.
         let mut a: libc::posix_spawn_file_actions_t = unsafe { std::mem::zeroed() };
         // SAFETY: initialises the struct we own.
-        check(
-            unsafe { libc::posix_spawn_file_actions_init(&mut a) },
-            "file actions",
-        )?;
+        let rc = unsafe { libc::posix_spawn_file_actions_init(&mut a) };
+        check(rc, "file actions")?;
         Ok(SpawnActions(a))
     }
 
@@ -533,13 +531,12 @@ impl SpawnAttr {
         // SAFETY: an all-zero value is a valid destination for the init call below.
         let mut a: libc::posix_spawnattr_t = unsafe { std::mem::zeroed() };
         // SAFETY: initialises the struct we own.
-        check(
-            unsafe { libc::posix_spawnattr_init(&mut a) },
-            "spawn attributes",
-        )?;
+        let rc = unsafe { libc::posix_spawnattr_init(&mut a) };
+        check(rc, "spawn attributes")?;
         let mut attr = SpawnAttr(a);
         // SAFETY: sigset_t is plain data; sigemptyset/sigfillset initialise it.
         let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: both sets are valid, writable sigset_t values.
         unsafe {
