@@ -963,19 +963,13 @@ fn pack<M: crate::any::Named>(m: &M) -> Res<Any> {
     crate::any::pack(m).map_err(|e| status(Code::INTERNAL, e))
 }
 
-fn kill_error(e: impl std::fmt::Display) -> ttrpc::Error {
-    let msg = e.to_string();
-    let gone = [
-        "no such process",
-        "ESRCH",
-        "not running",
-        "already finished",
-    ];
-    if gone.iter().any(|g| msg.contains(g)) {
-        log::debug!("kill: {msg}");
-        status(Code::NOT_FOUND, "process already finished")
-    } else {
-        status(Code::UNKNOWN, format!("unknown error after kill: {msg}"))
+fn kill_error(e: pelagos::container::Error) -> ttrpc::Error {
+    match e {
+        pelagos::container::Error::NotRunning(_) => {
+            log::debug!("kill: {e}");
+            status(Code::NOT_FOUND, "process already finished")
+        }
+        e => status(Code::UNKNOWN, format!("unknown error after kill: {e}")),
     }
 }
 
@@ -1494,10 +1488,15 @@ mod tests {
             ttrpc::Error::RpcStatus(s) => s.code(),
             other => panic!("{other:?}"),
         };
+        use pelagos::container::Error;
         assert_eq!(
-            code(kill_error("kill: ESRCH: No such process")),
+            code(kill_error(Error::NotRunning("c1".into()))),
             Code::NOT_FOUND
         );
-        assert_eq!(code(kill_error("permission denied")), Code::UNKNOWN);
+        let denied = Error::Sys {
+            op: "signal 9 to container c1 init".into(),
+            source: std::io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert_eq!(code(kill_error(denied)), Code::UNKNOWN);
     }
 }

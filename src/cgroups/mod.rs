@@ -113,7 +113,7 @@ pub enum CgroupError {
         op: &'static str,
         reason: String,
     },
-    #[error("cgroup: {0}")]
+    #[error("{0}")]
     Other(String),
 }
 
