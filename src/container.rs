@@ -19,18 +19,18 @@ use nix::sys::wait::WaitStatus;
 use oci_spec::runtime::{Hook, LinuxResources, Process, Spec};
 
 use crate::cgroups::{self, Cgroup, CgroupError};
-use crate::init::hooks_of;
 use crate::namespaces::{self, Kind, NsError, Userns};
 use crate::process::protocol::{
-    Channel, Frame, FromHelper, InitPlan, Plan, ProtocolError, ToHelper,
+    encode_frame, Channel, Frame, FromHelper, InitPlan, Plan, ProtocolError, ToHelper,
 };
+pub use crate::process::Stdio;
 use crate::process::{self, ProcessError, Spawn};
 use crate::rootfs::{self, idmap::IdmapError};
 use crate::seccomp::SeccompError;
 use crate::selfexe::{self, SelfExeError};
 use crate::spec::{self, SpecError};
 use crate::state::{Record, State, StateError, Status};
-use crate::{reaper, sys};
+use crate::{hooks, reaper, sys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -91,6 +91,12 @@ pub enum Error {
     Sys { op: String, source: std::io::Error },
 }
 
+impl Error {
+    fn hook(kind: &'static str) -> impl FnOnce(crate::hooks::HookError) -> Error {
+        move |source| Error::Hook { kind, source }
+    }
+}
+
 /// Where state lives and how the setup helper is started.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -102,25 +108,6 @@ pub struct Config {
     /// The systemd cgroup driver (runc's `--systemd-cgroup`): cgroups are transient systemd
     /// units, `cgroupsPath` is `slice:prefix:name`.
     pub systemd_cgroup: bool,
-}
-
-/// The container side of stdio.
-#[derive(Debug)]
-pub enum Stdio {
-    /// /dev/null for all three.
-    Null,
-    /// Fds that become the process's 0, 1 and 2 (`None` → /dev/null).
-    Fds {
-        stdin: Option<OwnedFd>,
-        stdout: Option<OwnedFd>,
-        stderr: Option<OwnedFd>,
-    },
-    /// Either a pty slave that becomes 0, 1, 2 and the controlling terminal, or (like runc's
-    /// --console-socket) a unix socket from [`console_socket`]: the pty is then allocated in
-    /// the container's own devpts, so `tty` names it, and its master is sent back there.
-    Terminal(OwnedFd),
-    /// Inherit the caller's 0, 1, 2.
-    Inherit,
 }
 
 #[derive(Debug)]
@@ -249,9 +236,9 @@ impl Container {
         }
 
         let hooks_request = [
-            hooks_of(spec, |h| h.prestart().clone()),
-            hooks_of(spec, |h| h.create_runtime().clone()),
-            hooks_of(spec, |h| h.create_container().clone()),
+            hooks::of(spec, |h| h.prestart().clone()),
+            hooks::of(spec, |h| h.create_runtime().clone()),
+            hooks::of(spec, |h| h.create_container().clone()),
         ]
         .iter()
         .any(|h| !h.is_empty());
@@ -347,13 +334,11 @@ impl Container {
                 }
                 Some(Frame::Msg(FromHelper::HooksRequest)) if forked => {
                     let state = String::from_utf8(record.state.to_json()).expect("json is utf-8");
-                    run_hooks(
-                        "prestart",
-                        &hooks_of(spec, |h| h.prestart().clone()),
-                        &state,
-                    )?;
-                    let create_runtime = hooks_of(spec, |h| h.create_runtime().clone());
-                    run_hooks("createRuntime", &create_runtime, &state)?;
+                    let prestart = hooks::of(spec, |h| h.prestart().clone());
+                    hooks::run_all(&prestart, state.as_bytes()).map_err(Error::hook("prestart"))?;
+                    let create_runtime = hooks::of(spec, |h| h.create_runtime().clone());
+                    hooks::run_all(&create_runtime, state.as_bytes())
+                        .map_err(Error::hook("createRuntime"))?;
                     chan.send(&ToHelper::HooksDone { state })?;
                 }
                 other => {
@@ -480,7 +465,7 @@ impl Container {
         self.record = running;
         self.record.save(&self.dir)?;
         // runtime-spec: a failing poststart hook is logged; the rest and the container go on.
-        let poststart = hooks_of(&self.record.spec, |h| h.poststart().clone());
+        let poststart = hooks::of(&self.record.spec, |h| h.poststart().clone());
         warn_hooks(self.id(), "poststart", &poststart, &self.state_json());
         Ok(())
     }
@@ -525,11 +510,10 @@ impl Container {
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
                 .open(&claimed)?;
-            let body = serde_json::to_vec(&ToHelper::Start {
+            let frame = encode_frame(&ToHelper::Start {
                 state: state.to_string(),
-            })?;
-            let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-            frame.extend_from_slice(&body);
+            })
+            .map_err(std::io::Error::other)?;
             w.write_all(&frame)
         })();
         let _ = std::fs::remove_file(&claimed);
@@ -831,7 +815,7 @@ impl Container {
         })?;
         // runtime-spec: after the container is deleted, before delete returns; a failing one
         // is a warning and the rest still run.
-        let poststop = hooks_of(&self.record.spec, |h| h.poststop().clone());
+        let poststop = hooks::of(&self.record.spec, |h| h.poststop().clone());
         let mut state = self.record.state.clone();
         state.status = Status::Stopped;
         let state = String::from_utf8(state.to_json()).expect("json is utf-8");
@@ -891,9 +875,7 @@ fn oom_killed(cg: &Cgroup) -> bool {
 }
 
 /// The helper's next message; the log records it sends on the way are logged here, as ours.
-fn recv_from_helper(
-    chan: &mut Channel,
-) -> Result<Option<Frame<FromHelper>>, crate::process::protocol::ProtocolError> {
+fn recv_from_helper(chan: &mut Channel) -> Result<Option<Frame<FromHelper>>, ProtocolError> {
     loop {
         match chan.recv::<FromHelper>()? {
             Some(Frame::Msg(FromHelper::Log { level, message })) => {
@@ -983,13 +965,6 @@ impl ConsoleSocket {
             ))),
         }
     }
-}
-
-fn run_hooks(kind: &'static str, hooks: &[Hook], state: &str) -> Result<(), Error> {
-    if hooks.is_empty() {
-        return Ok(());
-    }
-    crate::hooks::run_all(hooks, state.as_bytes()).map_err(|source| Error::Hook { kind, source })
 }
 
 /// Runs hooks whose failures are warnings (poststart, poststop): each one, logging each failure.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use oci_spec::runtime::Hook;
+use oci_spec::runtime::{Hook, Hooks, Spec};
 
 /// How much of a hook's stdout and stderr is kept for error messages.
 pub const OUTPUT_CAP: usize = 4096;
@@ -83,6 +83,11 @@ pub fn run_all(hooks: &[Hook], state_json: &[u8]) -> Result<(), HookError> {
         run(h, state_json)?;
     }
     Ok(())
+}
+
+/// The spec's hooks of one kind (`pick`), empty when absent.
+pub fn of(spec: &Spec, pick: impl Fn(&Hooks) -> Option<Vec<Hook>>) -> Vec<Hook> {
+    spec.hooks().as_ref().and_then(pick).unwrap_or_default()
 }
 
 /// Runs every hook in order whatever the others do; returns the failures (poststart and

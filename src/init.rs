@@ -13,12 +13,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use oci_spec::runtime::{Hook, Process, Spec};
+use oci_spec::runtime::{Process, Spec};
 
 use crate::namespaces::{self, Kind, Userns};
-use crate::process::protocol::{Channel, Frame, FromHelper, InitPlan, Plan, ToHelper};
+use crate::process::protocol::{
+    decode_frame, Channel, Frame, FromHelper, InitPlan, Plan, ToHelper,
+};
 use crate::process::{FIRST_PRESERVED_FD, HELPER_ARGV0, SOCKET_FD};
-use crate::sys;
+use crate::{hooks, sys};
 
 /// A failed setup step, as reported to the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -246,8 +248,8 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
         let Some(start_state) = wait_for_start(chan, plan.start_fifo)? else {
             return Ok(()); // the runtime went away and there is no start fifo
         };
-        let hooks = hooks_of(&init.spec, |h| h.start_container().clone());
-        run_hooks("startContainer hooks", &hooks, &start_state)?;
+        let hooks = hooks::of(&init.spec, |h| h.start_container().clone());
+        hooks::run_all(&hooks, start_state.as_bytes()).step("startContainer hooks")?;
     }
     let err = exe.exec(plan.preserve_fds)?;
     Err(fail(
@@ -314,17 +316,14 @@ fn wait_for_start(chan: &mut Channel, fifo: Option<RawFd>) -> Result<Option<Stri
             if got > 0 {
                 from_fifo.extend_from_slice(&buf[..got as usize]);
             }
-            if from_fifo.len() >= 4 {
-                let len = u32::from_le_bytes(from_fifo[..4].try_into().expect("4 bytes")) as usize;
-                if from_fifo.len() >= 4 + len {
-                    return match serde_json::from_slice(&from_fifo[4..4 + len]).step(step)? {
-                        ToHelper::Start { state } => Ok(Some(state)),
-                        other => Err(fail(
-                            step,
-                            format!("unexpected {other:?} on the start fifo"),
-                        )),
-                    };
-                }
+            if let Some((msg, _)) = decode_frame(&from_fifo).step(step)? {
+                return match msg {
+                    ToHelper::Start { state } => Ok(Some(state)),
+                    other => Err(fail(
+                        step,
+                        format!("unexpected {other:?} on the start fifo"),
+                    )),
+                };
             }
         }
     }
@@ -496,8 +495,8 @@ fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<(
                 ))
             }
         };
-        let hooks = hooks_of(spec, |h| h.create_container().clone());
-        run_hooks("createContainer hooks", &hooks, &state)?;
+        let hooks = hooks::of(spec, |h| h.create_container().clone());
+        hooks::run_all(&hooks, state.as_bytes()).step("createContainer hooks")?;
     }
     crate::rootfs::pivot(&init.rootfs, init.no_pivot).step("pivot_root")?;
     // After pivot_root, so the pty comes from the container's devpts; before the read-only
@@ -579,21 +578,6 @@ fn make_console(sock: RawFd, process: &Process) -> Result<(), InitError> {
         ));
     }
     Ok(())
-}
-
-/// The hooks of one kind, empty when absent.
-pub fn hooks_of(
-    spec: &Spec,
-    pick: impl Fn(&oci_spec::runtime::Hooks) -> Option<Vec<Hook>>,
-) -> Vec<Hook> {
-    spec.hooks().as_ref().and_then(pick).unwrap_or_default()
-}
-
-fn run_hooks(step: &str, hooks: &[Hook], state: &str) -> Result<(), InitError> {
-    if hooks.is_empty() {
-        return Ok(());
-    }
-    crate::hooks::run_all(hooks, state.as_bytes()).step(step)
 }
 
 /// The resolved executable, argv and envp of the process, and the seccomp filter to install

@@ -17,9 +17,27 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-use crate::container::Stdio;
 use crate::sys;
 use protocol::Channel;
+
+/// The container side of stdio.
+#[derive(Debug)]
+pub enum Stdio {
+    /// /dev/null for all three.
+    Null,
+    /// Fds that become the process's 0, 1 and 2 (`None` → /dev/null).
+    Fds {
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    },
+    /// Either a pty slave that becomes 0, 1, 2 and the controlling terminal, or (like runc's
+    /// --console-socket) a unix socket from [`crate::container::console_socket`]: the pty is then allocated in
+    /// the container's own devpts, so `tty` names it, and its master is sent back there.
+    Terminal(OwnedFd),
+    /// Inherit the caller's 0, 1, 2.
+    Inherit,
+}
 
 /// The protocol socket in the helper.
 pub const SOCKET_FD: RawFd = 3;

@@ -44,7 +44,7 @@ fn bad(reason: String) -> CgroupError {
 }
 
 fn access_bits(r: &LinuxDeviceCgroup) -> u8 {
-    // An empty access means rwm, as for the v1 controller (resources::device_rule_string).
+    // An empty access means rwm, as for the v1 controller (v1::device_rule_string).
     let a = r.access().as_deref().unwrap_or("");
     if a.is_empty() {
         return ACC_ALL;

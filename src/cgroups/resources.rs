@@ -174,25 +174,6 @@ fn valid_page_size(s: &str) -> bool {
     !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// `type major:minor access` as devices.allow/deny take it; absent or negative numbers are `*`.
-pub(crate) fn device_rule_string(r: &LinuxDeviceCgroup) -> String {
-    let num = |n: Option<i64>| match n {
-        Some(n) if n >= 0 => n.to_string(),
-        _ => "*".into(),
-    };
-    let access = r
-        .access()
-        .as_deref()
-        .filter(|a| !a.is_empty())
-        .unwrap_or("rwm");
-    format!(
-        "{} {}:{} {access}",
-        r.typ().unwrap_or_default().as_str(),
-        num(r.major()),
-        num(r.minor())
-    )
-}
-
 fn rule(
     typ: LinuxDeviceType,
     major: Option<i64>,
@@ -529,10 +510,10 @@ mod tests {
             .access("rwm")
             .build()
             .unwrap();
-        assert_eq!(device_rule_string(&all), "a *:* rwm");
+        assert_eq!(v1::device_rule_string(&all), "a *:* rwm");
         let d = default_device_rules();
-        assert!(d.iter().any(|r| device_rule_string(r) == "c 1:3 rwm"));
-        assert!(d.iter().any(|r| device_rule_string(r) == "c 136:* rwm"));
+        assert!(d.iter().any(|r| v1::device_rule_string(r) == "c 1:3 rwm"));
+        assert!(d.iter().any(|r| v1::device_rule_string(r) == "c 136:* rwm"));
         let fuse = LinuxDeviceBuilder::default()
             .path("/dev/fuse")
             .typ(LinuxDeviceType::C)
@@ -541,7 +522,7 @@ mod tests {
             .build()
             .unwrap();
         let rules = device_allow_rules(&[fuse]);
-        assert_eq!(device_rule_string(&rules[0]), "c 10:229 rwm");
+        assert_eq!(v1::device_rule_string(&rules[0]), "c 10:229 rwm");
     }
 
     #[test]

@@ -264,9 +264,28 @@ pub(crate) fn devices(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), Cgr
         } else {
             "devices.deny"
         };
-        write(dir, file, &super::resources::device_rule_string(r))?;
+        write(dir, file, &device_rule_string(r))?;
     }
     Ok(())
+}
+
+/// `type major:minor access` as devices.allow/deny take it; absent or negative numbers are `*`.
+pub(crate) fn device_rule_string(r: &LinuxDeviceCgroup) -> String {
+    let num = |n: Option<i64>| match n {
+        Some(n) if n >= 0 => n.to_string(),
+        _ => "*".into(),
+    };
+    let access = r
+        .access()
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .unwrap_or("rwm");
+    format!(
+        "{} {}:{} {access}",
+        r.typ().unwrap_or_default().as_str(),
+        num(r.major()),
+        num(r.minor())
+    )
 }
 
 pub(crate) fn net_cls(dir: &Path, n: &LinuxNetwork) -> Result<(), CgroupError> {

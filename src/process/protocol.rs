@@ -150,6 +150,37 @@ pub enum FromHelper {
     },
 }
 
+/// `msg` as one frame: its length (little-endian u32), then its JSON. The start fifo carries
+/// the same frames as the socket.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
+    let body = serde_json::to_vec(msg)?;
+    // The peer would refuse it and hang up; say why here instead of "broken pipe".
+    if body.len() > MAX_FRAME as usize {
+        return Err(ProtocolError::TooLarge(body.len() as u64));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// The message of the frame at the start of `buf` and the frame's length in bytes; `None`
+/// while the frame is incomplete.
+pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, ProtocolError> {
+    let Some(header) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(header.try_into().expect("4 bytes"));
+    if len > MAX_FRAME {
+        return Err(ProtocolError::TooLarge(len.into()));
+    }
+    let end = 4 + len as usize;
+    match buf.get(4..end) {
+        Some(body) => Ok(Some((serde_json::from_slice(body)?, end))),
+        None => Ok(None),
+    }
+}
+
 /// A received frame.
 #[derive(Debug)]
 pub enum Frame<T> {
@@ -208,15 +239,7 @@ impl Channel {
         msg: &T,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ProtocolError> {
-        let body = serde_json::to_vec(msg)?;
-        // The peer would refuse it and hang up; say why here instead of "broken pipe".
-        if body.len() > MAX_FRAME as usize {
-            return Err(ProtocolError::TooLarge(body.len() as u64));
-        }
-        let mut frame = Vec::with_capacity(4 + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&body);
-        self.send_raw(&frame, fd)
+        self.send_raw(&encode_frame(msg)?, fd)
     }
 
     fn send_raw(&self, mut bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(), ProtocolError> {
@@ -262,11 +285,10 @@ impl Channel {
         if len > MAX_FRAME {
             return Err(ProtocolError::TooLarge(len.into()));
         }
-        let end = 4 + len as usize;
-        if !self.fill(end)? {
+        if !self.fill(4 + len as usize)? {
             return Err(eof());
         }
-        let msg = serde_json::from_slice(&self.buf[4..end])?;
+        let (msg, end) = decode_frame(&self.buf)?.expect("the whole frame is buffered");
         self.buf.drain(..end);
         Ok(Some(Frame::Msg(msg)))
     }
@@ -340,6 +362,28 @@ mod tests {
         )
         .unwrap();
         (Channel::new(a), Channel::new(b))
+    }
+
+    #[test]
+    fn a_frame_decodes_only_once_whole() {
+        let frame = encode_frame(&ToHelper::Start { state: "{}".into() }).unwrap();
+        for cut in [0, 3, 4, frame.len() - 1] {
+            assert!(decode_frame::<ToHelper>(&frame[..cut]).unwrap().is_none());
+        }
+        let mut two = frame.clone();
+        two.extend_from_slice(&frame);
+        match decode_frame::<ToHelper>(&two).unwrap() {
+            Some((ToHelper::Start { state }, n)) => {
+                assert_eq!(state, "{}");
+                assert_eq!(n, frame.len());
+            }
+            other => panic!("{other:?}"),
+        }
+        let huge = (MAX_FRAME + 1).to_le_bytes();
+        assert!(matches!(
+            decode_frame::<ToHelper>(&huge),
+            Err(ProtocolError::TooLarge(_))
+        ));
     }
 
     #[test]
