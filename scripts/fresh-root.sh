@@ -34,6 +34,8 @@
 #    read-only; crates are downloaded into $PELAGOS_FRESH_CACHE/cargo-registry (mounted on
 #    /root/.cargo/registry: a download cache of crates.io, never build output). The build starts
 #    from an empty target directory in the tree.
+#  * CRIU's cache: the host's $PELAGOS_CRIU_CACHE (default /var/cache/pelagos-criu) on the same
+#    path, so scripts/install-criu.sh builds CRIU once for the root and the host alike.
 #  * the steps run in new mount and pid namespaces (unshare) whose root is the tree (pivot_root,
 #    not chroot: user namespaces and containers' own pivot_root need a real root), with proc
 #    mounted, /sys (and its cgroup mounts) and /dev bound from the host, and tmpfs on /run and
@@ -60,6 +62,7 @@ max_age_days="${PELAGOS_FRESH_MAX_AGE_DAYS:-7}"
 timeout_secs="${PELAGOS_FRESH_TIMEOUT:-1800}"
 rustup_home="${RUSTUP_HOME:-$HOME/.rustup}"
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+criu_cache="${PELAGOS_CRIU_CACHE:-/var/cache/pelagos-criu}"
 
 log() { echo "fresh-root: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -85,11 +88,12 @@ if [ "${1:-}" = --inner ]; then
     mount --bind "$cargo_home/bin" "$tree/root/.cargo/bin"
     mount -o remount,bind,ro "$tree/root/.cargo/bin"
     mount --bind "$cache/cargo-registry" "$tree/root/.cargo/registry"
+    mount --bind "$criu_cache" "$tree/var/cache/pelagos-criu"
     env=(HOME=/root USER=root LOGNAME=root SHELL=/bin/bash "TERM=${TERM:-dumb}"
         PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
     while IFS='=' read -r -d '' k v; do
         case "$k" in
-            PELAGOS_FRESH_*) ;;
+            PELAGOS_FRESH_*|PELAGOS_CRIU_CACHE) ;;
             PELAGOS_*) env+=("$k=$v") ;;
         esac
     done < <(env -0)
@@ -130,7 +134,7 @@ if ! command -v debootstrap >/dev/null; then
 fi
 
 t_start=$SECONDS
-mkdir -p "$cache/cargo-registry"
+mkdir -p "$cache/cargo-registry" "$criu_cache"
 exec 8>"$cache/.lock"
 
 # The recipe of the base; a change of it (or of this version tag) builds a new base.
@@ -223,7 +227,8 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
     mkdir -p "$tree/usr/local/share/ca-certificates"
     cp -L /usr/local/share/ca-certificates/*.crt "$tree/usr/local/share/ca-certificates/"
 fi
-mkdir -p "$tree/root/.rustup" "$tree/root/.cargo/bin" "$tree/root/.cargo/registry" "$tree/root/pelagos"
+mkdir -p "$tree/root/.rustup" "$tree/root/.cargo/bin" "$tree/root/.cargo/registry" "$tree/root/pelagos" \
+    "$tree/var/cache/pelagos-criu"
 
 # The repository, without build output or fetched containerd builds.
 if [ "${PELAGOS_FRESH_SOURCE:-worktree}" = head ]; then
@@ -248,7 +253,7 @@ cd /root/pelagos
 missing_tools() {
     local miss=() c
     for c in make cc gcc pkg-config containerd ctr containerd-shim-runc-v2 runc podman conmon \
-        python3 ip nsenter unshare ps mount tar sha256sum flock dpkg-deb; do
+        python3 ip nsenter unshare ps mount tar sha256sum flock dpkg-deb criu; do
         command -v "$c" >/dev/null || miss+=("$c")
     done
     [ -x /bin/busybox ] || miss+=("/bin/busybox (busybox-static)")

@@ -17,6 +17,8 @@
 #   podman, conmon, catatonit   podman as a client of the pelagos CLI (tests/cli_podman.rs)
 #   iproute2, util-linux, tar, coreutils   ip/mount/nsenter/tar/sha256sum used by tests and scripts
 #   dbus-daemon           a private bus for the D-Bus client's test (src/dbus.rs)
+#   criu                  checkpoint/restore (tests/criu_checkpoint.rs): CRIU 4.1.1 built from
+#                         Debian's source archive by scripts/install-criu.sh, cached
 #
 # No protoc: the CRI client of the tests is generated with a vendored one (cri-api/).
 set -euo pipefail
@@ -42,6 +44,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+bash "$(dirname "$0")/install-criu.sh"
 
 if ! command -v cargo >/dev/null; then
     for d in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
