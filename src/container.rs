@@ -89,6 +89,8 @@ pub enum Error {
     State(#[from] StateError),
     #[error("{op}: {source}")]
     Sys { op: String, source: std::io::Error },
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 impl Error {
@@ -756,6 +758,28 @@ impl Container {
 
     pub fn update(&self, resources: &LinuxResources) -> Result<(), Error> {
         self.cgroup_or_err()?.update(resources)?;
+        Ok(())
+    }
+
+    /// Dumps the running (or paused) container with CRIU into `opts.image_path`; unless
+    /// `opts.leave_running`, CRIU ends its processes once the dump is complete. On failure the
+    /// container runs on.
+    pub fn checkpoint(&self, opts: &crate::checkpoint::CheckpointOptions) -> Result<(), Error> {
+        let status = self.status();
+        if !matches!(status, Status::Running | Status::Paused) {
+            return Err(self.wrong_state(status, "checkpoint"));
+        }
+        let cgroup = self.cgroup.as_ref();
+        let freezer = cgroup.and_then(|c| c.v1_dir("freezer").or_else(|| c.unified_dir()));
+        crate::checkpoint::dump(
+            &crate::checkpoint::Target {
+                pid: self.pid(),
+                spec: &self.record.spec,
+                rootfs: &self.record.rootfs,
+                freezer,
+            },
+            opts,
+        )?;
         Ok(())
     }
 

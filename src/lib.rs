@@ -8,6 +8,7 @@ pub use oci_spec;
 
 pub mod caps;
 pub mod cgroups;
+pub mod checkpoint;
 pub mod container;
 pub mod dbus;
 pub mod features;

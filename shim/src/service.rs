@@ -35,6 +35,8 @@ use crate::lifecycle::{Action, Lifecycle, LifecycleError, Sink, Status};
 use crate::mount::{self, MountSpec};
 use crate::{metrics, options};
 
+mod checkpoint;
+
 /// How long Delete waits for a process's output to be copied out.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long Delete waits for an output another process still holds open (a child left in the
@@ -1151,11 +1153,9 @@ impl Task for Shim {
         Ok(Empty::new())
     }
 
-    fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> Res<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "checkpoint is not supported by pelagos",
-        ))
+    fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> Res<Empty> {
+        self.do_checkpoint(&req)?;
+        Ok(Empty::new())
     }
 
     fn kill(&self, _: &TtrpcContext, req: KillRequest) -> Res<Empty> {

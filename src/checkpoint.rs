@@ -1,0 +1,268 @@
+//! Checkpoint of a running container with CRIU, as runc does it: `criu dump` of the init's
+//! process tree, with the container's cgroup, its bind mounts (external to its mount namespace)
+//! and the namespaces it joined (external to the tree) described to CRIU. The images land in the
+//! caller's directory with `descriptors.json` (what the init's stdio were, for a restore).
+//!
+//! CRIU is driven through its command line, not its `swrk` RPC: every option needed here is a
+//! flag, the failure is in the log file quoted back, and the RPC would need CRIU's protobuf
+//! schema compiled in for what a few argv strings do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+/// What to dump and how (containerd's `CheckpointOptions`, runc's `checkpoint` flags).
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    /// Where the images go (created when missing).
+    pub image_path: PathBuf,
+    /// CRIU's work dir (its log); `None`: the image dir, as CRIU does.
+    pub work_path: Option<PathBuf>,
+    /// Keep the container running after the dump (else CRIU ends it: `--exit` unset).
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub file_locks: bool,
+    /// Processes with a terminal (CRIU's `--shell-job`).
+    pub shell_job: bool,
+    /// `--manage-cgroups` mode: soft, full, strict, ignore; `None`: CRIU's default (soft).
+    pub cgroups_mode: Option<String>,
+    /// The CRIU binary; `None`: `criu` from PATH.
+    pub criu: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(
+        "checkpoint: criu not found ({0}); install CRIU (scripts/install-criu.sh builds 4.1.1)"
+    )]
+    NoCriu(String),
+    #[error("checkpoint: {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint: cgroups mode {0:?} is not one of soft, full, strict, ignore")]
+    CgroupsMode(String),
+    #[error("checkpoint: criu dump failed ({status}); {log}: {tail}")]
+    Dump {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+}
+
+/// The log file CRIU writes in the work dir.
+pub const DUMP_LOG: &str = "dump.log";
+/// The init's fds 0, 1, 2 as `/proc/<pid>/fd` names them (runc's file of the same name).
+pub const DESCRIPTORS: &str = "descriptors.json";
+
+/// What the dump needs to know of the container.
+pub(crate) struct Target<'a> {
+    pub pid: i32,
+    pub spec: &'a Spec,
+    pub rootfs: &'a Path,
+    /// The cgroup dir CRIU freezes the tree through (v2, or v1's freezer).
+    pub freezer: Option<&'a Path>,
+}
+
+/// The CRIU binary to run.
+pub fn find_criu(explicit: Option<&Path>) -> Result<PathBuf, CheckpointError> {
+    if let Some(p) = explicit {
+        return match p.is_file() {
+            true => Ok(p.to_path_buf()),
+            false => Err(CheckpointError::NoCriu(format!(
+                "{} does not exist",
+                p.display()
+            ))),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join("criu"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CheckpointError::NoCriu(format!("no criu in PATH {}", path.to_string_lossy()))
+        })
+}
+
+/// Runs `criu dump` of `t`'s tree. On failure CRIU has let the tree run on.
+pub(crate) fn dump(t: &Target<'_>, opts: &CheckpointOptions) -> Result<(), CheckpointError> {
+    let criu = find_criu(opts.criu.as_deref())?;
+    if let Some(mode) = &opts.cgroups_mode {
+        if !["soft", "full", "strict", "ignore"].contains(&mode.as_str()) {
+            return Err(CheckpointError::CgroupsMode(mode.clone()));
+        }
+    }
+    let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
+    for dir in [&opts.image_path, &work.to_path_buf()] {
+        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            what: "create",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    write_descriptors(t.pid, &opts.image_path)?;
+
+    let mut cmd = Command::new(&criu);
+    cmd.arg("dump")
+        .arg("--tree")
+        .arg(t.pid.to_string())
+        .arg("--images-dir")
+        .arg(&opts.image_path)
+        .arg("--work-dir")
+        .arg(work)
+        .args(["--log-file", DUMP_LOG, "-v4"])
+        .arg("--root")
+        .arg(t.rootfs)
+        .arg(match &opts.cgroups_mode {
+            Some(m) => format!("--manage-cgroups={m}"),
+            None => "--manage-cgroups".into(),
+        });
+    if let Some(dir) = t.freezer {
+        cmd.arg("--freeze-cgroup").arg(dir);
+    }
+    for (flag, on) in [
+        ("--leave-running", opts.leave_running),
+        ("--tcp-established", opts.tcp_established),
+        ("--ext-unix-sk", opts.ext_unix_sk),
+        ("--file-locks", opts.file_locks),
+        ("--shell-job", opts.shell_job),
+    ] {
+        if on {
+            cmd.arg(flag);
+        }
+    }
+    for dest in external_mounts(t.spec) {
+        cmd.arg("--external").arg(format!("mnt[{dest}]:{dest}"));
+    }
+    for ext in external_namespaces(t.spec)? {
+        cmd.arg("--external").arg(ext);
+    }
+    log::debug!("checkpoint: {cmd:?}");
+    run(cmd, &work.join(DUMP_LOG))
+}
+
+/// Runs CRIU to its end. Its exit is taken through [`crate::reaper`], which a shim's reaping
+/// loop shares; its stderr goes to a file beside the log (a restored tree could inherit a pipe).
+fn run(mut cmd: Command, log: &Path) -> Result<(), CheckpointError> {
+    let stderr_path = log.with_extension("stderr");
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Io { what, path, source }
+    };
+    let stderr = std::fs::File::create(&stderr_path).map_err(io("create", &stderr_path))?;
+    let program = PathBuf::from(cmd.get_program());
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(io("run", &program))?;
+    let exit = crate::reaper::wait(child.id() as i32, None);
+    let text = std::fs::read(&stderr_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&stderr_path);
+    if exit.is_some_and(|e| e.status == 0) {
+        return Ok(());
+    }
+    Err(CheckpointError::Dump {
+        status: match exit {
+            Some(e) if e.status > 128 => format!("killed by signal {}", e.status - 128),
+            Some(e) => format!("exit status {}", e.status),
+            None => "exit lost".into(),
+        },
+        log: log.to_path_buf(),
+        tail: failure_lines(log, &text),
+    })
+}
+
+/// The error lines of CRIU's log (else its stderr), the last few.
+pub(crate) fn failure_lines(log: &Path, stderr: &[u8]) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Error") || l.contains("Warn"))
+        .collect();
+    let lines: Vec<String> = if errors.is_empty() {
+        String::from_utf8_lossy(stderr)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    } else {
+        errors.iter().map(|s| s.to_string()).collect()
+    };
+    let keep = lines.len().saturating_sub(4);
+    lines[keep..].join(" | ")
+}
+
+/// The destinations of the spec's bind mounts: their sources are outside the container's mount
+/// namespace, so CRIU records them by name (restore maps each name to a source again).
+pub fn external_mounts(spec: &Spec) -> Vec<String> {
+    let Some(mounts) = spec.mounts() else {
+        return Vec::new();
+    };
+    mounts
+        .iter()
+        .filter(|m| {
+            m.typ().as_deref() == Some("bind")
+                || m.options()
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+        })
+        .map(|m| m.destination().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Namespaces the container joined by path (a pod's network namespace): not the tree's own, so
+/// CRIU records them by inode as runc names them, and a restore joins them again.
+fn external_namespaces(spec: &Spec) -> Result<Vec<String>, CheckpointError> {
+    let mut out = Vec::new();
+    let Some(nss) = spec.linux().as_ref().and_then(|l| l.namespaces().clone()) else {
+        return Ok(out);
+    };
+    for ns in nss {
+        let (Some(path), name, key) = (
+            ns.path(),
+            match ns.typ() {
+                LinuxNamespaceType::Network => "net",
+                LinuxNamespaceType::Pid => "pid",
+                _ => continue,
+            },
+            match ns.typ() {
+                LinuxNamespaceType::Network => "extRootNetNS",
+                _ => "extRootPidNS",
+            },
+        ) else {
+            continue;
+        };
+        let ino = std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .map_err(|source| CheckpointError::Io {
+                what: "stat namespace",
+                path: path.clone(),
+                source,
+            })?;
+        out.push(format!("{name}[{ino}]:{key}"));
+    }
+    Ok(out)
+}
+
+fn write_descriptors(pid: i32, images: &Path) -> Result<(), CheckpointError> {
+    let fds: Vec<String> = (0..3)
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "/dev/null".into())
+        })
+        .collect();
+    let path = images.join(DESCRIPTORS);
+    std::fs::write(&path, serde_json::to_vec(&fds).expect("strings serialize")).map_err(|source| {
+        CheckpointError::Io {
+            what: "write",
+            path,
+            source,
+        }
+    })
+}
