@@ -15,8 +15,8 @@
 CARGO ?= cargo
 PREFIX ?= /usr/local
 SHIM := containerd-shim-pelagos-v2
-# Every tests/shim_*.rs, as cargo --test arguments.
-SHIM_TESTS := $(foreach t,$(basename $(notdir $(wildcard tests/shim_*.rs))),--test $(t))
+# Every tests/shim_*.rs and the checkpoint suite (about 7 s), as cargo --test arguments.
+SHIM_TESTS := $(foreach t,$(basename $(notdir $(wildcard tests/shim_*.rs))),--test $(t)) --test criu_checkpoint
 # The shim tests start one containerd per test; two at a time suits the 2-core machines.
 TEST_THREADS ?= 2
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::containerd::{describe, Containerd, PELAGOS_RUNTIME, RUNC_RUNTIME};
-use common::ttrpc_raw::{socket_of_bundle, Pb, RawConn, Reply};
+use common::ttrpc_raw::{request_body, Pb, RawConn, Reply};
 
 const RUNTIMES: [&str; 2] = [PELAGOS_RUNTIME, RUNC_RUNTIME];
 
@@ -128,8 +128,15 @@ fn shim_checkpoint(cd: &Containerd, id: &str, image: &std::path::Path, exit: boo
         .str(1, id)
         .str(2, &image.to_string_lossy())
         .bytes(3, &any.0);
-    let mut conn = RawConn::connect(&socket_of_bundle(&cd.bundle_dir(id))).expect("shim socket");
-    conn.call("Checkpoint", &req.0)
+    // The only container of `cd`, so its only shim socket (2.x bundles have no address file).
+    let socket = cd.shim_sockets().pop().expect("the shim's socket");
+    let mut conn = RawConn::connect(&socket).expect("shim socket");
+    // containerd 2's shims (runc's) serve the same Task API as containerd.task.v3.
+    let service = match cd.major() {
+        1 => "containerd.task.v2.Task",
+        _ => "containerd.task.v3.Task",
+    };
+    conn.call_body(&request_body(service, "Checkpoint", &req.0))
         .expect("the shim answers Checkpoint")
 }
 
