@@ -135,7 +135,13 @@ pub(crate) fn dump(t: &Target<'_>, opts: &CheckpointOptions) -> Result<(), Check
             cmd.arg(flag);
         }
     }
-    for dest in external_mounts(t.spec) {
+    let mut externals = external_mounts(t.spec);
+    for dest in cgroup_binds(t.pid) {
+        if !externals.contains(&dest) {
+            externals.push(dest);
+        }
+    }
+    for dest in externals {
         cmd.arg("--external").arg(format!("mnt[{dest}]:{dest}"));
     }
     for ext in external_namespaces(t.spec)? {
@@ -213,6 +219,43 @@ pub fn external_mounts(spec: &Spec) -> Vec<String> {
         })
         .map(|m| m.destination().to_string_lossy().into_owned())
         .collect()
+}
+
+/// The container's binds of a sub-directory of a host cgroup hierarchy (its own cgroup, as
+/// /sys/fs/cgroup/<controller> without a cgroup namespace): no mount of the container holds
+/// their root, so CRIU needs them named as external like the spec's binds.
+fn cgroup_binds(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split(' ').next()?;
+            let mut f = left.split(' ');
+            let root = f.nth(3)?;
+            let point = f.next()?;
+            (matches!(fstype, "cgroup" | "cgroup2") && root != "/").then(|| unescape(point))
+        })
+        .collect()
+}
+
+/// mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Namespaces the container joined by path (a pod's network namespace): not the tree's own, so

@@ -6,7 +6,10 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::bundle::{unique_id, Bundle};
 
 use common::containerd::{describe, Containerd, PELAGOS_RUNTIME, RUNC_RUNTIME};
 use common::ttrpc_raw::{request_body, Pb, RawConn, Reply};
@@ -204,5 +207,112 @@ fn a_process_criu_cannot_dump_fails_the_checkpoint_and_runs_on() {
         cd.task_rm(id);
         cd.remove(id);
         cd.assert_no_leaks();
+    }
+}
+
+/// `pelagos checkpoint` beside `runc checkpoint`: the same flags, the same outcome.
+#[test]
+fn cli_checkpoint_leaves_running_or_ends_like_runc() {
+    require_criu();
+    for bin in [env!("CARGO_BIN_EXE_pelagos"), "runc"] {
+        let root = PathBuf::from(format!("/run/{}", unique_id("criu-cli")));
+        let b = Bundle::new()
+            .readonly_root(false)
+            .args(&["sh", "-c", COUNTER]);
+        let id = unique_id("ckpt-cli");
+        let run = |args: &[&str]| {
+            let log = std::fs::File::create(b.path().join("out.log")).unwrap();
+            let out = Command::new(bin)
+                .arg("--root")
+                .arg(&root)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .status()
+                .expect("spawn the runtime");
+            let log = std::fs::read_to_string(b.path().join("out.log")).unwrap_or_default();
+            (out.success(), log)
+        };
+        let ok = |args: &[&str]| {
+            let (ok, log) = run(args);
+            assert!(ok, "{bin} {args:?}: {log}");
+        };
+        let status = || {
+            let out = Command::new(bin)
+                .arg("--root")
+                .arg(&root)
+                .args(["state", &id])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["status"].as_str().unwrap_or_default().to_owned()
+        };
+        let count = || {
+            std::fs::read_to_string(b.rootfs().join("tmp/count"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        let passes = |above: u64| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(n) = count().filter(|&n| n > above) {
+                    return n;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{bin}: counter stuck at {:?}",
+                    count()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        // The container's stdio are pipes: a host file (/dev/null, a log) is on a mount outside
+        // the container, which CRIU refuses to dump (runc's too).
+        let created = Command::new(bin)
+            .arg("--root")
+            .arg(&root)
+            .args(["create", "--bundle", b.path().to_str().unwrap(), &id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the runtime")
+            .wait()
+            .unwrap();
+        assert!(created.success(), "{bin} create: {created}");
+        ok(&["start", &id]);
+        let before = passes(2);
+
+        let leave = b.path().join("images-leave");
+        let leave_s = leave.to_str().unwrap();
+        ok(&[
+            "checkpoint",
+            "--leave-running",
+            "--image-path",
+            leave_s,
+            &id,
+        ]);
+        assert!(leave.join("inventory.img").is_file(), "{bin}: no images");
+        assert_eq!(status(), "running", "{bin}");
+        passes(before + 3);
+
+        let exit = b.path().join("images-exit");
+        ok(&["checkpoint", "--image-path", exit.to_str().unwrap(), &id]);
+        assert!(exit.join("inventory.img").is_file(), "{bin}: no images");
+        // runc deletes a container it checkpointed without --leave-running.
+        let (found, log) = run(&["state", &id]);
+        assert!(!found, "{bin}: the container is still there: {log}");
+        let last = count();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(count(), last, "{bin}: the counter went on");
+        let cgroup = b.cgroup_path().expect("the bundle names its cgroup");
+        let left: Vec<PathBuf> = common::containerd::cgroup_mounts()
+            .into_iter()
+            .map(|m| m.join(cgroup.trim_start_matches('/')))
+            .filter(|d| d.exists())
+            .collect();
+        assert!(left.is_empty(), "{bin}: cgroups left behind: {left:?}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -60,6 +60,7 @@ pub fn run(g: &Global, command: &str, rest: &[String]) -> Result<i32> {
         "pause" => pause_resume(&config, rest, true),
         "resume" => pause_resume(&config, rest, false),
         "update" => update(&config, rest),
+        "checkpoint" => checkpoint(&config, rest),
         "list" => list(&config, rest),
         "spec" => spec(rest),
         "features" => {
@@ -660,6 +661,44 @@ fn pause_resume(config: &Config, rest: &[String], pause: bool) -> Result<i32> {
         c.pause()?;
     } else {
         c.resume()?;
+    }
+    Ok(0)
+}
+
+/// runc's `checkpoint` flags (`--criu` names the binary, runc's global flag).
+const CHECKPOINT_FLAGS: &[Flag] = &[
+    value(&["image-path"]),
+    value(&["work-path"]),
+    switch(&["leave-running"]),
+    switch(&["tcp-established"]),
+    switch(&["ext-unix-sk"]),
+    switch(&["shell-job"]),
+    switch(&["file-locks"]),
+    value(&["manage-cgroups-mode"]),
+    value(&["criu"]),
+];
+
+/// Dumps the container with CRIU (see `pelagos::checkpoint`); the images go to --image-path
+/// (runc's default: ./checkpoint). Unless --leave-running, the container ends after the dump
+/// and is deleted, as runc does.
+fn checkpoint(config: &Config, rest: &[String]) -> Result<i32> {
+    let p = args::parse(rest, CHECKPOINT_FLAGS, false)?;
+    let id = p.id("pelagos checkpoint [--image-path DIR] [--work-path DIR] [--leave-running] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks] [--manage-cgroups-mode MODE] ID")?;
+    let c = Container::load(config, id)?;
+    let opts = pelagos::checkpoint::CheckpointOptions {
+        image_path: PathBuf::from(p.get("image-path").unwrap_or("checkpoint")),
+        work_path: p.get("work-path").map(PathBuf::from),
+        leave_running: p.on("leave-running"),
+        tcp_established: p.on("tcp-established"),
+        ext_unix_sk: p.on("ext-unix-sk"),
+        file_locks: p.on("file-locks"),
+        shell_job: p.on("shell-job"),
+        cgroups_mode: p.get("manage-cgroups-mode").map(str::to_owned),
+        criu: p.get("criu").map(PathBuf::from),
+    };
+    c.checkpoint(&opts)?;
+    if !opts.leave_running {
+        c.delete(true)?;
     }
     Ok(0)
 }
