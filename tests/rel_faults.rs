@@ -1020,6 +1020,88 @@ fn fifo_dir_removed_under_a_running_container() {
     cd.assert_no_leaks();
 }
 
+/// `ctr task rm -f` of a `ctr run -d` container whose output nobody reads: the container has
+/// filled the fifo and blocks writing. The shim must not wait for a client that is gone: it held
+/// the exit 5 s for the output to be read and Delete waited 10 s more (15 s, against ~1 s with
+/// runc's shim). Checked through the mechanism (the shim never gave up on an output by its
+/// timeouts) and against a generous bound (runc's shim takes about 1 s here).
+#[test]
+fn rm_f_of_a_detached_container_whose_output_nobody_reads_returns_promptly() {
+    let cd = Containerd::start();
+    let id = "unread";
+    cd.run_detached(
+        id,
+        &[],
+        &["sh", "-c", &format!("while true; do echo {PAD}; done")],
+    );
+    // The fifo and the pipe behind it fill within milliseconds; give it time to block.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(cd.task_status(id).as_deref(), Some("RUNNING"));
+    let started = Instant::now();
+    let out = cd.ctr(&["task", "rm", "-f", id]);
+    let took = started.elapsed();
+    eprintln!("ctr task rm -f: {took:?}");
+    cd.expect_ok(&["task", "rm", "-f", id], &out);
+    assert_eq!(cd.task(id), None, "the task is still listed");
+    let log = fs::read_to_string(cd.log_path()).unwrap_or_default();
+    for timeout in [
+        "output not read by the client after",
+        "output not drained after",
+    ] {
+        assert!(
+            !log.contains(timeout),
+            "the shim waited for a client that is gone ({timeout:?}):\n{}",
+            cd.log_tail(30)
+        );
+    }
+    assert!(
+        took < Duration::from_secs(10),
+        "ctr task rm -f took {took:?} (runc's shim: ~1 s)"
+    );
+    cd.ctr_ok(&["containers", "rm", id]);
+    cd.assert_no_leaks();
+}
+
+/// The other side of the test above: a client that is there but reads late gets every byte of
+/// a process that exited with its output filling the fifo (and the pipe behind it).
+#[test]
+fn a_client_that_reads_late_gets_all_the_output_of_an_exited_process() {
+    let cd = Containerd::start();
+    let id = "lateread";
+    const N: usize = 400_000;
+    let script = format!("head -c {N} /dev/zero | tr '\\0' x; echo; echo end");
+    let mut child = cd.spawn_run(id, &[], &["sh", "-c", &script]);
+    // Nobody reads ctr's stdout until the container has exited: its last writes fit in the
+    // pipes and the fifo (the pipes grow to 256 KiB), which then stay full. Should it not exit
+    // (smaller pipes), reading now still checks that nothing is lost.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    std::thread::sleep(Duration::from_millis(300));
+    while !cd.container_pids().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_end(&mut out)
+        .unwrap();
+    let status = wait_child_timeout(&mut child, CTR_TIMEOUT).expect("ctr run did not end");
+    let mut expected = vec![b'x'; N];
+    expected.extend_from_slice(b"\nend\n");
+    assert!(
+        out == expected,
+        "got {} bytes (expected {}), ending {:?}; ctr exit {status}\n{}",
+        out.len(),
+        expected.len(),
+        String::from_utf8_lossy(&out[out.len().saturating_sub(20)..]),
+        cd.log_tail(30)
+    );
+    assert!(status.success(), "ctr run: {status}");
+    cd.assert_no_leaks();
+}
+
 /// A `binary://` logger that exits, is killed, or stops reading: the container keeps running
 /// and writing (its writes neither block for ever nor fail), the shim says so once, and the next
 /// container's logger works. The container writes as fast as it can and counts its lines in

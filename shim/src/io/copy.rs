@@ -201,6 +201,11 @@ struct Job {
     /// An output copy into a fifo: a path-only handle on it (neither reader nor writer) to
     /// see the client's reader go once the copy itself has closed the fifo.
     probe: Option<OwnedFd>,
+    /// The copy's own read side of the fifo was given up before EOF (see
+    /// [`Job::stuck_at_end`]): `dst` is write-only.
+    write_only: bool,
+    /// The source reported a hangup: no writer is left (a pty: its slave is closed).
+    src_hup: bool,
     /// Past EOF: what the job waits for, and since when the client made no progress.
     linger: Option<(Linger, Instant)>,
     /// The inotify watch on the fifo that reports the client closing its reader, once the
@@ -233,6 +238,9 @@ enum Linger {
 enum Step {
     /// Both ends would block: wait for an edge.
     Wait,
+    /// Both ends would block, the source has no writer left, and the fifo is full: `dst` is
+    /// to become this write-only fd (see [`Job::stuck_at_end`]).
+    Reopened(OwnedFd),
     /// Turn budget used up with data still flowing.
     Yield,
     /// EOF or an error: the job is over.
@@ -262,7 +270,7 @@ impl Job {
                     moved += n;
                 }
                 Ok(Moved::Eof) => return self.at_eof(),
-                Err(Errno::EAGAIN) => return Step::Wait,
+                Err(Errno::EAGAIN) => return self.stuck_at_end(),
                 Err(Errno::EINTR) => {}
                 Err(Errno::EINVAL) if self.fallback.is_none() => {
                     log::debug!(
@@ -291,6 +299,32 @@ impl Job {
         Step::Yield
     }
 
+    /// Both ends would block. If the source has no writer left (the process is gone) and still
+    /// holds data, it is the fifo that is full, and only a client can empty it: the copy gives
+    /// up its own read side, as at EOF, so that a client that is gone (`ctr run -d` returned,
+    /// a client died) shows, and the copy ends. runc's shim reports such an exit at once, and
+    /// its Delete drops what is left; waiting here held the exit 5 s and Delete 10 s more.
+    /// A client still there keeps reading through the write-only fd as before.
+    fn stuck_at_end(&mut self) -> Step {
+        let Some(probe) = &self.probe else {
+            return Step::Wait;
+        };
+        // A client not seen yet may still come for what is in the fifo (see `linger_done`).
+        if self.write_only || !self.spec.client_seen || !self.src_hup {
+            return Step::Wait;
+        }
+        if unread(&self.spec.src) == 0 && self.fallback.as_ref().is_none_or(|(_, s, e)| s == e) {
+            return Step::Wait;
+        }
+        match open_writer(probe) {
+            Ok(writer) => Step::Reopened(writer),
+            Err(e) => {
+                log::debug!("io {}: reopen the fifo write-only: {e}", self.spec.name);
+                Step::Wait
+            }
+        }
+    }
+
     fn at_eof(&mut self) -> Step {
         // From here on the job opens the fifo itself.
         self.arrival = None;
@@ -300,9 +334,11 @@ impl Job {
         // The copy held the fifo read-write so that nothing written with no client attached
         // was lost. From here on only a client reads it, and [`has_reader`] can tell whether
         // one is there.
-        match open_writer(probe) {
-            Ok(writer) => self.spec.dst = writer,
-            Err(e) => log::debug!("io {}: reopen the fifo write-only: {e}", self.spec.name),
+        if !self.write_only {
+            match open_writer(probe) {
+                Ok(writer) => self.spec.dst = writer,
+                Err(e) => log::debug!("io {}: reopen the fifo write-only: {e}", self.spec.name),
+            }
         }
         self.linger = Some((Linger::Unread(usize::MAX), Instant::now()));
         match self.linger_done(Instant::now()) {
@@ -548,6 +584,8 @@ impl IoLoop {
                 grown: false,
                 dropping: false,
                 probe,
+                write_only: false,
+                src_hup: false,
                 linger: None,
                 watch: None,
                 arrival,
@@ -728,7 +766,14 @@ fn run(shared: &Shared) {
                     let _ = shared.wake.read();
                 }
                 INOTIFY_TOKEN => {}
-                t => pump(shared, &mut state, t >> 1),
+                t => {
+                    if t & 1 == 0 && event.events().contains(EpollFlags::EPOLLHUP) {
+                        if let Some(job) = state.jobs.get_mut(&(t >> 1)) {
+                            job.src_hup = true;
+                        }
+                    }
+                    pump(shared, &mut state, t >> 1)
+                }
             }
         }
         let queued = std::mem::take(&mut state.ready);
@@ -757,6 +802,28 @@ fn pump(shared: &Shared, state: &mut State, id: u64) {
     }
     match job.pump() {
         Step::Wait => {}
+        Step::Reopened(writer) => {
+            let _ = shared.epoll.delete(job.spec.dst.as_fd());
+            job.spec.dst = writer;
+            job.write_only = true;
+            if job.probe.as_ref().is_some_and(has_reader) {
+                // The client reads on: its reads wake the writer as they woke the copy's
+                // read-write fd; its going is an EPOLLERR, and the splice then fails (EPIPE).
+                let event =
+                    EpollEvent::new(EpollFlags::EPOLLOUT | EpollFlags::EPOLLET, token(id, true));
+                if let Err(e) = shared.epoll.add(job.spec.dst.as_fd(), event) {
+                    log::warn!("io {}: watch the reopened fifo: {e}", job.spec.name);
+                    state.ready.push_back(id);
+                }
+                return;
+            }
+            log::debug!(
+                "io {}: the process is gone, its output fills the fifo and no client reads it; dropping {} bytes",
+                job.spec.name,
+                unread(&job.spec.src) + unread(&job.spec.dst)
+            );
+            finish(shared, state, id);
+        }
         Step::Yield => state.ready.push_back(id),
         Step::Linger => {
             // The source is at EOF: only the fifo matters now, and it is polled.
@@ -764,14 +831,16 @@ fn pump(shared: &Shared, state: &mut State, id: u64) {
             let _ = shared.epoll.delete(job.spec.dst.as_fd());
             state.lingering.push(id);
         }
-        Step::Done => {
-            let job = state.jobs.remove(&id).expect("job present");
-            unregister(&shared.epoll, &job);
-            log::debug!("io {}: done", job.spec.name);
-            if let OnEof::HangUp(console) = &job.spec.on_eof {
-                hang_up(shared, state, job.owner, console);
-            }
-        }
+        Step::Done => finish(shared, state, id),
+    }
+}
+
+fn finish(shared: &Shared, state: &mut State, id: u64) {
+    let job = state.jobs.remove(&id).expect("job present");
+    unregister(&shared.epoll, &job);
+    log::debug!("io {}: done", job.spec.name);
+    if let OnEof::HangUp(console) = &job.spec.on_eof {
+        hang_up(shared, state, job.owner, console);
     }
 }
 
