@@ -30,10 +30,10 @@ use common::ttrpc_raw::{
 };
 use serde_json::json;
 
-/// ttrpc-rust keeps 1 to 3 idle workers on containerd's own connection to the shim
-/// (shim/src/daemon.rs); how many depends on how the RPCs of an exec overlapped, so a thread
-/// count compared across execs may differ by this much without anything leaking (a leak of
-/// the flooded connections would be hundreds).
+/// A Wait or Delete of containerd's runs on a thread of its own while it is pending
+/// (shim/src/server.rs); how many are still finishing depends on how the RPCs of an exec
+/// overlapped, so a thread count compared across execs may differ by this much without
+/// anything leaking (a leak of the flooded connections would be hundreds).
 const WORKER_SLACK: u64 = 2;
 
 fn long() -> bool {
@@ -608,8 +608,8 @@ fn garbage_frames_leave_the_shim_serving() {
 
 #[test]
 fn an_idle_connection_flood_does_not_deafen_the_shim() {
-    // CI: 300 connections (~900 shim threads: ttrpc-rust runs a reader, a handler and a
-    // control thread per connection); PELAGOS_LONG: 1000. Either stays below the shim's fd
+    // CI: 300 connections (300 shim threads: one per connection, shim/src/server.rs);
+    // PELAGOS_LONG: 1000. Either stays below the shim's fd
     // limit, so the shim must keep accepting meanwhile.
     let v = Victim::start();
     let limit = v.shim_nofile();

@@ -6,11 +6,13 @@
 //! subreaper so orphans of its containers are re-parented here and reaped too.
 //!
 //! Threads: this main thread (signalfd + OOM fds + wake-ups in one epoll), the events queue,
-//! the stdio loop, and ttrpc's listener plus a few per connection. Exits are routed from
+//! the stdio loop, and the ttrpc server's accept thread plus one per connection (and one per
+//! pending Wait or Delete: see shim/src/server.rs). Exits are routed from
 //! this thread only, also those that waited for their output to be read.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::args::Flags;
 use crate::delete::state_root;
 use crate::events::Publisher;
 use crate::io::{DrainWaiter, IoLoop, Outputs};
+use crate::server::Handler;
 use crate::service::{ExitSignal, Shim, EXIT_DRAIN_TIMEOUT, HELD_OPEN_POLL};
 use crate::start::LISTENER_FD;
 
@@ -48,8 +51,10 @@ pub enum DaemonError {
     Thread(std::io::Error),
     #[error("daemon: stdio loop: {0}")]
     Io(#[from] crate::io::IoError),
-    #[error("daemon: ttrpc server: {0}")]
-    Server(#[from] ttrpc::Error),
+    #[error("daemon: listener fd 3: {0}")]
+    Listener(std::io::Error),
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
 }
 
 fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> DaemonError {
@@ -129,13 +134,12 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
         exit.clone(),
     ));
 
-    let mut server = ttrpc::Server::new()
-        .add_listener(LISTENER_FD)?
-        .register_service(task_services(shim.clone()))
-        .set_thread_count_min(1)
-        .set_thread_count_default(2)
-        .set_thread_count_max(3);
-    server.start()?;
+    // SAFETY: fd 3 is the listening socket `start` handed over; nothing else owns it.
+    let listener = unsafe { UnixListener::from_raw_fd(LISTENER_FD) };
+    listener
+        .set_nonblocking(false)
+        .map_err(DaemonError::Listener)?;
+    crate::server::start(listener, task_services(shim.clone()))?;
     log::info!(
         "shim serving {} (namespace {}, first container {})",
         flags.socket,
@@ -326,11 +330,10 @@ fn answering(path: &str, handler: Handler) -> Handler {
     Box::new(Answering { handler, trim })
 }
 
-type Handler = Box<dyn ttrpc::MethodHandler + Send + Sync>;
-
-/// Answers a request whose payload does not decode with an error status. ttrpc-rust's server
-/// instead stops serving the connection without a word, so a client that sent garbage waits
-/// forever; Go's ttrpc (what runc's shim uses) answers.
+/// Answers a request whose payload does not decode with an error status: the generated
+/// handlers return such an error without answering (ttrpc-rust's own server then stopped
+/// serving the connection without a word, so a client that sent garbage waited forever); Go's
+/// ttrpc (what runc's shim uses) answers.
 ///
 /// Create and Delete also hand freed heap back to the kernel once answered: a container's
 /// spec is parsed and copied a few times, and a large config.json (tens of MiB through a

@@ -32,6 +32,7 @@ mod logger;
 mod metrics;
 mod mount;
 mod options;
+mod server;
 mod service;
 mod start;
 

@@ -1,0 +1,312 @@
+//! The shim's ttrpc server: one thread per connection reads each request and answers it on
+//! that thread. Only a call that may wait for long runs on a thread of its own (see
+//! [`blocks`]), so the calls containerd multiplexes on its connection keep being answered
+//! meanwhile.
+//!
+//! ttrpc-rust's sync server hands every request from a reader thread to a worker pool and
+//! every answer to a writer thread: three or more threads per connection and two hand-offs per
+//! call, most of an exec probe's CPU in the shim (BENCHMARKS.md, "What each change bought").
+//!
+//! The wire format is containerd/ttrpc's: a 10-byte header (payload length and stream id, u32
+//! big-endian; message type; flags), then the protobuf `Request` or `Response`. The handlers
+//! are the ones ttrpc-rust generates for the Task service; they answer through the context's
+//! channel, which the calling thread then writes to the socket.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use ttrpc::proto::{
+    Codec, MessageHeader, Request, Response, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX,
+    MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE,
+};
+use ttrpc::{Code, ConnectionContext, MethodHandler, TtrpcContext};
+
+pub type Handler = Box<dyn MethodHandler + Send + Sync>;
+/// Handlers by path, `/<service>/<method>`.
+pub type Methods = HashMap<String, Handler>;
+
+/// How long accepting pauses after a failure that is not the client's (out of fds, threads).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// What the reader asks of the socket at a time: a request and the next one's header in one
+/// read, most of the time.
+const READ_BUF: usize = 8 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("ttrpc server: start the accept thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Calls that may wait for long: Wait until its process exits (containerd keeps one pending
+/// per process, and CRI calls Start of an exec after its Wait), Delete for the output to be
+/// read, Checkpoint for CRIU. The others are short, or hold the service's locks anyway (a
+/// Create, like runc's shim's).
+fn blocks(method: &str) -> bool {
+    matches!(method, "Wait" | "Delete" | "Checkpoint")
+}
+
+/// Serves `methods` on every connection `listener` accepts, from a thread of its own, until
+/// the process exits.
+pub fn start(listener: UnixListener, methods: Methods) -> Result<(), ServerError> {
+    let methods = Arc::new(methods);
+    std::thread::Builder::new()
+        .name("ttrpc-accept".into())
+        .stack_size(64 << 10)
+        .spawn(move || accept(&listener, &methods))
+        .map_err(ServerError::Thread)?;
+    Ok(())
+}
+
+fn accept(listener: &UnixListener, methods: &Arc<Methods>) {
+    loop {
+        // std accepts with SOCK_CLOEXEC: no container's helper inherits a connection.
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("ttrpc: accept: {e}");
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        let methods = Arc::clone(methods);
+        let spawned = std::thread::Builder::new()
+            .name("ttrpc-conn".into())
+            .spawn(move || Conn::new(stream).serve(&methods));
+        if let Err(e) = spawned {
+            // The connection closes with the closure: the client sees it go.
+            log::warn!("ttrpc: no thread for a new connection: {e}");
+            std::thread::sleep(ACCEPT_BACKOFF);
+        }
+    }
+}
+
+struct Conn {
+    stream: UnixStream,
+    /// Held while one frame is written: answers from several threads never interleave.
+    writing: Mutex<()>,
+    ctx: Arc<ConnectionContext>,
+}
+
+impl Conn {
+    fn new(stream: UnixStream) -> Arc<Conn> {
+        Arc::new(Conn {
+            stream,
+            writing: Mutex::new(()),
+            ctx: Arc::new(ConnectionContext::default()),
+        })
+    }
+
+    /// Reads requests until the client hangs up or breaks the framing.
+    fn serve(self: Arc<Self>, methods: &Arc<Methods>) {
+        let mut rd = BufReader::with_capacity(READ_BUF, &self.stream);
+        loop {
+            let mut h = [0u8; MESSAGE_HEADER_LENGTH];
+            if rd.read_exact(&mut h).is_err() {
+                return; // hung up, or a header cut short
+            }
+            let mh = MessageHeader::from(&h);
+            let len = mh.length as usize;
+            if len > MESSAGE_LENGTH_MAX {
+                // Read past it (never allocating what it claims), and answer like ttrpc.
+                let skipped = std::io::copy(&mut (&mut rd).take(len as u64), &mut std::io::sink());
+                if skipped.ok() != Some(len as u64) {
+                    return;
+                }
+                if mh.type_ == MESSAGE_TYPE_REQUEST {
+                    self.fail(
+                        mh.stream_id,
+                        format!("message length {len} exceeds the maximum message size of {MESSAGE_LENGTH_MAX}"),
+                    );
+                }
+                continue;
+            }
+            let mut body = vec![0u8; len];
+            if rd.read_exact(&mut body).is_err() {
+                return;
+            }
+            // Responses and data frames are not for a server; ttrpc ignores them too.
+            if mh.type_ == MESSAGE_TYPE_REQUEST {
+                self.dispatch(methods, mh, &body);
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, methods: &Arc<Methods>, mh: MessageHeader, body: &[u8]) {
+        let req = match <Request as Codec>::decode(body) {
+            Ok(req) => req,
+            Err(e) => return self.fail(mh.stream_id, format!("bad request: {e}")),
+        };
+        let path = format!("/{}/{}", req.service, req.method);
+        if !methods.contains_key(&path) {
+            return self.fail(mh.stream_id, format!("{path} does not exist"));
+        }
+        if !blocks(&req.method) {
+            return self.call(methods, &path, mh, req);
+        }
+        let (conn, methods) = (Arc::clone(self), Arc::clone(methods));
+        let spawned = std::thread::Builder::new()
+            .name("ttrpc-call".into())
+            .spawn(move || conn.call(&methods, &path, mh, req));
+        if let Err(e) = spawned {
+            log::warn!("ttrpc: no thread for a call: {e}");
+            let status = ttrpc::get_status(Code::RESOURCE_EXHAUSTED, format!("no thread: {e}"));
+            self.answer(mh.stream_id, ttrpc::Error::RpcStatus(status).into());
+        }
+    }
+
+    /// Runs the handler of `path` and writes what it answered.
+    fn call(&self, methods: &Methods, path: &str, mh: MessageHeader, req: Request) {
+        let Some(handler) = methods.get(path) else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel();
+        let ctx = TtrpcContext {
+            fd: self.stream.as_raw_fd(),
+            // Nothing cancels a call here: a client that goes away is seen by the calls
+            // that wait (Wait looks at the connection).
+            cancel_rx: crossbeam_channel::never(),
+            mh,
+            res_tx: tx,
+            metadata: ttrpc::context::from_pb(&req.metadata),
+            timeout_nano: req.timeout_nano,
+            conn_ctx: Arc::clone(&self.ctx),
+        };
+        // A panic (logged by the daemon's hook) must not leave the client waiting for ever.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handler(ctx, req))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::debug!("ttrpc: {path}: {e}"),
+            Err(_) => {
+                let status =
+                    ttrpc::get_status(Code::INTERNAL, format!("{path}: the shim panicked"));
+                self.answer(mh.stream_id, ttrpc::Error::RpcStatus(status).into());
+                return;
+            }
+        }
+        // The handler has returned, and dropped the context's sender with it.
+        for (mh, payload) in rx.try_iter() {
+            self.write(mh, &payload);
+        }
+    }
+
+    /// Answers request `stream` with an INVALID_ARGUMENT status, as Go's ttrpc does for a
+    /// request it cannot serve.
+    fn fail(&self, stream: u32, msg: String) {
+        let status = ttrpc::get_status(Code::INVALID_ARGUMENT, msg);
+        self.answer(stream, ttrpc::Error::RpcStatus(status).into());
+    }
+
+    fn answer(&self, stream: u32, res: Response) {
+        match res.encode() {
+            Ok(payload) => self.write(
+                MessageHeader {
+                    length: payload.len() as u32,
+                    stream_id: stream,
+                    type_: MESSAGE_TYPE_RESPONSE,
+                    flags: 0,
+                },
+                &payload,
+            ),
+            Err(e) => log::warn!("ttrpc: encode an answer: {e}"),
+        }
+    }
+
+    fn write(&self, mh: MessageHeader, payload: &[u8]) {
+        let mut frame = Vec::with_capacity(MESSAGE_HEADER_LENGTH + payload.len());
+        frame.extend_from_slice(&mh.length.to_be_bytes());
+        frame.extend_from_slice(&mh.stream_id.to_be_bytes());
+        frame.extend_from_slice(&[mh.type_, mh.flags]);
+        frame.extend_from_slice(payload);
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = (&self.stream).write_all(&frame) {
+            // The client has gone: its reader sees the hang-up too.
+            log::debug!("ttrpc: answer stream {}: {e}", mh.stream_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::Receiver;
+
+    /// Answers OK once `gate` gives it a go (at once without one), saying its method's name.
+    struct Fake {
+        name: &'static str,
+        gate: Option<Mutex<Receiver<()>>>,
+    }
+
+    impl MethodHandler for Fake {
+        fn handler(&self, ctx: TtrpcContext, _: Request) -> ttrpc::Result<()> {
+            if let Some(gate) = &self.gate {
+                let _ = gate.lock().unwrap().recv();
+            }
+            if self.name == "Boom" {
+                panic!("boom");
+            }
+            let mut res = Response::new();
+            res.set_status(ttrpc::get_status(Code::OK, self.name));
+            ctx.respond(ctx.mh.stream_id, res)
+        }
+    }
+
+    fn request(stream: u32, method: &str) -> Vec<u8> {
+        let mut req = Request::new();
+        req.service = "t.T".into();
+        req.method = method.into();
+        let body = req.encode().unwrap();
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(&[MESSAGE_TYPE_REQUEST, 0]);
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    /// The next answer: (stream, status code, status message).
+    fn answer(conn: &mut UnixStream) -> (u32, Code, String) {
+        let mut h = [0u8; MESSAGE_HEADER_LENGTH];
+        conn.read_exact(&mut h).unwrap();
+        let mh = MessageHeader::from(&h);
+        assert_eq!(mh.type_, MESSAGE_TYPE_RESPONSE);
+        let mut body = vec![0u8; mh.length as usize];
+        conn.read_exact(&mut body).unwrap();
+        let res = <Response as Codec>::decode(&body).unwrap();
+        let status = res.status();
+        (mh.stream_id, status.code(), status.message().to_owned())
+    }
+
+    #[test]
+    fn a_pending_wait_does_not_hold_up_the_connection() {
+        let dir = std::env::temp_dir().join(format!("pelagos-server-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let (go, gate) = mpsc::channel();
+        let mut methods = Methods::new();
+        let fake = |name, gate| Box::new(Fake { name, gate }) as Handler;
+        methods.insert("/t.T/Wait".into(), fake("Wait", Some(Mutex::new(gate))));
+        methods.insert("/t.T/State".into(), fake("State", None));
+        methods.insert("/t.T/Boom".into(), fake("Boom", None));
+        start(UnixListener::bind(&path).unwrap(), methods).unwrap();
+        let mut conn = UnixStream::connect(&path).unwrap();
+
+        conn.write_all(&request(1, "Wait")).unwrap();
+        conn.write_all(&request(3, "State")).unwrap();
+        assert_eq!(answer(&mut conn), (3, Code::OK, "State".into()));
+        conn.write_all(&request(5, "Nope")).unwrap();
+        let (stream, code, msg) = answer(&mut conn);
+        assert_eq!((stream, code), (5, Code::INVALID_ARGUMENT), "{msg}");
+        assert!(msg.contains("/t.T/Nope"), "{msg}");
+        conn.write_all(&request(7, "Boom")).unwrap();
+        assert_eq!(answer(&mut conn).1, Code::INTERNAL);
+        go.send(()).unwrap();
+        assert_eq!(answer(&mut conn), (1, Code::OK, "Wait".into()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
