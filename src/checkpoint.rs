@@ -1,7 +1,9 @@
-//! Checkpoint of a running container with CRIU, as runc does it: `criu dump` of the init's
+//! Checkpoint and restore of a container with CRIU, as runc does it: `criu dump` of the init's
 //! process tree, with the container's cgroup, its bind mounts (external to its mount namespace)
 //! and the namespaces it joined (external to the tree) described to CRIU. The images land in the
-//! caller's directory with `descriptors.json` (what the init's stdio were, for a restore).
+//! caller's directory with `descriptors.json` (what the init's stdio were). `criu restore`
+//! brings the tree back into a new container (its own cgroup, the bundle's rootfs), the
+//! recorded stdio pipes replaced by the caller's.
 //!
 //! CRIU is driven through its command line, not its `swrk` RPC: every option needed here is a
 //! flag, the failure is in the log file quoted back, and the RPC would need CRIU's protobuf
@@ -46,8 +48,11 @@ pub enum CheckpointError {
     },
     #[error("checkpoint: cgroups mode {0:?} is not one of soft, full, strict, ignore")]
     CgroupsMode(String),
-    #[error("checkpoint: criu dump failed ({status}); {log}: {tail}")]
-    Dump {
+    #[error("restore: {0}")]
+    Restore(String),
+    #[error("checkpoint: criu {op} failed ({status}); {log}: {tail}")]
+    Criu {
+        op: &'static str,
         status: String,
         log: PathBuf,
         tail: String,
@@ -148,32 +153,200 @@ pub(crate) fn dump(t: &Target<'_>, opts: &CheckpointOptions) -> Result<(), Check
         cmd.arg("--external").arg(ext);
     }
     log::debug!("checkpoint: {cmd:?}");
-    run(cmd, &work.join(DUMP_LOG))
+    let stderr = work.join("dump.stderr");
+    let file = std::fs::File::create(&stderr).map_err(|source| CheckpointError::Io {
+        what: "create",
+        path: stderr.clone(),
+        source,
+    })?;
+    let stdio = [
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+        file.into(),
+    ];
+    let result = run(cmd, stdio, "dump", &work.join(DUMP_LOG), Some(&stderr));
+    let _ = std::fs::remove_file(&stderr);
+    result
 }
 
-/// Runs CRIU to its end. Its exit is taken through [`crate::reaper`], which a shim's reaping
-/// loop shares; its stderr goes to a file beside the log (a restored tree could inherit a pipe).
-fn run(mut cmd: Command, log: &Path) -> Result<(), CheckpointError> {
-    let stderr_path = log.with_extension("stderr");
-    let io = |what, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CheckpointError::Io { what, path, source }
-    };
-    let stderr = std::fs::File::create(&stderr_path).map_err(io("create", &stderr_path))?;
+/// The log file of a restore, in the work dir.
+pub const RESTORE_LOG: &str = "restore.log";
+
+/// What to restore from where (runc's `restore` flags).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// The images of a dump.
+    pub image_path: PathBuf,
+    /// CRIU's work dir (its log); `None`: the image dir.
+    pub work_path: Option<PathBuf>,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub file_locks: bool,
+    pub shell_job: bool,
+    pub cgroups_mode: Option<String>,
+    pub criu: Option<PathBuf>,
+}
+
+/// Where the restored tree goes.
+pub(crate) struct RestoreTarget<'a> {
+    pub spec: &'a Spec,
+    /// A mount point holding the rootfs (CRIU's --root).
+    pub root: &'a Path,
+    /// The new cgroup's path below each hierarchy's root.
+    pub cgroup_path: &'a str,
+    pub pidfile: &'a Path,
+}
+
+/// Runs `criu restore` detached, the root task restored as this process's child; returns its
+/// pid. `stdio` become the restored init's 0, 1, 2 where the dump recorded pipes.
+pub(crate) fn restore(
+    t: &RestoreTarget<'_>,
+    opts: &RestoreOptions,
+    stdio: [std::process::Stdio; 3],
+) -> Result<i32, CheckpointError> {
+    let criu = find_criu(opts.criu.as_deref())?;
+    if let Some(mode) = &opts.cgroups_mode {
+        if !["soft", "full", "strict", "ignore"].contains(&mode.as_str()) {
+            return Err(CheckpointError::CgroupsMode(mode.clone()));
+        }
+    }
+    if let Some(nss) = t.spec.linux().as_ref().and_then(|l| l.namespaces().clone()) {
+        if let Some(ns) = nss.iter().find(|n| {
+            n.path().is_some()
+                && matches!(
+                    n.typ(),
+                    LinuxNamespaceType::Network | LinuxNamespaceType::Pid
+                )
+        }) {
+            return Err(CheckpointError::Restore(format!(
+                "joining the {:?} namespace {} is not supported",
+                ns.typ(),
+                ns.path().as_ref().expect("checked").display()
+            )));
+        }
+    }
+    let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
+    std::fs::create_dir_all(work).map_err(|source| CheckpointError::Io {
+        what: "create",
+        path: work.to_path_buf(),
+        source,
+    })?;
+    let descriptors: Vec<String> = std::fs::read(opts.image_path.join(DESCRIPTORS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            CheckpointError::Restore(format!(
+                "no readable {DESCRIPTORS} in {} (not a dump of pelagos or runc?)",
+                opts.image_path.display()
+            ))
+        })?;
+    let mut cmd = Command::new(&criu);
+    cmd.arg("restore")
+        .arg("--images-dir")
+        .arg(&opts.image_path)
+        .arg("--work-dir")
+        .arg(work)
+        .args(["--log-file", RESTORE_LOG, "-v4"])
+        .arg("--root")
+        .arg(t.root)
+        .args(["--restore-detached", "--restore-sibling"])
+        .arg("--pidfile")
+        .arg(t.pidfile)
+        .arg(match &opts.cgroups_mode {
+            Some(m) => format!("--manage-cgroups={m}"),
+            None => "--manage-cgroups".into(),
+        })
+        .arg("--cgroup-root")
+        .arg(t.cgroup_path);
+    for (flag, on) in [
+        ("--tcp-established", opts.tcp_established),
+        ("--ext-unix-sk", opts.ext_unix_sk),
+        ("--file-locks", opts.file_locks),
+        ("--shell-job", opts.shell_job),
+    ] {
+        if on {
+            cmd.arg(flag);
+        }
+    }
+    if let Some(mounts) = t.spec.mounts() {
+        let binds = external_mounts(t.spec);
+        for m in mounts {
+            let dest = m.destination().to_string_lossy().into_owned();
+            if let (true, Some(src)) = (binds.contains(&dest), m.source()) {
+                cmd.arg("--external")
+                    .arg(format!("mnt[{dest}]:{}", src.display()));
+            }
+        }
+    }
+    // The dump's cgroup binds (see `cgroup_binds`) map to the new cgroup's dirs.
+    for hierarchy in host_cgroup_mounts() {
+        let dir = hierarchy.join(t.cgroup_path.trim_start_matches('/'));
+        if dir.is_dir() {
+            cmd.arg("--external")
+                .arg(format!("mnt[{}]:{}", hierarchy.display(), dir.display()));
+        }
+    }
+    for (i, d) in descriptors.iter().enumerate() {
+        if d.contains("pipe:") {
+            cmd.arg("--inherit-fd").arg(format!("fd[{i}]:{d}"));
+        }
+    }
+    log::debug!("restore: {cmd:?}");
+    run(cmd, stdio, "restore", &work.join(RESTORE_LOG), None)?;
+    let text = std::fs::read_to_string(t.pidfile).map_err(|source| CheckpointError::Io {
+        what: "read",
+        path: t.pidfile.to_path_buf(),
+        source,
+    })?;
+    text.trim().parse().map_err(|_| {
+        CheckpointError::Restore(format!("{}: {text:?} is not a pid", t.pidfile.display()))
+    })
+}
+
+/// The host's cgroup hierarchies mounted under /sys/fs/cgroup (v1 controllers, unified).
+fn host_cgroup_mounts() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split(' ').next()?;
+            let point = left.split(' ').nth(4)?;
+            (matches!(fstype, "cgroup" | "cgroup2") && point.starts_with("/sys/fs/cgroup/"))
+                .then(|| PathBuf::from(unescape(point)))
+        })
+        .collect()
+}
+
+/// Runs CRIU to its end with `stdio`. Its exit is taken through [`crate::reaper`], which a
+/// shim's reaping loop shares.
+fn run(
+    mut cmd: Command,
+    stdio: [std::process::Stdio; 3],
+    op: &'static str,
+    log: &Path,
+    stderr: Option<&Path>,
+) -> Result<(), CheckpointError> {
     let program = PathBuf::from(cmd.get_program());
+    let [stdin, stdout, err] = stdio;
     let child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(err)
         .spawn()
-        .map_err(io("run", &program))?;
+        .map_err(|source| CheckpointError::Io {
+            what: "run",
+            path: program,
+            source,
+        })?;
     let exit = crate::reaper::wait(child.id() as i32, None);
-    let text = std::fs::read(&stderr_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&stderr_path);
     if exit.is_some_and(|e| e.status == 0) {
         return Ok(());
     }
-    Err(CheckpointError::Dump {
+    let text = stderr
+        .and_then(|p| std::fs::read(p).ok())
+        .unwrap_or_default();
+    Err(CheckpointError::Criu {
+        op,
         status: match exit {
             Some(e) if e.status > 128 => format!("killed by signal {}", e.status - 128),
             Some(e) => format!("exit status {}", e.status),

@@ -783,6 +783,132 @@ impl Container {
         Ok(())
     }
 
+    /// Restores a container dumped by [`Container::checkpoint`] (or runc) as `opts.id`, with
+    /// the bundle's config and rootfs, in a new cgroup; running when this returns, its init a
+    /// child of this process. `opts.stdio` replaces the stdio pipes the dump recorded.
+    pub fn restore(
+        config: &Config,
+        opts: CreateOptions,
+        restore: &crate::checkpoint::RestoreOptions,
+    ) -> Result<Container, Error> {
+        validate_id(&opts.id)?;
+        if config.systemd_cgroup {
+            return Err(Error::Other(
+                "restore: the systemd cgroup driver is not supported".into(),
+            ));
+        }
+        let bundle = spec::load(&opts.bundle)?;
+        let spec = &bundle.spec;
+        let linux = spec.linux().clone().unwrap_or_default();
+        let raw_cgroup_path = linux.cgroups_path().as_ref().and_then(|p| p.to_str());
+        let cgroup_path = cgroups::resolve_path(raw_cgroup_path, &opts.id)?;
+        let resources = cgroups::spec_resources(&linux);
+        let null = || std::process::Stdio::null();
+        let stdio = match opts.stdio {
+            Stdio::Null => [null(), null(), null()],
+            Stdio::Inherit => [
+                std::process::Stdio::inherit(),
+                std::process::Stdio::inherit(),
+                std::process::Stdio::inherit(),
+            ],
+            Stdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            } => [stdin, stdout, stderr].map(|fd| fd.map(Into::into).unwrap_or_else(null)),
+            Stdio::Terminal(_) => {
+                return Err(Error::Other("restore: a terminal is not supported".into()))
+            }
+        };
+
+        let dir = claim_state_dir(&config.root, &opts.id)?;
+        let mut undo = Undo::new(dir.clone());
+        undo.cgroup = Some(Cgroup::create(&cgroup_path, Some(&resources))?);
+        // CRIU's root must be a mount point whose parent is not over-mounted.
+        let root = dir.join("criu-root");
+        let sys_err = |op: &str| {
+            let op = op.to_string();
+            move |e: nix::errno::Errno| Error::Sys {
+                op,
+                source: e.into(),
+            }
+        };
+        std::fs::create_dir(&root).map_err(|source| Error::StateDir {
+            path: root.clone(),
+            source,
+        })?;
+        nix::mount::mount(
+            Some(&bundle.rootfs),
+            &root,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(sys_err("restore: bind the rootfs for criu"))?;
+        let pidfile = dir.join("restore.pid");
+        let restored = crate::checkpoint::restore(
+            &crate::checkpoint::RestoreTarget {
+                spec,
+                root: &root,
+                cgroup_path: &cgroup_path,
+                pidfile: &pidfile,
+            },
+            restore,
+            stdio,
+        );
+        if let Err(e) = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH) {
+            log::warn!("restore {}: unmount {}: {e}", opts.id, root.display());
+        }
+        let _ = std::fs::remove_dir(&root);
+        let _ = std::fs::remove_file(&pidfile);
+        let pid = restored?;
+        let pidfd = sys::pidfd_open(pid).map_err(|source| Error::Sys {
+            op: format!("restore: pidfd of the restored init {pid}"),
+            source,
+        })?;
+        undo.children.push((pid, pidfd));
+        let init_start_time = sys::proc_stat(pid)
+            .map(|s| s.start_time)
+            .ok_or_else(|| Error::Other(format!("restore: the restored init {pid} is gone")))?;
+        let record = Record {
+            state: State {
+                oci_version: spec.version().clone(),
+                id: opts.id.clone(),
+                status: Status::Running,
+                pid,
+                bundle: bundle.path.clone(),
+                annotations: spec.annotations().clone().unwrap_or_default(),
+            },
+            init_start_time,
+            cgroup_path,
+            systemd_unit: None,
+            cgroup_parents: undo
+                .cgroup
+                .as_ref()
+                .map(|c| c.created_parents().to_vec())
+                .unwrap_or_default(),
+            rootfs: bundle.rootfs.clone(),
+            own_pid_ns: bundle.namespaces.creates(Kind::Pid),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+            spec: spec.clone(),
+        };
+        record.save(&dir)?;
+        let (pidfd, cgroup) = undo.disarm();
+        log::debug!("restored container {} (pid {pid})", opts.id);
+        Ok(Container {
+            record,
+            dir,
+            config: config.clone(),
+            pidfd,
+            channel: None,
+            cgroup,
+            namespaces: Vec::new(),
+        })
+    }
+
     /// Waits for the init to exit and reaps it, when it is a child of this process not reaped
     /// yet; `None` otherwise.
     pub fn wait(&self) -> Option<reaper::Exit> {

@@ -306,6 +306,62 @@ fn cli_checkpoint_leaves_running_or_ends_like_runc() {
         let last = count();
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(count(), last, "{bin}: the counter went on");
+
+        // Restore into a new id: the counter goes on from where it was, never from 1 again.
+        let restored = unique_id("ckpt-restored");
+        let last = last.expect("a count before the dump");
+        let mut child = Command::new(bin)
+            .arg("--root")
+            .arg(&root)
+            .args([
+                "restore",
+                "--detach",
+                "--bundle",
+                b.path().to_str().unwrap(),
+            ])
+            .args(["--image-path", exit.to_str().unwrap(), &restored])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the runtime");
+        let out = child.wait().unwrap();
+        let restore_log = std::fs::read_to_string(exit.join("restore.log")).unwrap_or_default();
+        let tail: Vec<&str> = restore_log
+            .lines()
+            .filter(|l| l.contains("Error"))
+            .collect();
+        assert!(out.success(), "{bin} restore: {out}: {tail:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = count().expect("the count file");
+            assert!(
+                n >= last,
+                "{bin}: the restored counter started over ({n} < {last})"
+            );
+            if n > last + 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{bin}: restored counter stuck at {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok(&["kill", &restored, "KILL"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, log) = run(&["state", &restored]);
+            if log.contains("\"stopped\"") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{bin}: restored container: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ok(&["delete", &restored]);
         let cgroup = b.cgroup_path().expect("the bundle names its cgroup");
         let left: Vec<PathBuf> = common::containerd::cgroup_mounts()
             .into_iter()

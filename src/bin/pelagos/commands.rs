@@ -61,6 +61,7 @@ pub fn run(g: &Global, command: &str, rest: &[String]) -> Result<i32> {
         "resume" => pause_resume(&config, rest, false),
         "update" => update(&config, rest),
         "checkpoint" => checkpoint(&config, rest),
+        "restore" => restore(&config, rest),
         "list" => list(&config, rest),
         "spec" => spec(rest),
         "features" => {
@@ -699,6 +700,58 @@ fn checkpoint(config: &Config, rest: &[String]) -> Result<i32> {
     c.checkpoint(&opts)?;
     if !opts.leave_running {
         c.delete(true)?;
+    }
+    Ok(0)
+}
+
+/// runc's `restore` flags; like `runc restore --detach`, it returns once the tree runs.
+const RESTORE_FLAGS: &[Flag] = &[
+    value(&["bundle", "b"]),
+    value(&["image-path"]),
+    value(&["work-path"]),
+    value(&["pid-file"]),
+    switch(&["detach", "d"]),
+    switch(&["tcp-established"]),
+    switch(&["ext-unix-sk"]),
+    switch(&["shell-job"]),
+    switch(&["file-locks"]),
+    value(&["manage-cgroups-mode"]),
+    value(&["criu"]),
+];
+
+/// Restores a dump as a new container ID, with this process's stdio in place of the dumped
+/// stdio pipes. Only detached (the restored init is left to run on its own).
+fn restore(config: &Config, rest: &[String]) -> Result<i32> {
+    let p = args::parse(rest, RESTORE_FLAGS, false)?;
+    let id = p.id("pelagos restore --detach [--bundle DIR] [--image-path DIR] [--work-path DIR] [--pid-file FILE] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks] [--manage-cgroups-mode MODE] ID")?;
+    if !p.on("detach") {
+        return Err(CliError::Invalid(
+            "pelagos restore: only --detach is supported".into(),
+        ));
+    }
+    let opts = pelagos::checkpoint::RestoreOptions {
+        image_path: PathBuf::from(p.get("image-path").unwrap_or("checkpoint")),
+        work_path: p.get("work-path").map(PathBuf::from),
+        tcp_established: p.on("tcp-established"),
+        ext_unix_sk: p.on("ext-unix-sk"),
+        file_locks: p.on("file-locks"),
+        shell_job: p.on("shell-job"),
+        cgroups_mode: p.get("manage-cgroups-mode").map(str::to_owned),
+        criu: p.get("criu").map(PathBuf::from),
+    };
+    let c = Container::restore(
+        config,
+        CreateOptions {
+            id: id.to_string(),
+            bundle: PathBuf::from(p.get("bundle").unwrap_or(".")),
+            stdio: Stdio::Inherit,
+            no_pivot: false,
+            preserve_fds: Vec::new(),
+        },
+        &opts,
+    )?;
+    if let Some(path) = p.get("pid-file") {
+        std::fs::write(path, c.pid().to_string()).map_err(io_err("write", path))?;
     }
     Ok(0)
 }

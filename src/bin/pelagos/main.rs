@@ -20,7 +20,7 @@ use args::{switch, value, Flag};
 
 const USAGE: &str = "usage: pelagos [--root DIR] [--log FILE] [--log-format text|json] [--debug] \
 [--systemd-cgroup] COMMAND [OPTIONS] [ID]\n\ncommands: create, start, state, kill, delete, run, \
-exec, ps, pause, resume, update, checkpoint, list, spec, features";
+exec, ps, pause, resume, update, checkpoint, restore, list, spec, features";
 
 /// What every command gets from the global flags.
 pub struct Global {
