@@ -372,3 +372,62 @@ fn cli_checkpoint_leaves_running_or_ends_like_runc() {
         let _ = std::fs::remove_dir_all(&root);
     }
 }
+
+/// `ctr containers restore --live`: the checkpoint image becomes a new container whose task is
+/// restored at Start; the counter goes on from where the dump left it.
+#[test]
+fn restore_into_a_new_container_goes_on_counting() {
+    for rt in RUNTIMES {
+        let cd = containerd(rt);
+        let id = "ckpt-src";
+        cd.run_detached(id, &[], &["sh", "-c", COUNTER]);
+        // The dump holds a count of at least this; the source counts on until it is killed.
+        let before = count_passes(&cd, id, 2);
+        // ctr's pair: `containers checkpoint` records the image and the rw layer that
+        // `containers restore` needs (a `task checkpoint` image lacks the image's name).
+        let image = "localhost/pelagos-test/ckpt-src:1";
+        let out = cd.ctr(&[
+            "containers",
+            "checkpoint",
+            "--task",
+            "--rw",
+            "--image",
+            id,
+            image,
+        ]);
+        assert!(out.status.success(), "{rt}: {}", describe(&out));
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", id]);
+        wait_status(&cd, id, "STOPPED");
+        cd.task_rm(id);
+        cd.remove(id);
+
+        let restored = "ckpt-restored";
+        let out = cd.ctr(&["containers", "restore", "--live", "--rw", restored, image]);
+        assert!(out.status.success(), "{rt}: {}", describe(&out));
+        wait_status(&cd, restored, "RUNNING");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(n) = read_count(&cd, restored) {
+                assert!(
+                    n >= before,
+                    "{rt}: the restored counter started over ({n} < {before})"
+                );
+                if n > before + 3 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{rt}: restored counter: {:?}",
+                read_count(&cd, restored)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", restored]);
+        wait_status(&cd, restored, "STOPPED");
+        cd.task_rm(restored);
+        cd.remove(restored);
+        cd.ctr_ok(&["image", "rm", image]);
+        cd.assert_no_leaks();
+    }
+}

@@ -251,6 +251,22 @@ impl Lifecycle {
         rootfs: Vec<Mount>,
         kill_all_on_exit: bool,
     ) {
+        self.created_from(id, bundle, pid, io, rootfs, kill_all_on_exit, "");
+    }
+
+    /// [`Lifecycle::created`] for a container restored from `checkpoint` at its Start (pid 0
+    /// until then, as runc's shim has it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn created_from(
+        &mut self,
+        id: &str,
+        bundle: PathBuf,
+        pid: i32,
+        io: TaskIO,
+        rootfs: Vec<Mount>,
+        kill_all_on_exit: bool,
+        checkpoint: &str,
+    ) {
         self.reserved.remove(id);
         let init = Proc::new(pid, Status::Created, io.clone());
         self.sink.publish(Event::Create(TaskCreate {
@@ -258,7 +274,7 @@ impl Lifecycle {
             bundle: bundle.display().to_string(),
             rootfs,
             io: Some(io).into(),
-            checkpoint: String::new(),
+            checkpoint: checkpoint.to_owned(),
             pid: pid as u32,
             ..Default::default()
         }));
@@ -298,6 +314,22 @@ impl Lifecycle {
         }
         t.init.starting = true;
         Ok(t.init.pid)
+    }
+
+    /// The pid of an init restored at Start (see [`Lifecycle::created_from`]).
+    pub fn restored(&mut self, id: &str, pid: i32) {
+        let Ok(t) = task_mut(&mut self.tasks, id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut t.init.pid, pid);
+        if self
+            .by_pid
+            .get(&old)
+            .is_some_and(|(i, e)| i == id && e.is_empty())
+        {
+            self.by_pid.remove(&old);
+        }
+        self.by_pid.insert(pid, (id.to_owned(), String::new()));
     }
 
     /// Ends the init's Start: on success queues TaskStart; either way publishes an exit that

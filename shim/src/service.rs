@@ -237,6 +237,8 @@ struct Handles {
     /// all) is kernel work that would otherwise come between the init's death and the exit
     /// event.
     namespaces: Arc<Mutex<Vec<OwnedFd>>>,
+    /// A Create from a checkpoint: restored at Start (see `checkpoint`).
+    restore: Option<checkpoint::PendingRestore>,
 }
 
 #[derive(Default)]
@@ -620,6 +622,7 @@ impl Shim {
                 rootfs: (!mounts.is_empty()).then_some(rootfs),
                 oom,
                 namespaces,
+                restore: None,
             },
         );
         st.life.created(
@@ -653,7 +656,10 @@ impl Shim {
             (pid, st.h.of(id)?.container.clone())
         };
         // (whether the core found the init gone before start, its error)
-        let result = {
+        let restored = self.restore_at_start(id, &cell);
+        let result = if let Some(r) = restored {
+            r.map_err(|e| (false, e))
+        } else {
             let mut guard = cell.write().unwrap_or_else(|e| e.into_inner());
             match guard.as_mut() {
                 Some(c) => c.start().map_err(|e| {
@@ -671,6 +677,7 @@ impl Shim {
         self.run_actions(h, actions);
         drop(st);
         self.changed.notify_all();
+        let pid = checkpoint::cell_pid(&cell).unwrap_or(pid);
         match (result, ended) {
             (Ok(()), _) => Ok(StartResponse {
                 pid: pid as u32,
@@ -1036,15 +1043,13 @@ impl Task for Shim {
         if let Err(e) = pelagos::container::validate_id(&req.id) {
             return Err(status(Code::INVALID_ARGUMENT, format!("create: {e}")));
         }
-        if !req.checkpoint.is_empty() {
-            return Err(status(
-                Code::UNIMPLEMENTED,
-                "create: restore from a checkpoint is not supported",
-            ));
-        }
         self.lock().life.reserve(&req.id)?;
         crate::failpoint::hit("Create", &req.id, "");
-        match self.do_create(&req) {
+        let created = match req.checkpoint.is_empty() {
+            true => self.do_create(&req),
+            false => self.do_create_restore(&req),
+        };
+        match created {
             Ok(pid) => Ok(CreateTaskResponse {
                 pid: pid as u32,
                 ..Default::default()

@@ -3,17 +3,28 @@
 //! work dir is `<bundle>/criu-work` (removed after) unless the options name one; a failed dump
 //! leaves its log as `<bundle>/criu-dump.log`, as runc's shim does, and the container running.
 //! No event: runc's shim sends none (the exit of `--exit` is the usual TaskExit).
+//!
+//! Create with a checkpoint (containerd's extracted images) mounts the rootfs and opens the
+//! stdio, and leaves the task created with pid 0; Start restores it with the core's
+//! `Container::restore` and publishes TaskStart with the restored pid, as runc's shim does.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::CheckpointOptions as ApiOptions;
-use containerd_shim_protos::shim::shim::CheckpointTaskRequest;
-use pelagos::checkpoint::{CheckpointOptions, DUMP_LOG};
+use containerd_shim_protos::shim::shim::{CheckpointTaskRequest, CreateTaskRequest};
+use pelagos::checkpoint::{CheckpointOptions, RestoreOptions, DUMP_LOG};
 use ttrpc::Code;
 
-use super::{status, Res, Shim};
+use super::{
+    has_private_pid_ns, load_spec, pidfd_exited, status, task_io, ContainerCell, Handles, Res, Shim,
+};
+use crate::io::{LoggerContext, ProcessIo, StdioConfig};
 use crate::lifecycle::{LifecycleError, Status};
+use crate::mount::{self, MountSpec};
+use crate::options;
 
 const OPTIONS_URL: &str = "containerd.runc.v1.CheckpointOptions";
 /// What ctr sends for a runtime that is not runc's: the v1 runtime's message, same fields.
@@ -134,4 +145,146 @@ fn keep_log(work: &Path, bundle: &Path) -> String {
         Ok(_) => format!(" path= {}", to.display()),
         Err(_) => String::new(),
     }
+}
+
+/// A Create from a checkpoint, held until Start restores it (runc's shim restores at Start).
+pub(super) struct PendingRestore {
+    config: pelagos::Config,
+    bundle: PathBuf,
+    stdio: pelagos::Stdio,
+    opts: RestoreOptions,
+}
+
+impl Shim {
+    /// Create with `checkpoint`: the rootfs is mounted and the stdio opened now; the task is
+    /// created with pid 0 and the checkpoint named in TaskCreate, as runc's shim does.
+    pub(super) fn do_create_restore(&self, req: &CreateTaskRequest) -> Res<i32> {
+        let id = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
+        let opts =
+            options::decode(req.options.as_ref()).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        if req.terminal {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "create: restore from a checkpoint with a terminal is not supported",
+            ));
+        }
+        let spec = load_spec(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        let rootfs = bundle.join("rootfs");
+        let mounts: Vec<MountSpec> = req
+            .rootfs
+            .iter()
+            .map(|m| MountSpec {
+                fstype: m.type_.clone(),
+                source: m.source.clone(),
+                target: m.target.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        mount::mount_all(&mounts, &rootfs).map_err(|e| status(Code::UNKNOWN, e))?;
+        let stdio_cfg = StdioConfig {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let ctx = LoggerContext {
+            namespace: self.namespace.clone(),
+            id: id.clone(),
+        };
+        let (pio, stdio) = match ProcessIo::open(&self.io, &stdio_cfg, &ctx) {
+            Ok(x) => x,
+            Err(e) => {
+                if !mounts.is_empty() {
+                    if let Err(u) = mount::unmount_recursive(&rootfs) {
+                        log::warn!("container {id}: {u}");
+                    }
+                }
+                return Err(status(Code::UNKNOWN, e));
+            }
+        };
+        let pending = PendingRestore {
+            config: pelagos::Config {
+                systemd_cgroup: opts.systemd_cgroup,
+                ..self.config.clone()
+            },
+            bundle: bundle.clone(),
+            stdio,
+            opts: RestoreOptions {
+                image_path: PathBuf::from(&req.checkpoint),
+                ..Default::default()
+            },
+        };
+        let kill_all = !has_private_pid_ns(&spec);
+        let mut st = self.lock();
+        st.h.handles.insert(
+            id.clone(),
+            Handles {
+                container: Arc::new(RwLock::new(None)),
+                init_io: Some(pio),
+                execs: HashMap::new(),
+                rootfs: (!mounts.is_empty()).then_some(rootfs),
+                oom: None,
+                namespaces: Arc::new(Mutex::new(Vec::new())),
+                restore: Some(pending),
+            },
+        );
+        st.life.created_from(
+            &id,
+            bundle,
+            0,
+            task_io(&stdio_cfg),
+            req.rootfs.clone(),
+            kill_all,
+            &req.checkpoint,
+        );
+        drop(st);
+        self.changed.notify_all();
+        log::info!("container {id} created from checkpoint {}", req.checkpoint);
+        Ok(0)
+    }
+
+    /// At the Start of a container created from a checkpoint: restores it into `cell`.
+    /// `None` for any other container.
+    pub(super) fn restore_at_start(
+        &self,
+        id: &str,
+        cell: &ContainerCell,
+    ) -> Option<Result<(), String>> {
+        let pending = self.lock().h.handles.get_mut(id)?.restore.take()?;
+        let restored = pelagos::Container::restore(
+            &pending.config,
+            pelagos::CreateOptions {
+                id: id.to_owned(),
+                bundle: pending.bundle,
+                stdio: pending.stdio,
+                no_pivot: false,
+                preserve_fds: Vec::new(),
+            },
+            &pending.opts,
+        );
+        let c = match restored {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("container {id}: {e}");
+                return Some(Err(e.to_string()));
+            }
+        };
+        let pid = c.pid();
+        let exited = c.pidfd().is_some_and(pidfd_exited);
+        *cell.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        let mut st = self.lock();
+        st.life.restored(id, pid);
+        self.claim_early_exit(&mut st, pid, exited);
+        log::info!("container {id} restored, pid {pid}");
+        Some(Ok(()))
+    }
+}
+
+/// The init's pid once the cell holds the container.
+pub(super) fn cell_pid(cell: &ContainerCell) -> Option<i32> {
+    cell.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|c| c.pid())
 }
