@@ -288,60 +288,14 @@ impl Drop for Bundle {
     }
 }
 
-/// What `runc spec` writes (runc 1.1), minus the cgroup mount on a hybrid host's v1 views being
-/// any different: the same mounts, capabilities, masked and read-only paths.
+/// `runc spec`'s example (`pelagos::spec::example`) without a terminal or a cgroup namespace.
 pub fn default_config() -> Value {
-    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
-    json!({
-        "ociVersion": "1.0.2-dev",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": ["sh"],
-            "env": [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "TERM=xterm"
-            ],
-            "cwd": "/",
-            "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps, "ambient": caps
-            },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true
-        },
-        "root": {"path": "rootfs", "readonly": true},
-        "hostname": "pelagos",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
-        ],
-        "linux": {
-            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-            "namespaces": [
-                {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"},
-                {"type": "mount"}
-            ],
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi"
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ]
-        }
-    })
+    let mut c = pelagos::spec::example();
+    c["process"]["terminal"] = false.into();
+    if let Some(ns) = c["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| n["type"] != "cgroup");
+    }
+    c
 }
 
 /// A private state root under /run (removed on drop) and the helper binary of this package.

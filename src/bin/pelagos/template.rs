@@ -3,64 +3,7 @@
 
 use serde_json::{json, Value};
 
-/// The runtime-spec version written into new configs.
-pub const SPEC_VERSION: &str = "1.0.2-dev";
-
-/// What `runc spec` writes: `sh` on a terminal in `rootfs`, the default mounts, masks and
-/// capabilities.
-pub fn default_spec() -> Value {
-    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
-    json!({
-        "ociVersion": SPEC_VERSION,
-        "process": {
-            "terminal": true,
-            "user": {"uid": 0, "gid": 0},
-            "args": ["sh"],
-            "env": [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "TERM=xterm"
-            ],
-            "cwd": "/",
-            "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps, "ambient": caps
-            },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true
-        },
-        "root": {"path": "rootfs", "readonly": true},
-        "hostname": "pelagos",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
-        ],
-        "linux": {
-            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-            "namespaces": [
-                {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"},
-                {"type": "mount"}, {"type": "cgroup"}
-            ],
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi"
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ]
-        }
-    })
-}
+pub use pelagos::spec::{example as default_spec, SPEC_VERSION};
 
 /// runc's rootless conversion: a user namespace mapping the caller's ids to root, no network
 /// namespace, /sys bind-mounted (sysfs needs a network namespace of one's own), no uid=/gid=
