@@ -8,7 +8,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use common::containerd::ns_link;
-use common::cri::{map, Cri, PELAGOS, RUNC};
+use common::cri::{map, Cri};
 use k8s_cri::v1::*;
 
 /// A field of /proc/<pid>/status as the container sees it (`cat /proc/1/status` in its own
@@ -143,16 +143,6 @@ fn stats_and_update(handler: &str) {
     cri.assert_no_leaks();
 }
 
-#[test]
-fn pelagos_stats_and_update() {
-    stats_and_update(PELAGOS);
-}
-
-#[test]
-fn runc_stats_and_update() {
-    stats_and_update(RUNC);
-}
-
 /// Read-only rootfs, run-as user and group, capability add/drop, privileged, sysctls.
 fn security(handler: &str) {
     let cri = Cri::start(handler);
@@ -217,16 +207,6 @@ fn security(handler: &str) {
     cri.assert_no_leaks();
 }
 
-#[test]
-fn pelagos_security() {
-    security(PELAGOS);
-}
-
-#[test]
-fn runc_security() {
-    security(RUNC);
-}
-
 /// Seccomp RuntimeDefault and a Localhost profile.
 fn seccomp(handler: &str) {
     let cri = Cri::start(handler);
@@ -273,16 +253,6 @@ fn seccomp(handler: &str) {
     cri.assert_no_leaks();
 }
 
-#[test]
-fn pelagos_seccomp() {
-    seccomp(PELAGOS);
-}
-
-#[test]
-fn runc_seccomp() {
-    seccomp(RUNC);
-}
-
 /// A pod on the host's network, pid and ipc namespaces.
 fn host_namespaces(handler: &str) {
     let cri = Cri::start(handler);
@@ -318,16 +288,6 @@ fn host_namespaces(handler: &str) {
     cri.assert_no_leaks();
 }
 
-#[test]
-fn pelagos_host_namespaces() {
-    host_namespaces(PELAGOS);
-}
-
-#[test]
-fn runc_host_namespaces() {
-    host_namespaces(RUNC);
-}
-
 /// A container over its memory limit is OOM-killed and CRI reports the reason.
 fn oom_killed(handler: &str) {
     let cri = Cri::start(handler);
@@ -350,12 +310,10 @@ fn oom_killed(handler: &str) {
     cri.assert_no_leaks();
 }
 
-#[test]
-fn pelagos_oom_killed() {
-    oom_killed(PELAGOS);
-}
-
-#[test]
-fn runc_oom_killed() {
-    oom_killed(RUNC);
-}
+pelagos_and_runc!(
+    stats_and_update,
+    security,
+    seccomp,
+    host_namespaces,
+    oom_killed
+);

@@ -141,16 +141,6 @@ fn pod_lifecycle(handler: &str) {
     cri.assert_no_leaks();
 }
 
-#[test]
-fn pelagos_pod_lifecycle() {
-    pod_lifecycle(PELAGOS);
-}
-
-#[test]
-fn runc_pod_lifecycle() {
-    pod_lifecycle(RUNC);
-}
-
 /// A pod with its own network (loopback CNI), uts and a shared pid namespace: app containers
 /// join the sandbox's namespaces by path.
 fn pod_namespaces(handler: &str) {
@@ -202,16 +192,6 @@ fn pod_namespaces(handler: &str) {
     cri.assert_no_leaks();
 }
 
-#[test]
-fn pelagos_pod_namespaces() {
-    pod_namespaces(PELAGOS);
-}
-
-#[test]
-fn runc_pod_namespaces() {
-    pod_namespaces(RUNC);
-}
-
 /// A cgroup parent ending in `.slice` makes CRI write the systemd form `slice:cri-containerd:id`:
 /// pelagos lays it out as systemd would (`<slice>/cri-containerd-<id>.scope`, no systemd
 /// needed); runc's cgroupfs driver takes the string as a literal path. Either way the pod's
@@ -242,16 +222,6 @@ fn systemd_cgroup_path(handler: &str) {
     cri.stop_pod(&pod_id);
     cri.remove_pod(&pod_id);
     cri.assert_no_leaks();
-}
-
-#[test]
-fn pelagos_systemd_cgroup_path() {
-    systemd_cgroup_path(PELAGOS);
-}
-
-#[test]
-fn runc_systemd_cgroup_path() {
-    systemd_cgroup_path(RUNC);
 }
 
 /// Without `restrict_oom_score_adj`, CRI asks for oom_score_adj -998 for the sandbox, which
@@ -297,12 +267,9 @@ fn unrestricted_oom_score_adj(handler: &str) {
     cri.assert_no_leaks();
 }
 
-#[test]
-fn pelagos_unrestricted_oom_score_adj() {
-    unrestricted_oom_score_adj(PELAGOS);
-}
-
-#[test]
-fn runc_unrestricted_oom_score_adj() {
-    unrestricted_oom_score_adj(RUNC);
-}
+pelagos_and_runc!(
+    pod_lifecycle,
+    pod_namespaces,
+    systemd_cgroup_path,
+    unrestricted_oom_score_adj
+);

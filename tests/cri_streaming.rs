@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cri::{ChannelStream, Cri, PELAGOS, RUNC};
+use common::cri::{ChannelStream, Cri};
 use k8s_cri::v1::*;
 
 fn exec_and_attach(handler: &str) {
@@ -76,12 +76,4 @@ fn exec_and_attach(handler: &str) {
     cri.assert_no_leaks();
 }
 
-#[test]
-fn pelagos_exec_and_attach() {
-    exec_and_attach(PELAGOS);
-}
-
-#[test]
-fn runc_exec_and_attach() {
-    exec_and_attach(RUNC);
-}
+pelagos_and_runc!(exec_and_attach);

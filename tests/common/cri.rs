@@ -29,6 +29,28 @@ use super::image;
 pub const PAUSE_REF: &str = "localhost/pelagos-test/pause:latest";
 pub const PELAGOS: &str = "pelagos";
 pub const RUNC: &str = "runc";
+
+/// For each `name`, a module `name` with the tests `pelagos` and `runc`, each running the
+/// suite's `fn name(handler: &str)` with that handler: pelagos beside runc's shim as the
+/// control (`cargo test -- name::pelagos`).
+#[macro_export]
+macro_rules! pelagos_and_runc {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn pelagos() {
+                    super::$name($crate::common::cri::PELAGOS);
+                }
+
+                #[test]
+                fn runc() {
+                    super::$name($crate::common::cri::RUNC);
+                }
+            }
+        )+
+    };
+}
 /// A CNI plugin for pods with their own network namespace, installed both as `loopback` (CRI
 /// always adds the loopback network: brings `lo` up) and as the pod network (adds
 /// `eth0` (one end of a veth pair kept inside the pod) with a loopback-range address: CRI wants an `eth0` with an IP in the CNI result). No
