@@ -967,6 +967,39 @@ fn oversized_config_is_bounded_in_the_shim() {
     v.finish();
 }
 
+/// The shim's `delete` action run against a live shim (containerd 1.6 runs it every time it
+/// closes a container's connection, also to a grouped shim that serves the pod on): the live
+/// shim's socket stays and the shim serves on. The action tells a live shim from a dying one by
+/// asking it for a `Connect`. The bundle here is a scratch dir holding only the victim's
+/// `address`, so the action has no container of its own to clean.
+#[test]
+fn delete_action_leaves_a_live_shim_serving() {
+    let v = Victim::start();
+    let scratch = std::env::temp_dir().join(unique_id("delete-action"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let address = std::fs::read_to_string(v.cd.bundle_dir(VICTIM).join("address")).unwrap();
+    std::fs::write(scratch.join("address"), &address).unwrap();
+    let out = std::process::Command::new(common::containerd::shim_binary())
+        .args(["-namespace", &v.cd.namespace, "-id", "no-such-container"])
+        .args(["-bundle", &scratch.to_string_lossy(), "delete"])
+        .current_dir(&scratch)
+        .output()
+        .expect("run the shim's delete action");
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(
+        out.status.success(),
+        "delete action: {}",
+        common::containerd::describe(&out)
+    );
+    assert!(
+        v.sock.exists(),
+        "the delete action removed a live shim's socket"
+    );
+    v.assert_serving("the delete action");
+    v.assert_exec_works();
+    v.finish();
+}
+
 /// A client that opens an exec's output fifos only after the process has ended (containerd's
 /// ExecSync opens them in a goroutine, which a loaded node can run late) still reads the output
 /// and its EOF. The shim closing its end first left such a client's open blocked for ever with
