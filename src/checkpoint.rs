@@ -109,7 +109,10 @@ pub(crate) fn dump(t: &Target<'_>, opts: &CheckpointOptions) -> Result<(), Check
             source,
         })?;
     }
-    write_descriptors(t.pid, &opts.image_path)?;
+    let descriptors = write_descriptors(t.pid, &opts.image_path)?;
+    // A console's slave whose master the runtime's caller holds: CRIU dumps it only as a
+    // shell job's (one external tty peer).
+    let console = descriptors.iter().any(|d| d.starts_with("/dev/pts/"));
 
     let mut cmd = Command::new(&criu);
     cmd.arg("dump")
@@ -134,7 +137,7 @@ pub(crate) fn dump(t: &Target<'_>, opts: &CheckpointOptions) -> Result<(), Check
         ("--tcp-established", opts.tcp_established),
         ("--ext-unix-sk", opts.ext_unix_sk),
         ("--file-locks", opts.file_locks),
-        ("--shell-job", opts.shell_job),
+        ("--shell-job", opts.shell_job || console),
     ] {
         if on {
             cmd.arg(flag);
@@ -465,7 +468,7 @@ fn external_namespaces(spec: &Spec) -> Result<Vec<String>, CheckpointError> {
     Ok(out)
 }
 
-fn write_descriptors(pid: i32, images: &Path) -> Result<(), CheckpointError> {
+fn write_descriptors(pid: i32, images: &Path) -> Result<Vec<String>, CheckpointError> {
     let fds: Vec<String> = (0..3)
         .map(|fd| {
             std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
@@ -474,11 +477,12 @@ fn write_descriptors(pid: i32, images: &Path) -> Result<(), CheckpointError> {
         })
         .collect();
     let path = images.join(DESCRIPTORS);
-    std::fs::write(&path, serde_json::to_vec(&fds).expect("strings serialize")).map_err(|source| {
-        CheckpointError::Io {
+    std::fs::write(&path, serde_json::to_vec(&fds).expect("strings serialize")).map_err(
+        |source| CheckpointError::Io {
             what: "write",
             path,
             source,
-        }
-    })
+        },
+    )?;
+    Ok(fds)
 }

@@ -380,7 +380,10 @@ fn restore_into_a_new_container_goes_on_counting() {
     for rt in RUNTIMES {
         let cd = containerd(rt);
         let id = "ckpt-src";
-        cd.run_detached(id, &[], &["sh", "-c", COUNTER]);
+        // fd 3 stays open on /tmp/log across the dump: the restored shell writes on through it.
+        let script =
+            format!("exec 3>>/tmp/log; while true; do echo x >&3; sleep 0.05; done & {COUNTER}");
+        cd.run_detached(id, &[], &["sh", "-c", &script]);
         // The dump holds a count of at least this; the source counts on until it is killed.
         let before = count_passes(&cd, id, 2);
         // ctr's pair: `containers checkpoint` records the image and the rw layer that
@@ -423,11 +426,110 @@ fn restore_into_a_new_container_goes_on_counting() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        cd.ctr_ok(&["task", "kill", "-s", "KILL", restored]);
+        let log = cd.bundle_dir(restored).join("rootfs/tmp/log");
+        let lines = || {
+            std::fs::read_to_string(&log)
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+        };
+        let seen = lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines() <= seen + 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{rt}: nothing written through the restored fd 3"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", "--all", restored]);
         wait_status(&cd, restored, "STOPPED");
         cd.task_rm(restored);
         cd.remove(restored);
         cd.ctr_ok(&["image", "rm", image]);
+        cd.assert_no_leaks();
+    }
+}
+
+/// Without CRIU a checkpoint fails naming it, and the container runs on (runc's `--criu` is
+/// a global flag, pelagos' a flag of the command).
+#[test]
+fn cli_checkpoint_without_criu_fails_clearly_and_runs_on() {
+    require_criu();
+    for bin in [env!("CARGO_BIN_EXE_pelagos"), "runc"] {
+        let root = PathBuf::from(format!("/run/{}", unique_id("criu-cli")));
+        let b = Bundle::new()
+            .readonly_root(false)
+            .args(&["sh", "-c", COUNTER]);
+        let id = unique_id("ckpt-nocriu");
+        let cmd = || {
+            let mut c = Command::new(bin);
+            c.arg("--root").arg(&root);
+            c
+        };
+        let created = cmd()
+            .args(["create", "--bundle", b.path().to_str().unwrap(), &id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the runtime")
+            .wait()
+            .unwrap();
+        assert!(created.success(), "{bin} create: {created}");
+        assert!(cmd().args(["start", &id]).status().unwrap().success());
+        let images = b.path().join("images");
+        let missing = "/nonexistent/criu";
+        let mut c = cmd();
+        if bin == "runc" {
+            c.args(["--criu", missing, "checkpoint"]);
+        } else {
+            c.args(["checkpoint", "--criu", missing]);
+        }
+        let out = c
+            .args(["--image-path", images.to_str().unwrap(), &id])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin}: the checkpoint passed");
+        assert!(err.contains("criu"), "{bin}: {err}");
+        if bin != "runc" {
+            assert!(
+                err.contains(missing) && err.contains("install-criu"),
+                "{err}"
+            );
+        }
+        let state = cmd().args(["state", &id]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap_or_default();
+        assert_eq!(v["status"], "running", "{bin}: after the failed checkpoint");
+        assert!(cmd()
+            .args(["delete", "--force", &id])
+            .status()
+            .unwrap()
+            .success());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
+
+/// The console's slave is in the container, its master with the shim: dumped as CRIU's one
+/// external tty peer (runc's shim checkpoints it too; restore with a terminal is not done).
+#[test]
+fn checkpoint_of_a_container_with_a_pty() {
+    for rt in RUNTIMES {
+        let cd = containerd(rt);
+        let id = "ckpt-pty";
+        let args = cd.run_args(&["--rm", "-t"], id, &[], &["sh", "-c", COUNTER]);
+        let pty = cd.spawn_ctr_on_pty(&args, 24, 80);
+        let before = count_passes(&cd, id, 2);
+        let out = cd.ctr(&["task", "checkpoint", id]);
+        assert!(out.status.success(), "{rt}: {}", describe(&out));
+        assert_eq!(checkpoint_images(&cd).len(), 1, "{rt}");
+        assert_eq!(cd.task_status(id).as_deref(), Some("RUNNING"), "{rt}");
+        count_passes(&cd, id, before + 3);
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", id]);
+        let (status, out) = pty.wait(common::containerd::CTR_TIMEOUT);
+        assert!(status.is_some(), "{rt}: ctr run did not end: {out}");
+        remove_images(&cd);
         cd.assert_no_leaks();
     }
 }
