@@ -20,8 +20,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use common::containerd::{
-    describe, procs, stdout, testing_pelagos, wait_child_timeout, wait_pid_gone, Containerd,
-    CTR_TIMEOUT,
+    describe, procs, stdout, testing_pelagos, wait_child_timeout, wait_pid_gone, CgroupTree,
+    Containerd, CTR_TIMEOUT,
 };
 use common::image::sha256_hex;
 
@@ -936,6 +936,9 @@ fn log_file_on_a_full_filesystem_does_not_affect_the_container() {
 /// left in any hierarchy, neither the container's cgroup nor the parents the create made.
 #[test]
 fn cgroup_creation_refused_half_way_fails_cleanly() {
+    let top = format!("pelagos-halfway-{}", std::process::id());
+    // Dropped after containerd (declared before it), once nothing runs in it any more.
+    let _made = CgroupTree(top.clone());
     let cd = Containerd::start();
     let unified = common::containerd::cgroup_mounts()
         .into_iter()
@@ -947,25 +950,16 @@ fn cgroup_creation_refused_half_way_fails_cleanly() {
             })
         })
         .expect("a cgroup2 mount");
-    let top = format!("pelagos-halfway-{}", std::process::id());
-    // The parent the test makes (and removes): full, in the unified hierarchy only.
-    let mut parent = Scratch::at(unified.join(&top).join("full"));
-    fs::write(parent.path.join("cgroup.max.descendants"), "0").expect("limit descendants");
+    // The parent the test makes: full, in the unified hierarchy only.
+    let parent = unified.join(&top).join("full");
+    fs::create_dir_all(&parent).expect("make the parent");
+    fs::write(parent.join("cgroup.max.descendants"), "0").expect("limit descendants");
     let cgroup = format!("/{top}/full/c");
     let id = "halfway";
     let out = cd.run(id, &["--cgroup", &cgroup], &["echo", "hi"]);
     if out.status.success() && !testing_pelagos() {
         // runc 1.1 on a hybrid host makes no cgroup in the unified hierarchy at all.
         println!("the control ran: runc leaves the unified hierarchy alone on this host");
-        let _ = fs::remove_dir(&parent.path);
-        let _ = fs::remove_dir(unified.join(&top));
-        parent.path = std::env::temp_dir().join(format!("{top}-gone"));
-        for m in common::containerd::cgroup_mounts() {
-            let _ = fs::remove_dir(m.join(&top).join("full/c"));
-            let _ = fs::remove_dir(m.join(&top).join("full"));
-            let _ = fs::remove_dir(m.join(&top));
-        }
-        cd.assert_no_leaks();
         return;
     }
     assert!(!out.status.success(), "ran: {}", describe(&out));
@@ -987,10 +981,6 @@ fn cgroup_creation_refused_half_way_fails_cleanly() {
     cd.clear_fifo_dirs();
     cd.ctr(&["containers", "rm", id]);
     cd.assert_no_leaks();
-    // Scratch removes the directory tree; cgroupfs wants rmdir of each level.
-    let _ = fs::remove_dir(&parent.path);
-    let _ = fs::remove_dir(unified.join(&top));
-    parent.path = std::env::temp_dir().join(format!("{top}-gone"));
 }
 
 /// The fifo directory of a running container removed under it (a tmp cleaner, an operator): the
@@ -1215,6 +1205,9 @@ fn shim_with_a_small_memory_limit_serves_heavy_output() {
         println!("skipped: ctr passes runc's shim no ShimCgroup");
         return;
     }
+    let shim_cg = format!("/pelagos-shim-mem-{}", std::process::id());
+    // Dropped after containerd (declared before it), once the shim has left it.
+    let _made = CgroupTree(shim_cg.clone());
     let cd = Containerd::start();
     let mounts = common::containerd::cgroup_mounts();
     let memory: Vec<PathBuf> = mounts
@@ -1237,7 +1230,6 @@ fn shim_with_a_small_memory_limit_serves_heavy_output() {
             .filter(|m| !m.join("cgroup.controllers").exists())
             .collect()
     };
-    let shim_cg = format!("/pelagos-shim-mem-{}", std::process::id());
     common::containerd::make_cgroup(&shim_cg, &made);
     let rel = shim_cg.trim_start_matches('/');
     let limit = 32u64 << 20;
@@ -1300,7 +1292,4 @@ fn shim_with_a_small_memory_limit_serves_heavy_output() {
     }
     cd.clear_fifo_dirs();
     cd.assert_no_leaks();
-    for m in &made {
-        let _ = fs::remove_dir(m.join(rel));
-    }
 }

@@ -1606,6 +1606,18 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A cgroup a test made, `/<top>` in every hierarchy, removed with all below it on drop, also
+/// when the test fails half way.
+pub struct CgroupTree(pub String);
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        for m in cgroup_mounts() {
+            remove_cgroup_tree(&m.join(self.0.trim_start_matches('/')));
+        }
+    }
+}
+
 /// Removes a cgroup directory and its children, deepest first (cgroupfs only removes empty ones).
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(rd) = fs::read_dir(dir) {
