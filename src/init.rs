@@ -504,8 +504,33 @@ fn setup_container(chan: &mut Channel, plan: &Plan, init: &InitPlan) -> Result<(
     if let Some(sock) = plan.console {
         make_console(sock, &plan.process)?;
     }
+    reopen_dev_null().step("reopen /dev/null stdio")?;
     crate::user::apply_sysctl(spec).step("sysctl")?;
     crate::rootfs::finalize(spec).step("finalize rootfs")
+}
+
+/// Stdio that is the host's /dev/null becomes the container's own (runc's reOpenDevNull): a
+/// file on a mount outside the container is one CRIU cannot checkpoint.
+fn reopen_dev_null() -> std::io::Result<()> {
+    use nix::sys::stat::fstat;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let ours = fstat(&null)?;
+    for fd in 0..3 {
+        // SAFETY: fds 0-2 are open for the whole of this call (stdio of the helper).
+        let stdio = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let Ok(st) = fstat(stdio) else { continue };
+        let same_node = (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino);
+        if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == ours.st_rdev && !same_node {
+            // SAFETY: dup2 of an fd we own onto stdio.
+            if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Allocates a pty in the container's devpts, sends the master over the console socket at

@@ -533,3 +533,65 @@ fn checkpoint_of_a_container_with_a_pty() {
         cd.assert_no_leaks();
     }
 }
+
+/// CRI's CheckpointContainer on containerd 2.1 (what kubelet's checkpoint API calls): the
+/// archive kubelet expects, the container running on.
+fn cri_checkpoint_container(handler: &str) {
+    use common::cri::Cri;
+    use k8s_cri::v1::CheckpointContainerRequest;
+    require_criu();
+    let cri = Cri::start_on("2.1", handler, true, |_, _| String::new());
+    let pod = cri.pod_config("ckpt");
+    let pod_id = cri.run_pod_ok(&pod);
+    let app = Cri::container_config("counter", &["sh", "-c", COUNTER]);
+    let id = cri.run_container(&pod_id, &pod, &app);
+    let count = || {
+        cri.exec_ok(&id, &["cat", "/tmp/count"])
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{handler}: the counter did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let archive = std::env::temp_dir()
+        .join(unique_id("cri-checkpoint"))
+        .with_extension("tar");
+    cri.block(cri.rs().checkpoint_container(CheckpointContainerRequest {
+        container_id: id.clone(),
+        location: archive.to_string_lossy().into_owned(),
+        timeout: 0,
+    }))
+    .unwrap_or_else(|e| panic!("{handler}: CheckpointContainer: {e}"));
+    let list = Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&list.stdout).into_owned();
+    for want in ["checkpoint/inventory.img", "config.dump", "spec.dump"] {
+        assert!(
+            names.lines().any(|l| l.trim_start_matches("./") == want),
+            "{handler}: {want} not in the archive: {names}"
+        );
+    }
+    let before = count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count() <= before + 3 {
+        assert!(Instant::now() < deadline, "{handler}: the counter stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&archive);
+    cri.stop_container(&id, 0);
+    cri.remove_container(&id);
+    cri.stop_pod(&pod_id);
+    cri.remove_pod(&pod_id);
+    cri.assert_no_leaks();
+}
+
+pelagos_and_runc!(cri_checkpoint_container);
