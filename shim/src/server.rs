@@ -20,6 +20,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::shim::StartRequest;
 use ttrpc::proto::{
     Codec, MessageHeader, Request, Response, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX,
     MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE,
@@ -44,10 +46,15 @@ pub enum ServerError {
 
 /// Calls that may wait for long: Wait until its process exits (containerd keeps one pending
 /// per process, and CRI calls Start of an exec after its Wait), Delete for the output to be
-/// read, Checkpoint for CRIU. The others are short, or hold the service's locks anyway (a
-/// Create, like runc's shim's).
-fn blocks(method: &str) -> bool {
-    matches!(method, "Wait" | "Delete" | "Checkpoint")
+/// read, Checkpoint for CRIU, and the Start of an init, which runs its poststart hooks or a
+/// CRIU restore (runc's shim answers other calls meanwhile). The others are short (an exec's
+/// Start), or hold the service's locks anyway (a Create, like runc's shim's).
+fn blocks(req: &Request) -> bool {
+    match req.method.as_str() {
+        "Wait" | "Delete" | "Checkpoint" => true,
+        "Start" => StartRequest::parse_from_bytes(&req.payload).is_ok_and(|s| s.exec_id.is_empty()),
+        _ => false,
+    }
 }
 
 /// Serves `methods` on every connection `listener` accepts, from a thread of its own, until
@@ -146,7 +153,7 @@ impl Conn {
         if !methods.contains_key(&path) {
             return self.fail(mh.stream_id, format!("{path} does not exist"));
         }
-        if !blocks(&req.method) {
+        if !blocks(&req) {
             return self.call(methods, &path, mh, req);
         }
         let (conn, methods) = (Arc::clone(self), Arc::clone(methods));
@@ -279,6 +286,26 @@ mod tests {
         let res = <Response as Codec>::decode(&body).unwrap();
         let status = res.status();
         (mh.stream_id, status.code(), status.message().to_owned())
+    }
+
+    #[test]
+    fn the_calls_that_may_wait_long_get_a_thread() {
+        let req = |method: &str, exec_id: &str| {
+            let mut r = Request::new();
+            r.method = method.into();
+            let mut s = StartRequest::new();
+            s.id = "c1".into();
+            s.exec_id = exec_id.into();
+            r.payload = s.write_to_bytes().unwrap();
+            r
+        };
+        assert!(
+            blocks(&req("Start", "")),
+            "the init's Start runs hooks or a restore"
+        );
+        assert!(!blocks(&req("Start", "probe")), "an exec's Start is short");
+        assert!(blocks(&req("Wait", "probe")));
+        assert!(!blocks(&req("State", "")));
     }
 
     #[test]
