@@ -457,7 +457,7 @@ fn rpc_errors_carry_the_codes_containerd_expects() {
                 ..Default::default()
             }
         )),
-        Code::UNIMPLEMENTED
+        Code::NOT_FOUND
     );
 
     let b = Bundle::new(&["sleep", "100"]);

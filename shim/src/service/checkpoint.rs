@@ -55,6 +55,8 @@ fn decode(req: &CheckpointTaskRequest) -> Res<ApiOptions> {
 
 impl Shim {
     pub(super) fn do_checkpoint(&self, req: &CheckpointTaskRequest) -> Res<()> {
+        // An unknown id is NotFound before anything about the request, as in runc's shim.
+        self.lock().life.get(&req.id)?;
         let api = decode(req)?;
         log::info!(
             "container {}: checkpoint into {} ({:?}: {api:?})",
