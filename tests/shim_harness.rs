@@ -17,6 +17,9 @@ fn leak_checker_reports_what_is_left_running() {
     ] {
         assert!(leaks.contains(want), "leak check missed {want:?}:\n{leaks}");
     }
+    if common::containerd::systemd_driver() {
+        assert!(leaks.contains("systemd units left"), "{leaks}");
+    }
     // The container's processes and its shim are reported too (each after a bounded wait).
     assert!(leaks.contains("container process"), "{leaks}");
     assert!(leaks.contains("shim process"), "{leaks}");

@@ -381,7 +381,8 @@ fn shim_cgroup_is_joined_where_it_exists_and_the_oom_score_follows_containerd() 
     let shim_cg = format!("/pelagos-shimcg-{}", std::process::id());
     common::containerd::make_cgroup(&shim_cg, &made);
     let config = cd.root_dir().join("shim-cgroup.toml");
-    fs::write(&config, format!("ShimCgroup = \"{shim_cg}\"\n")).unwrap();
+    let systemd = common::containerd::systemd_options();
+    fs::write(&config, format!("{systemd}ShimCgroup = \"{shim_cg}\"\n")).unwrap();
     let opts: Vec<&str> = if testing_pelagos() {
         vec!["--runtime-config-path", config.to_str().unwrap()]
     } else {

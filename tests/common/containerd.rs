@@ -7,6 +7,11 @@
 //! `io.containerd.runc.v2` as a control); the containerd version is `PELAGOS_CONTAINERD`
 //! (1.6, 1.7 or 2.1; 1.6 by default). [`Containerd::assert_no_leaks`] checks what a run must not
 //! leave behind; `Drop` tears everything down even when a test failed half way.
+//!
+//! With `PELAGOS_TEST_SYSTEMD_CGROUP=1` (a host booted with systemd: the systemd VM) containers
+//! use the systemd cgroup driver, as on a kubeadm node: the cgroups path is
+//! `<slice>:<namespace>:<id>`, a scope `<namespace>-<id>.scope` in a slice of this containerd's
+//! own ([`Containerd::slice`]), and the leak checks look for units and scopes in that slice.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -66,6 +71,28 @@ pub fn runtime() -> String {
 
 pub fn testing_pelagos() -> bool {
     runtime() == PELAGOS_RUNTIME
+}
+
+/// `PELAGOS_TEST_SYSTEMD_CGROUP=1`: the systemd cgroup driver (`SystemdCgroup = true`), on a host
+/// booted with systemd.
+pub fn systemd_driver() -> bool {
+    std::env::var("PELAGOS_TEST_SYSTEMD_CGROUP").is_ok_and(|v| v == "1")
+}
+
+/// The runtime options line that turns the systemd driver on when [`systemd_driver`], for tests
+/// that write their own `--runtime-config-path` file.
+pub fn systemd_options() -> &'static str {
+    if systemd_driver() {
+        "SystemdCgroup = true\n"
+    } else {
+        ""
+    }
+}
+
+fn systemctl(args: &[&str]) -> Option<Output> {
+    let mut cmd = Command::new("systemctl");
+    cmd.args(args);
+    run_with_timeout(&mut cmd, None, CTR_TIMEOUT).ok()
 }
 
 fn repo_dir() -> &'static Path {
@@ -250,6 +277,7 @@ impl Containerd {
             cri,
         };
         fs::write(cd.config_path(), cd.config_toml()).expect("write containerd config");
+        fs::write(cd.base.join("systemd.toml"), systemd_options()).expect("write options");
         cd.spawn_daemon();
         cd.import_image();
         cd
@@ -299,6 +327,42 @@ impl Containerd {
 
     pub fn log_path(&self) -> PathBuf {
         self.base.join("containerd.log")
+    }
+
+    /// The slice of this containerd's containers under the systemd driver: one of its own at
+    /// the top of the tree (`_` for `-`, which would nest it).
+    pub fn slice(&self) -> String {
+        format!("{}.slice", self.namespace.replace('-', "_"))
+    }
+
+    /// Where container `id` has its cgroup, below the hierarchy roots: `/<namespace>/<id>`
+    /// (ctr's default), or the scope in [`Containerd::slice`] under the systemd driver.
+    pub fn container_cgroup(&self, id: &str) -> String {
+        if systemd_driver() && self.cri.is_none() {
+            format!("/{}/{}-{id}.scope", self.slice(), self.namespace)
+        } else {
+            format!("/{}/{id}", self.namespace)
+        }
+    }
+
+    /// Units of this containerd's containers systemd still knows (any state).
+    pub fn scope_units(&self) -> Vec<String> {
+        let pattern = format!("{}-*.scope", self.namespace);
+        systemctl(&[
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "--full",
+            &pattern,
+        ])
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     fn config_path(&self) -> PathBuf {
@@ -599,6 +663,22 @@ state = "{state}"
             "--fifo-dir".into(),
             self.fifo_dir().to_string_lossy().into_owned(),
         ]);
+        if systemd_driver() && self.cri.is_none() {
+            let path = format!("{}:{}:{id}", self.slice(), self.namespace);
+            v.extend(["--cgroup".into(), path]);
+            if self.runtime == PELAGOS_RUNTIME {
+                // A test's own options file says SystemdCgroup itself (see systemd_options).
+                if !opts.contains(&"--runtime-config-path") {
+                    let config = self.base.join("systemd.toml");
+                    v.extend([
+                        "--runtime-config-path".into(),
+                        config.to_string_lossy().into_owned(),
+                    ]);
+                }
+            } else {
+                v.push("--runc-systemd-cgroup".into());
+            }
+        }
         v.extend(opts.iter().map(|s| s.to_string()));
         v.push(image::IMAGE_REF.into());
         v.push(id.into());
@@ -702,11 +782,36 @@ state = "{state}"
         }
     }
 
-    /// `ctr run -d`: the task is running when this returns.
+    /// `ctr run -d`: the task is running when this returns (under the systemd driver, in its
+    /// active scope).
     pub fn run_detached(&self, id: &str, opts: &[&str], args: &[&str]) {
         let argv = self.run_args(&["-d"], id, opts, args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         self.ctr_ok(&argv);
+        if systemd_driver() && self.cri.is_none() {
+            self.assert_in_scope(id);
+        }
+    }
+
+    /// Task `id`, if still running, is in its scope, which systemd has active. A task that
+    /// exits meanwhile (a short command) is not judged.
+    fn assert_in_scope(&self, id: &str) {
+        let Some((pid, _)) = self.task(id).filter(|(_, s)| s == "RUNNING") else {
+            return;
+        };
+        let unit = format!("{}-{id}.scope", self.namespace);
+        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let state = systemctl(&["show", "-p", "ActiveState", "--value", &unit])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        assert_eq!(state.as_deref(), Some("active"), "systemd unit {unit}");
+        let want = self.container_cgroup(id);
+        assert!(
+            cgroup.lines().any(|l| l.ends_with(&want)),
+            "task {id} is not in {want}: {cgroup}"
+        );
     }
 
     /// Starts an attached `ctr run --rm` in the background with piped stdio; the caller waits.
@@ -851,9 +956,10 @@ state = "{state}"
             .collect()
     }
 
-    /// Processes in a cgroup below `/<namespace>` in any hierarchy: this containerd's containers.
+    /// Processes in a cgroup below `/<namespace>` (or this containerd's slice) in any
+    /// hierarchy: this containerd's containers.
     pub fn container_pids(&self) -> Vec<i32> {
-        let prefix = format!("/{}", self.namespace);
+        let prefixes = [format!("/{}", self.namespace), format!("/{}", self.slice())];
         procs()
             .into_iter()
             .filter(|pid| {
@@ -861,7 +967,9 @@ state = "{state}"
                     .map(|text| {
                         text.lines().any(|l| {
                             let path = l.splitn(3, ':').nth(2).unwrap_or("");
-                            path == prefix || path.starts_with(&format!("{prefix}/"))
+                            prefixes
+                                .iter()
+                                .any(|p| path == p || path.starts_with(&format!("{p}/")))
                         })
                     })
                     .unwrap_or(false)
@@ -980,6 +1088,30 @@ state = "{state}"
                 leaks.push(format!("cgroups left in {}: {children:?}", cg.display()));
             }
         }
+        if systemd_driver() && self.cri.is_none() {
+            let units = self.scope_units();
+            if !units.is_empty() {
+                leaks.push(format!("systemd units left: {units:?}"));
+            }
+            let mut scopes = Vec::new();
+            for m in cgroup_mounts() {
+                let slice = m.join(self.slice());
+                scopes.extend(
+                    dir_entries(&slice)
+                        .into_iter()
+                        .filter(|e| slice.join(e).is_dir())
+                        .map(|e| format!("{}/{e}", slice.display())),
+                );
+            }
+            if !scopes.is_empty() {
+                leaks.push(format!("cgroups left in the slice: {scopes:?}"));
+            }
+            // runc leaves the slice, as a node's kubelet removes its pod slices: removed here
+            // once empty.
+            if units.is_empty() && scopes.is_empty() {
+                self.stop_slice();
+            }
+        }
         for sock in self.shim_sockets() {
             leaks.push(format!("shim socket left: {}", sock.display()));
         }
@@ -1019,6 +1151,15 @@ state = "{state}"
             leaks.join("\n  "),
             self.log_tail(30)
         );
+    }
+
+    /// Stops this containerd's slice (and whatever unit is left in it) and forgets its failed
+    /// scopes.
+    fn stop_slice(&self) {
+        if Path::new("/run/systemd/system").is_dir() {
+            systemctl(&["stop", &self.slice()]);
+            systemctl(&["reset-failed", &format!("{}-*.scope", self.namespace)]);
+        }
     }
 
     /// Best-effort removal of every task and container through containerd.
@@ -1092,6 +1233,12 @@ state = "{state}"
         }
         for cg in self.namespace_cgroups() {
             remove_cgroup_tree(&cg);
+        }
+        if systemd_driver() {
+            self.stop_slice();
+            for m in cgroup_mounts() {
+                remove_cgroup_tree(&m.join(self.slice()));
+            }
         }
         for sock in self.shim_sockets() {
             let _ = fs::remove_file(sock);
@@ -1774,20 +1921,21 @@ impl Containerd {
 
 impl Containerd {
     /// The memory limit of container `id` read on the host: `memory.limit_in_bytes` in a v1
-    /// memory hierarchy, else `memory.max` in the v2 one. ctr asks for the cgroup `/<ns>/<id>`.
+    /// memory hierarchy, else `memory.max` in the v2 one (see [`Containerd::container_cgroup`]).
     pub fn host_memory_limit(&self, id: &str) -> Option<String> {
-        let rel = Path::new(&self.namespace).join(id);
+        let rel = self.container_cgroup(id);
+        let rel = rel.trim_start_matches('/');
         let mounts = cgroup_mounts_typed();
         let v1 = mounts
             .iter()
             .filter(|(_, fstype, opts)| {
                 fstype == "cgroup" && opts.split(',').any(|o| o == "memory")
             })
-            .map(|(mp, _, _)| mp.join(&rel).join("memory.limit_in_bytes"));
+            .map(|(mp, _, _)| mp.join(rel).join("memory.limit_in_bytes"));
         let v2 = mounts
             .iter()
             .filter(|(_, fstype, _)| fstype == "cgroup2")
-            .map(|(mp, _, _)| mp.join(&rel).join("memory.max"));
+            .map(|(mp, _, _)| mp.join(rel).join("memory.max"));
         v1.chain(v2)
             .find_map(|p| fs::read_to_string(p).ok())
             .map(|s| s.trim().to_owned())

@@ -112,7 +112,7 @@ pub struct Cri {
 /// driver (`SystemdCgroup = true`) and pods get a slice as cgroup parent, as on a kubeadm node
 /// (a host booted with systemd: `PELAGOS_VM_INIT=systemd scripts/vm/run-tests.sh 'cri_*'`).
 pub fn systemd_driver() -> bool {
-    std::env::var("PELAGOS_TEST_SYSTEMD_CGROUP").is_ok_and(|v| v == "1")
+    containerd::systemd_driver()
 }
 
 /// The CRI plugin's section of the config (containerd 1.x, version 2, or 2.x, version 3).
