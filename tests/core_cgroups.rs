@@ -340,6 +340,12 @@ fn oom_watch_fires_on_oom_kill() {
     drop(watch);
 }
 
+/// `PELAGOS_REQUIRE_V2=1` (the v2 VM): the host has every controller and file the v2 branches
+/// check, so their absence fails the test (tests/common/v2.rs says the same for the v2 suites).
+fn require_v2() -> bool {
+    std::env::var("PELAGOS_REQUIRE_V2").is_ok_and(|v| v == "1")
+}
+
 fn host_has_controller(controller: &str) -> bool {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let v1 = mountinfo.lines().any(|l| {
@@ -380,6 +386,10 @@ fn hugetlb_limit_goes_where_the_controller_is() {
     if !host_has_controller("hugetlb")
         || !Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists()
     {
+        assert!(
+            !require_v2(),
+            "PELAGOS_REQUIRE_V2=1 but no hugetlb controller or 2 MiB pages"
+        );
         let e = res.unwrap_err();
         assert!(e.to_string().contains("hugepageLimits"), "{e}");
         return;
@@ -421,8 +431,12 @@ fn device_rules_whitelist_on_v1() {
         .unwrap();
     let cg = Cgroup::create(&scope.path("c1"), Some(&r)).unwrap();
     let Some(dev) = cg.v1_dir("devices") else {
-        // cgroup v2: device rules are a documented gap (no eBPF filter yet).
+        // cgroup v2: the rules are an eBPF program attached to the cgroup (tests/v2_cgroups.rs
+        // checks what it lets through).
         assert_eq!(cgroups::mode(), Mode::Unified);
+        let dir = cg.unified_dir().unwrap();
+        let names = cgroups::attached_device_program_names(dir).unwrap();
+        assert_eq!(names, ["pelagos_dev"], "{}", dir.display());
         cg.destroy().unwrap();
         return;
     };
@@ -521,7 +535,7 @@ fn cpuset_and_memory_details() {
     };
     if cgroups::mode() == Mode::Unified {
         assert_eq!(read(&mem_dir, "memory.max"), (64u64 << 20).to_string());
-        if mem_dir.join("memory.swap.max").exists() {
+        if mem_dir.join("memory.swap.max").exists() || require_v2() {
             assert_eq!(read(&mem_dir, "memory.swap.max"), (64u64 << 20).to_string());
         }
     } else if mem_dir.join("memory.memsw.limit_in_bytes").exists() {
@@ -579,6 +593,7 @@ fn blkio_throttle_written_per_device() {
         .unwrap();
     let res = Cgroup::create(&scope.path("c1"), Some(&r));
     if !host_has_controller("blkio") && !host_has_controller("io") {
+        assert!(!require_v2(), "PELAGOS_REQUIRE_V2=1 but no io controller");
         let e = res.unwrap_err();
         assert!(e.to_string().contains("blockIO"), "{e}");
         return;

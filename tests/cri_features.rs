@@ -135,9 +135,22 @@ fn stats_and_update(handler: &str) {
         "{}",
         mem_file.display()
     );
-    if let Some(shares) = cri.cgroup_file(&rel, "cpu.shares") {
-        assert_eq!(fs::read_to_string(shares).unwrap().trim(), "512");
-    }
+    // cpu.shares 512 on v1, its cpu.weight on v2 (runc's conversion: 1 + (512 - 2) * 9999 /
+    // 262142).
+    let (file, want) = match cri.cgroup_file(&rel, "cpu.shares") {
+        Some(f) => (f, "512"),
+        None => (
+            cri.cgroup_file(&rel, "cpu.weight")
+                .expect("container cpu cgroup (cpu.shares or cpu.weight)"),
+            "20",
+        ),
+    };
+    assert_eq!(
+        fs::read_to_string(&file).unwrap().trim(),
+        want,
+        "{}",
+        file.display()
+    );
     cri.stop_pod(&pod_id);
     cri.remove_pod(&pod_id);
     cri.assert_no_leaks();

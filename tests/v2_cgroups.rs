@@ -16,7 +16,8 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio as ProcStdio};
 
 use common::bundle::{Bundle, Output, Pipes, TestRoot};
-use common::v2::{block_probe, cgroup_root, probe_refused, pure_v2, read, real_block_device};
+use common::v2::block_device;
+use common::v2::{block_probe, cgroup_root, probe_refused, pure_v2, read};
 use oci_spec::runtime::{
     LinuxBlockIoBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
     LinuxResources, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
@@ -323,8 +324,7 @@ fn io_max_is_written_and_io_stat_counts_reads() {
     if !pure_v2("io_max_is_written_and_io_stat_counts_reads") {
         return;
     }
-    let Some((name, dev)) = real_block_device() else {
-        println!("skipped io_max_is_written_and_io_stat_counts_reads: no block device");
+    let Some((name, dev)) = block_device("io_max_is_written_and_io_stat_counts_reads") else {
         return;
     };
     let mut tree = Tree::new("io");
@@ -501,8 +501,8 @@ fn a_disk_the_container_mknods_cannot_be_read_or_written() {
     if !pure_v2("a_disk_the_container_mknods_cannot_be_read_or_written") {
         return;
     }
-    let Some((_, dev)) = real_block_device() else {
-        println!("skipped a_disk_the_container_mknods_cannot_be_read_or_written: no block device");
+    let Some((_, dev)) = block_device("a_disk_the_container_mknods_cannot_be_read_or_written")
+    else {
         return;
     };
     let b = with_mknod(Bundle::new()).args(&["sh", "-c", &block_probe("/dev/blk", &dev)]);
@@ -515,8 +515,7 @@ fn spec_devices_and_the_default_ones_stay_usable() {
     if !pure_v2("spec_devices_and_the_default_ones_stay_usable") {
         return;
     }
-    let Some((name, dev)) = real_block_device() else {
-        println!("skipped spec_devices_and_the_default_ones_stay_usable: no block device");
+    let Some((name, dev)) = block_device("spec_devices_and_the_default_ones_stay_usable") else {
         return;
     };
     let (major, minor) = dev.split_once(':').unwrap();
@@ -546,8 +545,7 @@ fn the_cli_enforces_device_rules() {
     if !pure_v2("the_cli_enforces_device_rules") {
         return;
     }
-    let Some((_, dev)) = real_block_device() else {
-        println!("skipped the_cli_enforces_device_rules: no block device");
+    let Some((_, dev)) = block_device("the_cli_enforces_device_rules") else {
         return;
     };
     let b = with_mknod(Bundle::new()).args(&["sh", "-c", &block_probe("/dev/blk", &dev)]);
@@ -598,8 +596,7 @@ fn an_update_keeps_the_device_filter() {
     if !pure_v2("an_update_keeps_the_device_filter") {
         return;
     }
-    let Some((_, dev)) = real_block_device() else {
-        println!("skipped an_update_keeps_the_device_filter: no block device");
+    let Some((_, dev)) = block_device("an_update_keeps_the_device_filter") else {
         return;
     };
     let mut tree = Tree::new("devupdate");
@@ -625,8 +622,7 @@ fn a_cgroup_that_has_a_filter_gets_it_replaced() {
     if !pure_v2("a_cgroup_that_has_a_filter_gets_it_replaced") {
         return;
     }
-    let Some((_, dev)) = real_block_device() else {
-        println!("skipped a_cgroup_that_has_a_filter_gets_it_replaced: no block device");
+    let Some((_, dev)) = block_device("a_cgroup_that_has_a_filter_gets_it_replaced") else {
         return;
     };
     let mut tree = Tree::new("devjoin");

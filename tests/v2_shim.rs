@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::containerd::{describe, stdout, Containerd};
 use common::v2::{
-    block_probe, cgroup_root, probe_allowed, probe_refused, pure_v2, read, real_block_device,
+    block_device, block_probe, cgroup_root, probe_allowed, probe_refused, pure_v2, read,
 };
 use serde_json::Value;
 
@@ -74,8 +74,7 @@ fn io_stat_reaches_task_metrics() {
     if !pure_v2("io_stat_reaches_task_metrics") {
         return;
     }
-    let Some((name, dev)) = real_block_device() else {
-        println!("skipped io_stat_reaches_task_metrics: no block device");
+    let Some((name, dev)) = block_device("io_stat_reaches_task_metrics") else {
         return;
     };
     let cd = Containerd::start();
@@ -178,13 +177,7 @@ fn disk(test: &str) -> Option<(String, String)> {
     if !pure_v2(test) {
         return None;
     }
-    match real_block_device() {
-        Some((name, dev)) => Some((format!("/dev/{name}"), dev)),
-        None => {
-            println!("skipped {test}: no block device");
-            None
-        }
-    }
+    block_device(test).map(|(name, dev)| (format!("/dev/{name}"), dev))
 }
 
 /// Runs [`block_probe`] in a new container with `opts`; returns its output.

@@ -4,17 +4,44 @@ use std::path::{Path, PathBuf};
 
 use pelagos::cgroups::{self, Mode};
 
+/// `PELAGOS_REQUIRE_V2=1` (set by scripts/vm/run-tests.sh on its pure v2 hosts): what the v2
+/// tests need is there, so a test that would be skipped for want of it fails instead.
+pub fn required() -> bool {
+    std::env::var("PELAGOS_REQUIRE_V2").is_ok_and(|v| v == "1")
+}
+
+/// Says `test` is skipped for `why`; fails it instead under [`required`].
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        !required(),
+        "{test} cannot run: {why}, and PELAGOS_REQUIRE_V2=1 says this host has what it needs"
+    );
+    println!("skipped {test}: {why}");
+}
+
 /// Whether this host has only the unified hierarchy; says so when it has not.
 pub fn pure_v2(test: &str) -> bool {
     let mode = cgroups::mode();
     if mode == Mode::Unified {
         return true;
     }
-    println!(
-        "skipped {test}: needs a pure cgroup v2 host, this one is {} (run scripts/vm/run-tests.sh)",
-        mode.name()
+    skip(
+        test,
+        &format!(
+            "needs a pure cgroup v2 host, this one is {} (run scripts/vm/run-tests.sh)",
+            mode.name()
+        ),
     );
     false
+}
+
+/// [`real_block_device`], or a [`skip`] of `test` when there is none.
+pub fn block_device(test: &str) -> Option<(String, String)> {
+    let found = real_block_device();
+    if found.is_none() {
+        skip(test, "no block device");
+    }
+    found
 }
 
 /// The cgroup2 mount point.
