@@ -172,7 +172,10 @@ impl Container {
         let raw_cgroup_path = linux.cgroups_path().as_ref().and_then(|p| p.to_str());
         let systemd_unit = config
             .systemd_cgroup
-            .then(|| cgroups::SystemdUnit::of(raw_cgroup_path, &opts.id))
+            .then(|| {
+                cgroups::SystemdUnit::of(raw_cgroup_path, &opts.id)?
+                    .with_annotations(spec.annotations().iter().flatten())
+            })
             .transpose()?;
         let cgroup_path = match &systemd_unit {
             Some(unit) => unit.path.clone(),

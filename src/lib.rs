@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod container;
 pub mod dbus;
 pub mod features;
+pub mod gvariant;
 pub mod hooks;
 pub mod init;
 pub mod lsm;

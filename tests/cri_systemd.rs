@@ -6,8 +6,9 @@
 //! container's processes, its limits in the unit's properties and in the cgroup files; a
 //! `systemctl daemon-reload` and a `set-property` on the pod slice leave the limits and the
 //! device filter as they were; an update reaches the unit too; removing the pod leaves no unit
-//! and no cgroup; a cgroupfs-form parent is refused. Without systemd the handler refuses the
-//! pod, saying why.
+//! and no cgroup; a cgroupfs-form parent is refused; `org.systemd.property.*` annotations
+//! become unit properties, a malformed one fails the start naming it. Without systemd the
+//! handler refuses the pod, saying why.
 
 mod common;
 
@@ -23,13 +24,19 @@ const RUNC_SYSTEMD: &str = "runc-systemd";
 const MEMORY: i64 = 64 << 20;
 const UPDATED_MEMORY: i64 = 96 << 20;
 
+/// Both handlers pass `org.systemd.property.*` container annotations on to the spec, as a node
+/// that uses them must configure.
 fn handlers(major: u32, dir: &Path) -> String {
     let t = runtimes_table(major);
-    pelagos_handler(major, dir, PELAGOS_SYSTEMD, "SystemdCgroup = true\n")
-        + &format!(
-            "    [{t}.{RUNC_SYSTEMD}]\n      runtime_type = \"io.containerd.runc.v2\"\n    \
-             [{t}.{RUNC_SYSTEMD}.options]\n      SystemdCgroup = true\n"
-        )
+    let passthrough = "      container_annotations = [\"org.systemd.property.*\"]\n";
+    pelagos_handler(major, dir, PELAGOS_SYSTEMD, "SystemdCgroup = true\n").replacen(
+        "runtime_type = \"io.containerd.pelagos.v2\"\n",
+        &format!("runtime_type = \"io.containerd.pelagos.v2\"\n{passthrough}"),
+        1,
+    ) + &format!(
+        "    [{t}.{RUNC_SYSTEMD}]\n      runtime_type = \"io.containerd.runc.v2\"\n{passthrough}    \
+         [{t}.{RUNC_SYSTEMD}.options]\n      SystemdCgroup = true\n"
+    )
 }
 
 fn booted() -> bool {
@@ -188,8 +195,23 @@ fn systemd_driver(handler: &str) {
             .unified
             .insert("pids.max".to_string(), "77".to_string());
     }
+    // runc's org.systemd.property.<Name> annotations: more properties of the scope (GVariant
+    // values; <name>Sec in seconds, set as <name>USec).
+    for (k, v) in [
+        ("CollectMode", "'inactive-or-failed'"),
+        ("TimeoutStopSec", "123"),
+        ("RuntimeMaxUSec", "uint64 3600000000"),
+    ] {
+        config
+            .annotations
+            .insert(format!("org.systemd.property.{k}"), v.to_string());
+    }
     let id = cri.run_container(&pod_id, &pod, &config);
     check_container(&cri, &id, &slice, MEMORY);
+    let unit = format!("cri-containerd-{id}.scope");
+    assert_eq!(prop(&unit, "CollectMode"), "inactive-or-failed", "{unit}");
+    assert_eq!(prop(&unit, "TimeoutStopUSec"), "2min 3s", "{unit}");
+    assert_eq!(prop(&unit, "RuntimeMaxUSec"), "1h", "{unit}");
 
     systemctl(&["daemon-reload"]);
     check_container(&cri, &id, &slice, MEMORY);
@@ -250,7 +272,25 @@ fn systemd_driver(handler: &str) {
     assert!(left.is_empty(), "left behind: {left:?}");
     cri.remove_container(&bad_id);
 
-    let unit = format!("cri-containerd-{id}.scope");
+    // A malformed property annotation fails the start, naming it, and leaves no unit.
+    let mut bad = Cri::container_config("badprop", &["sleep", "1000"]);
+    let key = "org.systemd.property.Bad-Name";
+    bad.annotations.insert(key.to_string(), "1".to_string());
+    let bad_id = cri
+        .create_container(&pod_id, &pod, &bad)
+        .expect("CreateContainer");
+    let err = cri
+        .start_container(&bad_id)
+        .expect_err("a container with a malformed property annotation");
+    assert!(err.message().contains(key), "{}", err.message());
+    let bad_unit = format!("cri-containerd-{bad_id}.scope");
+    assert_eq!(
+        prop(&bad_unit, "LoadState"),
+        "not-found",
+        "{bad_unit} left behind"
+    );
+    cri.remove_container(&bad_id);
+
     cri.stop_pod(&pod_id);
     cri.remove_pod(&pod_id);
     for u in [&unit, &pod_unit] {

@@ -107,6 +107,8 @@ pub enum CgroupError {
         path: String,
         reason: String,
     },
+    #[error("annotation {key}: {reason}")]
+    Annotation { key: String, reason: String },
     #[error("systemd unit {unit}: {op}: {reason}")]
     Systemd {
         unit: String,

@@ -14,6 +14,10 @@
 //! runtime's own device program is attached beside systemd's (see `devfilter`): each must
 //! allow an access. Update sets the properties (`SetUnitProperties`) and the files; destroy
 //! stops the unit.
+//!
+//! As runc, the spec's `org.systemd.property.<Name>` annotations are more unit properties, set
+//! after the ones above (so they win): the value in GVariant text (see [`crate::gvariant`]), a
+//! `<name>Sec` number of seconds becoming `<name>USec`.
 
 use std::time::{Duration, Instant};
 
@@ -36,8 +40,11 @@ pub fn booted() -> bool {
     std::path::Path::new(SYSTEMD_RUN_DIR).is_dir()
 }
 
+/// Annotations naming unit properties (runc's spec conversion).
+const PROPERTY_ANNOTATION: &str = "org.systemd.property.";
+
 /// The unit a `slice:prefix:name` cgroups path names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Unit {
     /// `cri-containerd-<id>.scope`, or a slice.
     pub name: String,
@@ -45,6 +52,8 @@ pub struct Unit {
     pub slice: String,
     /// Where systemd puts its cgroup (see [`super::resolve_path`]).
     pub path: String,
+    /// Properties from `org.systemd.property.*` annotations (see [`Unit::with_annotations`]).
+    pub properties: Vec<(String, Value)>,
 }
 
 impl Unit {
@@ -81,7 +90,46 @@ impl Unit {
             name,
             slice: slice.to_string(),
             path,
+            properties: Vec::new(),
         })
+    }
+
+    /// The unit with the properties the spec's `org.systemd.property.<Name>` annotations give,
+    /// checked as runc does: a name of three or more ASCII letters, a value in GVariant text,
+    /// a number for `<name>Sec` (seconds, set as `<name>USec`).
+    pub fn with_annotations<'a>(
+        mut self,
+        annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Result<Unit, CgroupError> {
+        let mut found: Vec<(&String, &String)> = annotations
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(PROPERTY_ANNOTATION))
+            .collect();
+        found.sort();
+        for (key, text) in found {
+            let bad = |reason: String| CgroupError::Annotation {
+                key: key.clone(),
+                reason,
+            };
+            let name = &key[PROPERTY_ANNOTATION.len()..];
+            if name.len() < 3 || !name.bytes().all(|c| c.is_ascii_alphabetic()) {
+                return Err(bad(format!(
+                    "{name:?} is not a property name (three or more ASCII letters)"
+                )));
+            }
+            let mut value = crate::gvariant::parse(text).map_err(|e| bad(e.to_string()))?;
+            let mut name = name.to_string();
+            if let Some(stem) = name.strip_suffix("Sec") {
+                if stem.ends_with(|c: char| c.is_ascii_lowercase()) {
+                    value = seconds_to_usec(&value).ok_or_else(|| {
+                        bad(format!("{text:?} is not a non-negative number of seconds"))
+                    })?;
+                    name = format!("{stem}USec");
+                }
+            }
+            self.properties.push((name, value));
+        }
+        Ok(self)
     }
 
     fn is_slice(&self) -> bool {
@@ -203,6 +251,26 @@ fn parse_version(s: &str) -> u32 {
     digits.parse().unwrap_or(0)
 }
 
+/// A number of seconds as systemd's microseconds (`t`).
+fn seconds_to_usec(v: &Value) -> Option<Value> {
+    const M: u64 = 1_000_000;
+    let whole = |n: i64| u64::try_from(n).ok()?.checked_mul(M);
+    let usec = match *v {
+        Value::Byte(n) => whole(n.into()),
+        Value::I16(n) => whole(n.into()),
+        Value::U16(n) => whole(n.into()),
+        Value::I32(n) => whole(n.into()),
+        Value::U32(n) => whole(n.into()),
+        Value::I64(n) => whole(n),
+        Value::U64(n) => n.checked_mul(M),
+        Value::Double(d) if d >= 0.0 && (d * M as f64) < u64::MAX as f64 => {
+            Some((d * M as f64) as u64)
+        }
+        _ => None,
+    }?;
+    Some(Value::U64(usec))
+}
+
 fn prop(name: &str, v: Value) -> Value {
     Value::Struct(vec![Value::str(name), Value::variant(v)])
 }
@@ -254,6 +322,7 @@ pub(crate) fn start(
     list.push(prop("DefaultDependencies", Value::Bool(false)));
     list.extend(device_properties(devices)?);
     list.extend(resource_properties(resources, mode, version)?);
+    list.extend(unit.properties.iter().map(|(n, v)| prop(n, v.clone())));
     m.watch_jobs()
         .map_err(|e| failed(&unit.name, "subscribe", e))?;
     let aux = Value::Array("(sa(sv))".into(), Vec::new());
@@ -640,6 +709,7 @@ mod tests {
                 name: "pelagos-c1.scope".into(),
                 slice: "system.slice".into(),
                 path: "/system.slice/pelagos-c1.scope".into(),
+                properties: Vec::new(),
             }
         );
         assert_eq!(Unit::of(Some(":x:c1"), "c1").unwrap().slice, "system.slice");
@@ -649,6 +719,60 @@ mod tests {
         assert!(e.contains("slice:prefix:name"), "{e}");
         assert!(Unit::of(Some("nodot:x:c1"), "c1").is_err());
         assert!(Unit::of(Some("a.slice:x:../c1"), "c1").is_err());
+    }
+
+    #[test]
+    fn property_annotations_as_runc_reads_them() {
+        let ann = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let with =
+            |pairs: &[(&str, &str)]| Unit::of(None, "c1").unwrap().with_annotations(&ann(pairs));
+        let u = with(&[
+            ("org.systemd.property.TimeoutStopUSec", "uint64 123456789"),
+            ("org.systemd.property.CollectMode", "'inactive-or-failed'"),
+            ("org.systemd.property.RuntimeMaxSec", "3600"),
+            ("org.systemd.property.AccuracySec", "1.5"),
+            ("io.kubernetes.cri.container-type", "container"),
+        ])
+        .unwrap();
+        assert_eq!(
+            u.properties,
+            [
+                ("AccuracyUSec".to_string(), Value::U64(1_500_000)),
+                ("CollectMode".to_string(), Value::str("inactive-or-failed")),
+                ("RuntimeMaxUSec".to_string(), Value::U64(3_600_000_000)),
+                ("TimeoutStopUSec".to_string(), Value::U64(123_456_789)),
+            ]
+        );
+        // "Sec" after a capital is no seconds suffix (runc's rule).
+        let u = with(&[("org.systemd.property.FooSSec", "true")]).unwrap();
+        assert_eq!(u.properties, [("FooSSec".to_string(), Value::Bool(true))]);
+        for (key, value, want) in [
+            ("org.systemd.property.Bad-Name", "1", "not a property name"),
+            ("org.systemd.property.Xy", "1", "not a property name"),
+            (
+                "org.systemd.property.CollectMode",
+                "inactive",
+                "unknown word",
+            ),
+            (
+                "org.systemd.property.RuntimeMaxSec",
+                "'1h'",
+                "number of seconds",
+            ),
+            (
+                "org.systemd.property.RuntimeMaxSec",
+                "-1",
+                "number of seconds",
+            ),
+        ] {
+            let e = with(&[(key, value)]).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(want), "{key}={value}: {e}");
+        }
     }
 
     #[test]
