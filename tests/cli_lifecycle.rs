@@ -764,6 +764,79 @@ fn systemd_cgroup_makes_the_container_a_scope() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// `--systemd-cgroup` with slices: a scope in a nested slice none of whose levels exists
+/// (systemd makes them, as the path says: `a-b.slice` in `a.slice`), and a container whose
+/// cgroups path names a slice unit of its own (runc's `slice:prefix:<name>.slice`, the slice
+/// made with `Wants=` its parent). Each holds the container, takes an update, and is gone with
+/// it; the parents stay, as with runc (the test removes them).
+#[test]
+fn systemd_cgroup_nested_slices_and_a_slice_unit() {
+    if !pelagos::cgroups::systemd_booted() {
+        // systemd_cgroup_makes_the_container_a_scope checks the refusal without systemd.
+        return;
+    }
+    let cli = Cli::new();
+    let top = unique_id("pt").replace('-', "_");
+    let show = |unit: &str, p: &str| {
+        let out = Command::new("systemctl")
+            .args(["show", "-p", p, "--value", unit])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let v2 = pelagos::cgroups::mode() == pelagos::cgroups::Mode::Unified;
+    let cases = [
+        (
+            format!("{top}-a-b.slice:sc:c1"),
+            "sc-c1.scope".to_string(),
+            format!("/{top}.slice/{top}-a.slice/{top}-a-b.slice/sc-c1.scope"),
+        ),
+        (
+            format!("{top}.slice:ignored:{top}-own.slice"),
+            format!("{top}-own.slice"),
+            format!("/{top}.slice/{top}-own.slice"),
+        ),
+    ];
+    for (i, (cgroups_path, unit, path)) in cases.iter().enumerate() {
+        let id = format!("{top}-{i}");
+        let b = Bundle::new()
+            .args(&["sleep", "1000"])
+            .cgroups_path(cgroups_path);
+        let bundle = b.path().to_str().unwrap();
+        cli.detached(
+            &["--systemd-cgroup", "run", "-d", "-b", bundle, &id],
+            &b.path().join("log"),
+        );
+        assert_eq!(show(unit, "ActiveState"), "active", "{unit}");
+        assert_eq!(show(unit, "ControlGroup"), *path, "{unit}");
+        let pid = cli.state(&id)["pid"].as_i64().unwrap();
+        let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(own.lines().any(|l| l.ends_with(path.as_str())), "{own}");
+        cli.ok(&["--systemd-cgroup", "update", "--memory", "64m", &id]);
+        let property = if v2 { "MemoryMax" } else { "MemoryLimit" };
+        assert_eq!(show(unit, property), (64u64 << 20).to_string(), "{unit}");
+        cli.ok(&["delete", "--force", &id]);
+        // A stopped scope is gone from systemd; a stopped slice stays loaded, inactive, until
+        // systemd collects it (runc's delete stops it the same way).
+        assert_eq!(show(unit, "ActiveState"), "inactive", "{unit}");
+        if i == 0 {
+            assert_eq!(show(unit, "LoadState"), "not-found", "{unit}");
+        }
+        let left: Vec<PathBuf> = common::containerd::cgroup_mounts()
+            .into_iter()
+            .map(|m| m.join(path.trim_start_matches('/')))
+            .filter(|d| d.exists())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+    assert!(cli.ids().is_empty());
+    let status = Command::new("systemctl")
+        .args(["stop", &format!("{top}.slice")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 #[test]
 fn foreground_terminal_is_proxied_without_a_console_socket() {
     use std::io::Write;
