@@ -13,7 +13,7 @@
 #
 # Environment:
 #   PELAGOS_VM_ACCEL          kvm or tcg (default: kvm where /dev/kvm can run a stock kernel)
-#   PELAGOS_VM_TIMEOUT        seconds for the whole VM run (default 1500)
+#   PELAGOS_VM_TIMEOUT        seconds for the whole VM run (default 1800)
 #   PELAGOS_VM_SUITE_TIMEOUT  seconds for one test executable (default 420)
 #   PELAGOS_VM_MEM, _CPUS     guest memory and cpus (default 4G, 2)
 #   PELAGOS_VM_CACHE          kernel, initramfs and run directories (default <repo>/.work/vm)
@@ -28,7 +28,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cache="${PELAGOS_VM_CACHE:-$repo/.work/vm}"
-vm_timeout="${PELAGOS_VM_TIMEOUT:-1500}"
+vm_timeout="${PELAGOS_VM_TIMEOUT:-1800}"
 vm_mem="${PELAGOS_VM_MEM:-4G}"
 vm_cpus="${PELAGOS_VM_CPUS:-2}"
 suite_timeout="${PELAGOS_VM_SUITE_TIMEOUT:-420}"
