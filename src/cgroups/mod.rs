@@ -719,7 +719,13 @@ fn descendants_of(root: &Path, leaf: &Path) -> Vec<PathBuf> {
 fn collect_pids(dir: &Path, out: &mut Vec<i32>) -> Result<(), CgroupError> {
     let procs = match std::fs::read_to_string(dir.join("cgroup.procs")) {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // ENODEV: removed between the open and the read (systemd removes an emptied scope).
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENODEV) =>
+        {
+            return Ok(())
+        }
         Err(source) => {
             return Err(CgroupError::Read {
                 path: dir.join("cgroup.procs"),
