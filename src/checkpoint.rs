@@ -14,6 +14,8 @@ use std::process::Command;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use crate::rootfs::mountinfo;
+
 /// What to dump and how (containerd's `CheckpointOptions`, runc's `checkpoint` flags).
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointOptions {
@@ -309,14 +311,15 @@ pub(crate) fn restore(
 /// The host's cgroup hierarchies mounted under /sys/fs/cgroup (v1 controllers, unified).
 fn host_cgroup_mounts() -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split(' ').next()?;
-            let point = left.split(' ').nth(4)?;
-            (matches!(fstype, "cgroup" | "cgroup2") && point.starts_with("/sys/fs/cgroup/"))
-                .then(|| PathBuf::from(unescape(point)))
+    mountinfo::parse(&text)
+        .into_iter()
+        .filter(|m| {
+            matches!(m.fstype.as_str(), "cgroup" | "cgroup2")
+                && m.mount_point
+                    .to_string_lossy()
+                    .starts_with("/sys/fs/cgroup/")
         })
+        .map(|m| m.mount_point)
         .collect()
 }
 
@@ -402,36 +405,11 @@ pub fn external_mounts(spec: &Spec) -> Vec<String> {
 /// their root, so CRIU needs them named as external like the spec's binds.
 fn cgroup_binds(pid: i32) -> Vec<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split(' ').next()?;
-            let mut f = left.split(' ');
-            let root = f.nth(3)?;
-            let point = f.next()?;
-            (matches!(fstype, "cgroup" | "cgroup2") && root != "/").then(|| unescape(point))
-        })
+    mountinfo::parse(&text)
+        .into_iter()
+        .filter(|m| matches!(m.fstype.as_str(), "cgroup" | "cgroup2") && m.root != "/")
+        .map(|m| m.mount_point.to_string_lossy().into_owned())
         .collect()
-}
-
-/// mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Namespaces the container joined by path (a pod's network namespace): not the tree's own, so

@@ -61,6 +61,21 @@ pub struct MountSpec {
     pub options: Vec<String>,
 }
 
+impl MountSpec {
+    /// The `rootfs` mounts of a CreateTaskRequest.
+    pub fn from_request(mounts: &[containerd_shim_protos::types::mount::Mount]) -> Vec<MountSpec> {
+        mounts
+            .iter()
+            .map(|m| MountSpec {
+                fstype: m.type_.clone(),
+                source: m.source.clone(),
+                target: m.target.clone(),
+                options: m.options.clone(),
+            })
+            .collect()
+    }
+}
+
 const PROPAGATION: MsFlags = MsFlags::from_bits_truncate(
     MsFlags::MS_SHARED.bits()
         | MsFlags::MS_PRIVATE.bits()

@@ -506,16 +506,7 @@ impl Shim {
         let spec = load_spec(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
 
         let rootfs = bundle.join("rootfs");
-        let mounts: Vec<MountSpec> = req
-            .rootfs
-            .iter()
-            .map(|m| MountSpec {
-                fstype: m.type_.clone(),
-                source: m.source.clone(),
-                target: m.target.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
+        let mounts = MountSpec::from_request(&req.rootfs);
         mount::mount_all(&mounts, &rootfs).map_err(|e| status(Code::UNKNOWN, e))?;
         let undo_mounts = || {
             if !mounts.is_empty() {
