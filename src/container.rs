@@ -321,41 +321,16 @@ impl Container {
                 .unwrap_or_default(),
             spec: spec.clone(),
         };
-        // With a fork, the forked init speaks only after the helper's Forked report (see
-        // `crate::process::protocol`): until then every other message is the helper's.
-        let mut forked = !ns.fork;
-        loop {
-            let frame = recv_from_helper(&mut chan).map_err(|e| undo.explain(e.into()))?;
-            match frame {
-                Some(Frame::Msg(FromHelper::Ready)) if forked => break,
-                Some(Frame::Msg(FromHelper::Forked { pid })) if !forked => {
-                    forked = true;
-                    record.state.pid = pid;
-                    adopt_sibling(&mut chan, &mut undo, pid)?;
-                }
-                Some(Frame::Msg(FromHelper::MapRequest)) => {
-                    namespaces::write_id_maps(helper_pid, spec)?;
-                    chan.send(&ToHelper::MapsWritten)?;
-                }
-                Some(Frame::Msg(FromHelper::HooksRequest)) if forked => {
-                    let state = String::from_utf8(record.state.to_json()).expect("json is utf-8");
-                    let prestart = hooks::of(spec, |h| h.prestart().clone());
-                    hooks::run_all(&prestart, state.as_bytes()).map_err(Error::hook("prestart"))?;
-                    let create_runtime = hooks::of(spec, |h| h.create_runtime().clone());
-                    hooks::run_all(&create_runtime, state.as_bytes())
-                        .map_err(Error::hook("createRuntime"))?;
-                    chan.send(&ToHelper::HooksDone { state })?;
-                }
-                other => {
-                    let when = if forked {
-                        "before the container was ready"
-                    } else {
-                        "before reporting the forked init"
-                    };
-                    return Err(undo.explain(helper_failure(other, when)));
-                }
-            }
-        }
+        let answer = |msg: &FromHelper, pid: Option<i32>| match (msg, pid) {
+            (FromHelper::MapRequest, _) => Some(
+                namespaces::write_id_maps(helper_pid, spec)
+                    .map(|()| ToHelper::MapsWritten)
+                    .map_err(Error::from),
+            ),
+            (FromHelper::HooksRequest, Some(pid)) => Some(run_create_hooks(&record, pid)),
+            _ => None,
+        };
+        record.state.pid = serve_helper(&mut chan, &mut undo, ns.fork, Until::Ready, answer)?;
         record.init_start_time = sys::proc_stat(record.state.pid)
             .map(|s| s.start_time)
             .ok_or_else(|| Error::Init {
@@ -686,21 +661,7 @@ impl Container {
             cgroup.add_pid_in(helper_pid, &join.by_runtime)?;
             chan.send(&ToHelper::CgroupJoined)?;
         }
-        // EOF: the process exec'd (the socket is close-on-exec).
-        let mut forked = false;
-        loop {
-            match recv_from_helper(&mut chan)? {
-                None if fork && !forked => {
-                    return Err(helper_failure(None, "before reporting the forked process"))
-                }
-                None => break,
-                Some(Frame::Msg(FromHelper::Forked { pid })) if fork && !forked => {
-                    forked = true;
-                    adopt_sibling(&mut chan, &mut undo, pid)?
-                }
-                other => return Err(helper_failure(other, "before exec")),
-            }
-        }
+        serve_helper(&mut chan, &mut undo, fork, Until::Exec, |_, _| None)?;
         let (pid, pidfd) = undo.children.pop().expect("the exec'd process");
         undo.disarm();
         Ok(ExecProcess { pid, pidfd })
@@ -1017,6 +978,83 @@ fn adopt_sibling(chan: &mut Channel, undo: &mut Undo, pid: i32) -> Result<(), Er
         reaper::wait(helper, None);
     }
     Ok(())
+}
+
+/// How a helper's set-up ends: a created init reports Ready; an exec'd process closes the
+/// socket (it is close-on-exec).
+#[derive(Clone, Copy, PartialEq)]
+enum Until {
+    Ready,
+    Exec,
+}
+
+impl Until {
+    /// When a helper failed, for its error message.
+    fn when(self, forked: bool) -> &'static str {
+        match (self, forked) {
+            (Until::Ready, true) => "before the container was ready",
+            (Until::Ready, false) => "before reporting the forked init",
+            (Until::Exec, true) => "before exec",
+            (Until::Exec, false) => "before reporting the forked process",
+        }
+    }
+}
+
+/// Serves the helper until its set-up ends: adopts the process it forks (see
+/// `crate::process::protocol`: with a fork, the forked process speaks only after the helper's
+/// Forked report) and answers its requests with `answer`, which is given the forked pid once
+/// there is one and returns `None` for a message it does not expect. Returns the pid of the
+/// process set up: the forked one, or the helper itself.
+fn serve_helper(
+    chan: &mut Channel,
+    undo: &mut Undo,
+    fork: bool,
+    until: Until,
+    mut answer: impl FnMut(&FromHelper, Option<i32>) -> Option<Result<ToHelper, Error>>,
+) -> Result<i32, Error> {
+    let helper = undo
+        .children
+        .first()
+        .map(|&(pid, _)| pid)
+        .expect("the helper");
+    let mut forked = (!fork).then_some(helper);
+    loop {
+        let frame = recv_from_helper(chan).map_err(|e| undo.explain(e.into()))?;
+        match (frame, forked) {
+            (Some(Frame::Msg(FromHelper::Ready)), Some(pid)) if until == Until::Ready => {
+                return Ok(pid)
+            }
+            (None, Some(pid)) if until == Until::Exec => return Ok(pid),
+            (Some(Frame::Msg(FromHelper::Forked { pid: child })), None) => {
+                adopt_sibling(chan, undo, child)?;
+                forked = Some(child);
+            }
+            (Some(Frame::Msg(msg)), _) => match answer(&msg, forked) {
+                Some(reply) => chan.send(&reply?)?,
+                None => {
+                    let e = helper_failure(Some(Frame::Msg(msg)), until.when(forked.is_some()));
+                    return Err(undo.explain(e));
+                }
+            },
+            (other, _) => {
+                return Err(undo.explain(helper_failure(other, until.when(forked.is_some()))))
+            }
+        }
+    }
+}
+
+/// Runs the prestart and createRuntime hooks for the init `pid` (see `InitPlan::hooks_request`)
+/// and returns the state they were given, for the createContainer hooks.
+fn run_create_hooks(record: &Record, pid: i32) -> Result<ToHelper, Error> {
+    let mut state = record.state.clone();
+    state.pid = pid;
+    let state = String::from_utf8(state.to_json()).expect("json is utf-8");
+    let spec = &record.spec;
+    let prestart = hooks::of(spec, |h| h.prestart().clone());
+    hooks::run_all(&prestart, state.as_bytes()).map_err(Error::hook("prestart"))?;
+    let create_runtime = hooks::of(spec, |h| h.create_runtime().clone());
+    hooks::run_all(&create_runtime, state.as_bytes()).map_err(Error::hook("createRuntime"))?;
+    Ok(ToHelper::HooksDone { state })
 }
 
 /// Whether the kernel OOM-killed a process of the cgroup.
