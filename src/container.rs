@@ -4,7 +4,7 @@
 //!
 //! `create` checks everything it can first (id, config, seccomp, namespace files), then claims
 //! the id with mkdir of the state dir, creates the cgroup, clones the setup helper (see
-//! [`crate::process`]) and serves it (id maps, hooks) until it reports Ready. Any failure undoes
+//! `crate::process`) and serves it (id maps, hooks) until it reports Ready. Any failure undoes
 //! all of it: the processes are killed and reaped, the cgroup and the state dir removed.
 //!
 //! Processes are tracked by pidfd, so signals never reach a recycled pid. Kernel needs: pidfds

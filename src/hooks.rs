@@ -1,6 +1,6 @@
 //! OCI hooks: runs one hook with the state JSON on stdin, its args and env, and its timeout.
 //!
-//! A hook runs `path` with `args` (`args[0]` is argv[0]; with no args argv[0] is `path`) and
+//! A hook runs `path` with `args` (`args[0]` is `argv[0]`; with no args `argv[0]` is `path`) and
 //! exactly the `env` it lists; with no `env` it inherits the runtime's environment, as runc's
 //! hooks do (Go's `exec.Cmd` with a nil `Env`). Its stdout and
 //! stderr are captured (the last [`OUTPUT_CAP`] bytes each) for the error message.

@@ -103,11 +103,11 @@ impl Drop for Cli {
 
 /// Waits until `pid` has exited (it is not our child: the CLI that started it has exited).
 fn wait_exit(pidfd: &OwnedFd) {
-    assert!(pelagos::sys::pidfd_wait_exit(pidfd.as_fd(), -1));
+    assert!(pelagos::pidfd::wait_exit(pidfd.as_fd(), -1));
 }
 
 fn pidfd(pid: i64) -> OwnedFd {
-    pelagos::sys::pidfd_open(pid as i32).expect("pidfd_open of the container's init")
+    pelagos::pidfd::open(pid as i32).expect("pidfd_open of the container's init")
 }
 
 fn cgroup_exists(b: &Bundle) -> bool {
@@ -146,7 +146,7 @@ fn create_start_kill_delete_in_separate_processes() {
     assert_eq!(fs::read_to_string(&pid_file).unwrap(), pid.to_string());
     // The init outlived the CLI that created it, blocked before exec of the user process.
     let init = pidfd(pid);
-    assert!(!pelagos::sys::pidfd_exited(init.as_fd()));
+    assert!(!pelagos::pidfd::exited(init.as_fd()));
     assert_eq!(cli.ids(), vec![id.clone()]);
 
     cli.ok(&["start", &id]);
@@ -224,7 +224,7 @@ fn delete_of_a_created_container_needs_no_force() {
     );
     let init = pidfd(cli.state(&id)["pid"].as_i64().unwrap());
     cli.ok(&["delete", &id]);
-    assert!(pelagos::sys::pidfd_exited(init.as_fd()));
+    assert!(pelagos::pidfd::exited(init.as_fd()));
     assert!(cli.ids().is_empty());
     assert!(!cgroup_exists(&b));
 }
@@ -306,9 +306,9 @@ fn delete_force_kills_a_running_container() {
     let init = pidfd(st["pid"].as_i64().unwrap());
     let err = cli.fails(&["delete", &id]);
     assert!(err.contains("running"), "{err}");
-    assert!(!pelagos::sys::pidfd_exited(init.as_fd()));
+    assert!(!pelagos::pidfd::exited(init.as_fd()));
     cli.ok(&["delete", "--force", &id]);
-    assert!(pelagos::sys::pidfd_exited(init.as_fd()));
+    assert!(pelagos::pidfd::exited(init.as_fd()));
     assert!(cli.ids().is_empty());
     assert!(!cgroup_exists(&b));
     // runc: --force of a container that does not exist succeeds; without it, an error.
@@ -934,7 +934,7 @@ fn kill_all_signals_every_process_of_the_container() {
     // so only --all's reach to the rest of the cgroup ends the exec'd sleep.
     cli.ok(&["kill", "--all", &id, "SIGTERM"]);
     wait_exit(&exec);
-    assert!(!pelagos::sys::pidfd_exited(init.as_fd()));
+    assert!(!pelagos::pidfd::exited(init.as_fd()));
     cli.ok(&["kill", "--all", &id, "KILL"]);
     wait_exit(&init);
     assert_eq!(cli.state(&id)["status"], "stopped");

@@ -250,7 +250,7 @@ fn force_delete_kills_a_running_container_loaded_elsewhere() {
         .unwrap();
     // The loaded handle is in this process too, so it reaped the init it killed.
     assert!(
-        pelagos::sys::proc_stat(pid).is_none(),
+        pelagos::test_support::proc_stat(pid).is_none(),
         "init {pid} still exists"
     );
     assert!(!root.root().join(&id).exists());
@@ -265,7 +265,7 @@ fn delete_of_a_created_container_kills_its_init() {
     let pid = c.pid();
     c.delete(false).unwrap();
     assert!(
-        pelagos::sys::proc_stat(pid).is_none(),
+        pelagos::test_support::proc_stat(pid).is_none(),
         "init {pid} still exists"
     );
 }
@@ -277,8 +277,8 @@ fn an_init_that_ended_before_start_is_named_at_start() {
     let b = Bundle::new().args(&["true"]);
     let mut c = root.create(&b, Stdio::Null).unwrap();
     c.kill(libc::SIGKILL, false).unwrap();
-    let pidfd = pelagos::sys::pidfd_open(c.pid()).unwrap();
-    assert!(pelagos::sys::pidfd_wait_exit(
+    let pidfd = pelagos::pidfd::open(c.pid()).unwrap();
+    assert!(pelagos::pidfd::wait_exit(
         std::os::fd::AsFd::as_fd(&pidfd),
         5000
     ));
@@ -339,7 +339,7 @@ fn kill_all_reaches_every_process_in_the_cgroup() {
     assert_eq!(c.wait().unwrap().status, 137);
     for pid in pids {
         // The kernel may still be tearing down the namespace: wait for each to vanish.
-        while pelagos::sys::proc_stat(pid).is_some_and(|s| s.state != 'Z') {
+        while pelagos::test_support::proc_stat(pid).is_some_and(|s| s.state != 'Z') {
             std::thread::yield_now();
         }
     }
@@ -910,11 +910,11 @@ fn host_pid_namespace_exec_needs_no_fork_and_delete_kills_the_rest() {
     c.delete(true).unwrap();
     for p in pids {
         assert!(
-            pelagos::sys::proc_stat(p).is_none_or(|s| s.state == 'Z'),
+            pelagos::test_support::proc_stat(p).is_none_or(|s| s.state == 'Z'),
             "process {p} survived delete"
         );
     }
-    assert!(pelagos::sys::proc_stat(init).is_none());
+    assert!(pelagos::test_support::proc_stat(init).is_none());
 }
 
 #[test]

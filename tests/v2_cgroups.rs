@@ -23,7 +23,7 @@ use oci_spec::runtime::{
     LinuxResources, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
 };
 use pelagos::cgroups::{self, Cgroup};
-use pelagos::process::{self, Spawn};
+use pelagos::test_support::{spawn, Spawn};
 use pelagos::Stdio;
 use serde_json::json;
 
@@ -191,7 +191,7 @@ fn clone_into_cgroup_places_the_child_before_it_runs() {
     // The child blocks before exec until it gets the go byte, which it never does here: it can
     // only be in the cgroup because clone3 put it there.
     let helper = std::fs::File::open("/bin/busybox").unwrap();
-    let spawned = process::spawn(Spawn {
+    let spawned = spawn(Spawn {
         helper: helper.as_fd(),
         stdio: Stdio::Null,
         preserve_fds: Vec::new(),

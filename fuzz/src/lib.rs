@@ -20,7 +20,7 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{CodedInputStream, Message};
 use pelagos::cgroups::Mode;
 use pelagos::oci_spec::runtime::Spec;
-use pelagos::process::protocol::{Channel, FromHelper, InitPlan, Plan, ToHelper};
+use pelagos::test_support::protocol::{Channel, FromHelper, InitPlan, Plan, ToHelper};
 
 // The shim is a binary crate; its pure decoding modules are compiled in here as they are.
 #[allow(dead_code)]
@@ -354,7 +354,7 @@ fn socketpair() -> (OwnedFd, OwnedFd) {
 }
 
 /// The frames the setup helper reads (and, with the first byte odd, the runtime's reads of
-/// the helper's answers), through a real socket as in `pelagos::init`.
+/// the helper's answers), through a real socket as in the core's helper.
 pub fn helper_protocol(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
@@ -405,7 +405,7 @@ pub fn host_text(data: &[u8]) {
             let _ = pelagos::rootfs::parse_proc_cgroup(&text);
         }
         3 => {
-            let _ = pelagos::sys::parse_proc_stat(&text);
+            let _ = pelagos::test_support::parse_proc_stat(&text);
         }
         4 => {
             let (a, b) = text.split_once('\n').unwrap_or((&text, ""));
@@ -518,7 +518,7 @@ mod tests {
         let first = chan.recv::<ToHelper>().unwrap();
         assert!(matches!(
             first,
-            Some(pelagos::process::protocol::Frame::Msg(ToHelper::Plan(_)))
+            Some(pelagos::test_support::protocol::Frame::Msg(ToHelper::Plan(_)))
         ));
     }
 

@@ -2,7 +2,7 @@
 //! It runs containers in-process with the pelagos core instead of exec'ing runc.
 //!
 //! One binary, five roles, picked by argv:
-//! - the pelagos setup helper (a re-executed copy, see `pelagos::init::run_if_helper`),
+//! - the pelagos setup helper (a re-executed copy, see `pelagos::run_if_helper`),
 //! - `start`: launch or join the shim daemon and print its address,
 //! - `delete`: clean up one container after its shim is gone,
 //! - `-info`: the runtime's features for containerd's introspection (`info`),
@@ -42,7 +42,7 @@ use std::io::{Read, Write};
 pub const RUNTIME_NAME: &str = "io.containerd.pelagos.v2";
 
 fn main() {
-    pelagos::init::run_if_helper();
+    pelagos::run_if_helper();
 
     let flags = match args::parse(std::env::args().skip(1)) {
         Ok(f) => f,

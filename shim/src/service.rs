@@ -632,7 +632,7 @@ impl Shim {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .and_then(|c| c.pidfd())
-                .is_some_and(pidfd_exited);
+                .is_some_and(pelagos::pidfd::exited);
         self.claim_early_exit(&mut st, pid, init_exited);
         drop(st);
         self.changed.notify_all();
@@ -725,7 +725,7 @@ impl Shim {
             true => match pio.receive_console() {
                 Ok(()) => Ok(ep),
                 Err(e) => {
-                    let _ = pidfd_signal(&ep.pidfd, libc::SIGKILL);
+                    let _ = pelagos::pidfd::send_signal(ep.pidfd.as_fd(), libc::SIGKILL);
                     pelagos::reaper::wait(ep.pid, None);
                     Err(e.to_string())
                 }
@@ -746,7 +746,7 @@ impl Shim {
         st.life.exec_started(id, exec_id, pid);
         // Read only now, registered and under the lock: an exit the monitor reaped before
         // the registration stayed in the reaper's table, and this is its only claim.
-        let exited = pidfd_exited(ep.pidfd.as_fd());
+        let exited = pelagos::pidfd::exited(ep.pidfd.as_fd());
         if let Some(eh) =
             st.h.handles
                 .get_mut(id)
@@ -973,34 +973,6 @@ fn kill_error(e: pelagos::container::Error) -> ttrpc::Error {
     }
 }
 
-/// Whether the process behind `fd` has exited (its pidfd polls readable).
-fn pidfd_exited(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    unsafe { libc::poll(&mut p, 1, 0) == 1 }
-}
-
-fn pidfd_signal(fd: &OwnedFd, sig: i32) -> nix::Result<()> {
-    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo, no flags.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    Ok(())
-}
-
 impl Task for Shim {
     fn state(&self, _: &TtrpcContext, req: StateRequest) -> Res<StateResponse> {
         let st = self.lock_settled(&req.id);
@@ -1173,9 +1145,9 @@ impl Task for Shim {
                     .and_then(|h| h.execs.get(&req.exec_id))
                     .and_then(|e| e.pidfd.as_ref());
             return match fd {
-                Some(fd) => match pidfd_signal(fd, sig) {
+                Some(fd) => match pelagos::pidfd::send_signal(fd.as_fd(), sig) {
                     Ok(()) => Ok(Empty::new()),
-                    Err(nix::errno::Errno::ESRCH) => {
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                         Err(status(Code::NOT_FOUND, "process already finished"))
                     }
                     Err(e) => Err(status(Code::UNKNOWN, format!("kill exec: {e}"))),

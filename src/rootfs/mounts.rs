@@ -485,7 +485,7 @@ fn own_cgroups() -> Result<Vec<(Vec<String>, String)>, RootfsError> {
     Ok(parse_proc_cgroup(&text))
 }
 
-/// Parses /proc/<pid>/cgroup into (subsystems, path).
+/// Parses `/proc/<pid>/cgroup` into (subsystems, path).
 pub fn parse_proc_cgroup(text: &str) -> Vec<(Vec<String>, String)> {
     text.lines()
         .filter_map(|l| {

@@ -18,9 +18,7 @@ use containerd_shim_protos::shim::shim::{CheckpointTaskRequest, CreateTaskReques
 use pelagos::checkpoint::{CheckpointOptions, RestoreOptions, DUMP_LOG};
 use ttrpc::Code;
 
-use super::{
-    has_private_pid_ns, load_spec, pidfd_exited, status, task_io, ContainerCell, Handles, Res, Shim,
-};
+use super::{has_private_pid_ns, load_spec, status, task_io, ContainerCell, Handles, Res, Shim};
 use crate::io::{LoggerContext, ProcessIo, StdioConfig};
 use crate::lifecycle::{LifecycleError, Status};
 use crate::mount::{self, MountSpec};
@@ -264,7 +262,7 @@ impl Shim {
             }
         };
         let pid = c.pid();
-        let exited = c.pidfd().is_some_and(pidfd_exited);
+        let exited = c.pidfd().is_some_and(pelagos::pidfd::exited);
         *cell.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
         let mut st = self.lock();
         st.life.restored(id, pid);

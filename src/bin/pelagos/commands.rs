@@ -289,7 +289,7 @@ fn forward_signals(
                 crate::tty::copy_window_size(m.as_fd());
                 continue;
             }
-            if let Err(e) = pelagos::sys::pidfd_send_signal(pidfd.as_fd(), sig as i32) {
+            if let Err(e) = pelagos::pidfd::send_signal(pidfd.as_fd(), sig as i32) {
                 log::debug!("forward {sig}: {e}");
                 return;
             }
@@ -457,7 +457,7 @@ fn exec(config: &Config, rest: &[String]) -> Result<i32> {
         Ok(m) => m,
         Err(e) => {
             // Nobody would know of the process: it goes.
-            let _ = pelagos::sys::pidfd_send_signal(proc.pidfd.as_fd(), libc::SIGKILL);
+            let _ = pelagos::pidfd::send_signal(proc.pidfd.as_fd(), libc::SIGKILL);
             return Err(e);
         }
     };
@@ -471,7 +471,7 @@ fn exec(config: &Config, rest: &[String]) -> Result<i32> {
         let _raw = crate::tty::RawMode::enter();
         crate::tty::proxy(m);
     }
-    if pelagos::sys::pidfd_is_unreaped_child(proc.pidfd.as_fd()) {
+    if pelagos::pidfd::is_unreaped_child(proc.pidfd.as_fd()) {
         if let Some(exit) = pelagos::reaper::wait(proc.pid, None) {
             return Ok(exit.status);
         }

@@ -5,7 +5,7 @@
 //! ...`), as go-runc passes them. State lives under `--root` and outlives this process: a
 //! container's liveness is read from the kernel (pidfd and start time), so no process stays
 //! behind per container. The binary is also the core's setup helper (see
-//! `pelagos::init::run_if_helper`).
+//! `pelagos::run_if_helper`).
 
 mod args;
 mod commands;
@@ -66,7 +66,7 @@ fn open_fds() -> Vec<i32> {
 }
 
 fn main() {
-    pelagos::init::run_if_helper();
+    pelagos::run_if_helper();
     let _ = INHERITED_FDS.set(open_fds());
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // Global flags end at the command name.
