@@ -141,11 +141,27 @@ pub struct Task {
     ended_before_start: Option<Exit>,
 }
 
+/// A process of a task as containerd's requests name it: the init by the empty exec id.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Which<'a> {
+    Init,
+    Exec(&'a str),
+}
+
+impl<'a> Which<'a> {
+    pub fn of(exec_id: &'a str) -> Which<'a> {
+        match exec_id {
+            "" => Which::Init,
+            e => Which::Exec(e),
+        }
+    }
+}
+
 impl Task {
     pub fn proc(&self, exec_id: &str) -> Result<&Proc, LifecycleError> {
-        if exec_id.is_empty() {
+        let Which::Exec(exec_id) = Which::of(exec_id) else {
             return Ok(&self.init);
-        }
+        };
         self.execs
             .get(exec_id)
             .ok_or_else(|| LifecycleError::ExecNotFound {

@@ -31,11 +31,12 @@ use ttrpc::{Code, TtrpcContext};
 
 use crate::events::{timestamp, Event, Publisher};
 use crate::io::{DrainWaiter, IoLoop, LoggerContext, Outputs, ProcessIo, StdioConfig};
-use crate::lifecycle::{Action, Lifecycle, LifecycleError, Sink, Status};
+use crate::lifecycle::{Action, Lifecycle, LifecycleError, Sink, Status, Which};
 use crate::mount::{self, MountSpec};
 use crate::{metrics, options};
 
 mod checkpoint;
+mod task;
 
 /// How long Delete waits for a process's output to be copied out.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,6 +87,70 @@ pub enum ServiceError {
     Spec { path: PathBuf, reason: String },
     #[error(transparent)]
     BadSpec(#[from] pelagos::spec::SpecError),
+    #[error(transparent)]
+    Core(#[from] pelagos::container::Error),
+    #[error(transparent)]
+    Io(#[from] crate::io::IoError),
+    /// A Delete took the container while the call waited for it.
+    #[error("container is gone")]
+    Gone,
+}
+
+/// Runs `f` on the container in `cell` (see [`ServiceError::Gone`]).
+fn with_container<T>(
+    cell: &ContainerCell,
+    f: impl FnOnce(&pelagos::Container) -> Result<T, pelagos::container::Error>,
+) -> Result<T, ServiceError> {
+    match cell.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        Some(c) => Ok(f(c)?),
+        None => Err(ServiceError::Gone),
+    }
+}
+
+/// containerd's rootfs mounts (Create's `rootfs`) on the bundle's rootfs: unmounted when
+/// dropped, unless kept for the container's Delete.
+struct RootfsMounts {
+    target: Option<PathBuf>,
+    id: String,
+}
+
+impl RootfsMounts {
+    fn mount(req: &CreateTaskRequest) -> Result<RootfsMounts, mount::MountError> {
+        let target = PathBuf::from(&req.bundle).join("rootfs");
+        let mounts = MountSpec::from_request(&req.rootfs);
+        mount::mount_all(&mounts, &target)?;
+        Ok(RootfsMounts {
+            target: (!mounts.is_empty()).then_some(target),
+            id: req.id.clone(),
+        })
+    }
+
+    /// What Delete unmounts (nothing when containerd mounted the rootfs itself).
+    fn keep(mut self) -> Option<PathBuf> {
+        self.target.take()
+    }
+}
+
+impl Drop for RootfsMounts {
+    fn drop(&mut self) {
+        if let Some(target) = self.target.take() {
+            if let Err(e) = mount::unmount_recursive(&target) {
+                log::warn!("container {}: {e}", self.id);
+            }
+        }
+    }
+}
+
+/// What a Create sets up before the container, also for one restored from a checkpoint: its
+/// options and spec, the rootfs mounts and the stdio. Dropped, the stdio is closed, then the
+/// rootfs unmounted.
+struct Prepared {
+    opts: options::Options,
+    spec: Spec,
+    stdio_cfg: StdioConfig,
+    pio: ProcessIo,
+    stdio: pelagos::Stdio,
+    mounts: RootfsMounts,
 }
 
 /// An error as containerd's Go shims send it: the message of one of containerd's error
@@ -239,6 +304,16 @@ struct Handles {
     namespaces: Arc<Mutex<Vec<OwnedFd>>>,
     /// A Create from a checkpoint: restored at Start (see `checkpoint`).
     restore: Option<checkpoint::PendingRestore>,
+}
+
+impl Handles {
+    /// The stdio of one of the task's processes, once it has one.
+    fn io(&self, which: Which<'_>) -> Option<&ProcessIo> {
+        match which {
+            Which::Init => self.init_io.as_ref(),
+            Which::Exec(exec_id) => self.execs.get(exec_id).and_then(|e| e.io.as_ref()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -498,24 +573,13 @@ impl Shim {
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()).into())
     }
 
-    fn do_create(&self, req: &CreateTaskRequest) -> Res<i32> {
-        let id = req.id.clone();
-        let bundle = PathBuf::from(&req.bundle);
+    /// The first steps of every Create (see [`Prepared`]).
+    fn prepare_create(&self, req: &CreateTaskRequest) -> Res<Prepared> {
         let opts =
             options::decode(req.options.as_ref()).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
-        let spec = load_spec(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
-
-        let rootfs = bundle.join("rootfs");
-        let mounts = MountSpec::from_request(&req.rootfs);
-        mount::mount_all(&mounts, &rootfs).map_err(|e| status(Code::UNKNOWN, e))?;
-        let undo_mounts = || {
-            if !mounts.is_empty() {
-                if let Err(e) = mount::unmount_recursive(&rootfs) {
-                    log::warn!("container {id}: {e}");
-                }
-            }
-        };
-
+        let spec = load_spec(std::path::Path::new(&req.bundle))
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        let mounts = RootfsMounts::mount(req).map_err(|e| status(Code::UNKNOWN, e))?;
         let stdio_cfg = StdioConfig {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -524,57 +588,61 @@ impl Shim {
         };
         let ctx = LoggerContext {
             namespace: self.namespace.clone(),
-            id: id.clone(),
+            id: req.id.clone(),
         };
-        let (mut pio, stdio) = match ProcessIo::open(&self.io, &stdio_cfg, &ctx) {
-            Ok(x) => x,
-            Err(e) => {
-                undo_mounts();
-                return Err(status(Code::UNKNOWN, e));
-            }
-        };
+        let (pio, stdio) =
+            ProcessIo::open(&self.io, &stdio_cfg, &ctx).map_err(|e| status(Code::UNKNOWN, e))?;
+        Ok(Prepared {
+            opts,
+            spec,
+            stdio_cfg,
+            pio,
+            stdio,
+            mounts,
+        })
+    }
+
+    fn do_create(&self, req: &CreateTaskRequest) -> Res<i32> {
+        let id = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
+        let Prepared {
+            opts,
+            spec,
+            stdio_cfg,
+            mut pio,
+            stdio,
+            mounts,
+        } = self.prepare_create(req)?;
         // The cgroup driver is the container's choice (its runtime options), as with runc.
         let config = pelagos::Config {
             systemd_cgroup: opts.systemd_cgroup,
             ..self.config.clone()
         };
-        let created = pelagos::Container::create(
-            &config,
-            pelagos::CreateOptions {
-                id: id.clone(),
-                bundle: bundle.clone(),
-                stdio,
-                no_pivot: opts.no_pivot_root,
-                preserve_fds: Vec::new(),
-            },
-        );
-        // The pty (sized from process.consoleSize by the container's setup) is in the
-        // container's devpts; its master came back over the console socket.
-        let created = created
-            .map_err(|e| e.to_string())
-            .and_then(|c| match req.terminal {
-                false => Ok(c),
-                true => match pio.receive_console() {
-                    Ok(()) => Ok(c),
-                    Err(e) => {
-                        if let Err(d) = c.delete(true) {
-                            log::warn!("container {id}: delete after a console failure: {d}");
-                        }
-                        Err(e.to_string())
-                    }
+        let create = || -> Result<pelagos::Container, ServiceError> {
+            let c = pelagos::Container::create(
+                &config,
+                pelagos::CreateOptions {
+                    id: id.clone(),
+                    bundle: bundle.clone(),
+                    stdio,
+                    no_pivot: opts.no_pivot_root,
+                    preserve_fds: Vec::new(),
                 },
-            });
-        let mut container = match created {
-            Ok(c) => c,
-            Err(e) => {
-                pio.shutdown();
-                undo_mounts();
-                return Err(status(
-                    Code::UNKNOWN,
-                    format!("OCI runtime create failed: {e}"),
-                ));
+            )?;
+            // The pty (sized from process.consoleSize by the container's setup) is in the
+            // container's devpts; its master came back over the console socket.
+            if req.terminal {
+                if let Err(e) = pio.receive_console() {
+                    if let Err(d) = c.delete(true) {
+                        log::warn!("container {id}: delete after a console failure: {d}");
+                    }
+                    return Err(e.into());
+                }
             }
+            Ok(c)
         };
+        let mut container = create()
+            .map_err(|e| status(Code::UNKNOWN, format!("OCI runtime create failed: {e}")))?;
         let pid = container.pid();
         let namespaces = Arc::new(Mutex::new(container.take_namespaces()));
         let oom = match container.cgroup().map(|c| c.oom_watch()) {
@@ -610,7 +678,7 @@ impl Shim {
                 container: Arc::new(RwLock::new(Some(container))),
                 init_io: Some(pio),
                 execs: HashMap::new(),
-                rootfs: (!mounts.is_empty()).then_some(rootfs),
+                rootfs: mounts.keep(),
                 oom,
                 namespaces,
                 restore: None,
@@ -646,20 +714,13 @@ impl Shim {
             let pid = st.life.begin_start(id)?;
             (pid, st.h.of(id)?.container.clone())
         };
-        // (whether the core found the init gone before start, its error)
         let restored = self.restore_at_start(id, &cell);
-        let result = if let Some(r) = restored {
-            r.map_err(|e| (false, e))
-        } else {
-            let mut guard = cell.write().unwrap_or_else(|e| e.into_inner());
-            match guard.as_mut() {
-                Some(c) => c.start().map_err(|e| {
-                    let gone = matches!(e, pelagos::container::Error::EndedBeforeStart { .. });
-                    (gone, e.to_string())
-                }),
-                None => Err((false, "container is gone".to_owned())),
+        let result = restored.unwrap_or_else(|| {
+            match cell.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                Some(c) => Ok(c.start()?),
+                None => Err(ServiceError::Gone),
             }
-        };
+        });
         let mut st = self.lock();
         let State { life, h } = &mut *st;
         let mut final_check = |i: &str| final_oom(h, i);
@@ -675,13 +736,16 @@ impl Shim {
                 ..Default::default()
             }),
             // The core could not read how it ended (the reaping loop took the exit): say it.
-            (Err((true, _)), Some(exit)) => Err(LifecycleError::EndedBeforeStart {
+            (
+                Err(ServiceError::Core(pelagos::container::Error::EndedBeforeStart { .. })),
+                Some(exit),
+            ) => Err(LifecycleError::EndedBeforeStart {
                 id: id.to_owned(),
                 pid: exit.pid,
                 status: exit.status,
             }
             .into()),
-            (Err((_, e)), _) => Err(status(
+            (Err(e), _) => Err(status(
                 Code::UNKNOWN,
                 format!("OCI runtime start failed: {e}"),
             )),
@@ -712,13 +776,7 @@ impl Shim {
         };
         let (mut pio, stdio) = ProcessIo::open(&self.io, &stdio_cfg, &ctx)
             .map_err(|e| fail(status(Code::UNKNOWN, e)))?;
-        let result = {
-            let guard = cell.read().unwrap_or_else(|e| e.into_inner());
-            match guard.as_ref() {
-                Some(c) => c.exec(&spec, stdio).map_err(|e| e.to_string()),
-                None => Err("container is gone".to_owned()),
-            }
-        };
+        let result = with_container(&cell, |c| c.exec(&spec, stdio));
         // As for create: the master of the pty made in the container's devpts.
         let result = result.and_then(|ep| match stdio_cfg.terminal {
             false => Ok(ep),
@@ -727,7 +785,7 @@ impl Shim {
                 Err(e) => {
                     let _ = pelagos::pidfd::send_signal(ep.pidfd.as_fd(), libc::SIGKILL);
                     pelagos::reaper::wait(ep.pid, None);
-                    Err(e.to_string())
+                    Err(e.into())
                 }
             },
         });
@@ -970,389 +1028,6 @@ fn kill_error(e: pelagos::container::Error) -> ttrpc::Error {
             status(Code::NOT_FOUND, "process already finished")
         }
         e => status(Code::UNKNOWN, format!("unknown error after kill: {e}")),
-    }
-}
-
-impl Task for Shim {
-    fn state(&self, _: &TtrpcContext, req: StateRequest) -> Res<StateResponse> {
-        let st = self.lock_settled(&req.id);
-        let t = st.life.get(&req.id)?;
-        let p = t.proc(&req.exec_id)?;
-        let (exit_status, exited_at) = match p.exit {
-            Some(e) => (e.status as u32, Some(timestamp(e.at)).into()),
-            None => (0, None.into()),
-        };
-        Ok(StateResponse {
-            id: req.id.clone(),
-            bundle: t.bundle.display().to_string(),
-            pid: p.pid.max(0) as u32,
-            status: EnumOrUnknown::new(api_status(p.status)),
-            stdin: p.io.stdin.clone(),
-            stdout: p.io.stdout.clone(),
-            stderr: p.io.stderr.clone(),
-            terminal: p.io.terminal,
-            exit_status,
-            exited_at,
-            exec_id: req.exec_id.clone(),
-            ..Default::default()
-        })
-    }
-
-    fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> Res<CreateTaskResponse> {
-        if req.id.is_empty() {
-            return Err(status(Code::INVALID_ARGUMENT, "create: empty container id"));
-        }
-        // Before the request's rootfs mounts and stdio paths are touched, not only in the core.
-        if let Err(e) = pelagos::container::validate_id(&req.id) {
-            return Err(status(Code::INVALID_ARGUMENT, format!("create: {e}")));
-        }
-        self.lock().life.reserve(&req.id)?;
-        crate::failpoint::hit("Create", &req.id, "");
-        let created = match req.checkpoint.is_empty() {
-            true => self.do_create(&req),
-            false => self.do_create_restore(&req),
-        };
-        match created {
-            Ok(pid) => Ok(CreateTaskResponse {
-                pid: pid as u32,
-                ..Default::default()
-            }),
-            Err(e) => {
-                {
-                    let mut st = self.lock();
-                    st.life.unreserve(&req.id);
-                    if st.life.is_empty() {
-                        st.h.emptied_at = Some(std::time::Instant::now());
-                    }
-                }
-                self.changed.notify_all();
-                self.exit.wake();
-                log::error!("container {}: create: {e:?}", req.id);
-                Err(e)
-            }
-        }
-    }
-
-    fn start(&self, _: &TtrpcContext, req: StartRequest) -> Res<StartResponse> {
-        crate::failpoint::hit("Start", &req.id, &req.exec_id);
-        if req.exec_id.is_empty() {
-            self.start_init(&req.id)
-        } else {
-            self.start_exec(&req.id, &req.exec_id)
-        }
-    }
-
-    fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> Res<DeleteResponse> {
-        crate::failpoint::hit("Delete", &req.id, &req.exec_id);
-        if req.exec_id.is_empty() {
-            self.delete_init(&req.id)
-        } else {
-            self.delete_exec(&req.id, &req.exec_id)
-        }
-    }
-
-    fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> Res<PidsResponse> {
-        let cell = self.container(&req.id)?;
-        let pids = {
-            let guard = cell.read().unwrap_or_else(|e| e.into_inner());
-            let c = guard
-                .as_ref()
-                .ok_or_else(|| ttrpc::Error::from(LifecycleError::NotFound(req.id.clone())))?;
-            match c.cgroup() {
-                Some(cg) => cg.pids().map_err(|e| status(Code::UNKNOWN, e))?,
-                None => vec![c.pid()],
-            }
-        };
-        let st = self.lock();
-        let t = st.life.get(&req.id)?;
-        let mut processes = Vec::with_capacity(pids.len());
-        for pid in pids {
-            let mut info = ProcessInfo {
-                pid: pid as u32,
-                ..Default::default()
-            };
-            if let Some(exec_id) = t.exec_of(pid) {
-                let d = ProcessDetails {
-                    exec_id: exec_id.to_owned(),
-                    ..Default::default()
-                };
-                info.info = Some(pack(&d)?).into();
-            }
-            processes.push(info);
-        }
-        Ok(PidsResponse {
-            processes,
-            ..Default::default()
-        })
-    }
-
-    fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> Res<Empty> {
-        let cell = {
-            let mut st = self.lock();
-            st.life.begin_pause(&req.id)?;
-            st.h.of(&req.id)?.container.clone()
-        };
-        let result = cell
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|c| c.pause().map_err(|e| e.to_string()))
-            .unwrap_or_else(|| Err("container is gone".into()));
-        self.lock().life.paused(&req.id, result.is_ok());
-        self.changed.notify_all();
-        result.map_err(|e| status(Code::UNKNOWN, e))?;
-        Ok(Empty::new())
-    }
-
-    fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> Res<Empty> {
-        let cell = {
-            let st = self.lock();
-            st.life.check_resume(&req.id)?;
-            st.h.of(&req.id)?.container.clone()
-        };
-        cell.read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|c| c.resume().map_err(|e| e.to_string()))
-            .unwrap_or_else(|| Err("container is gone".into()))
-            .map_err(|e| status(Code::UNKNOWN, e))?;
-        self.lock().life.resumed(&req.id);
-        self.changed.notify_all();
-        Ok(Empty::new())
-    }
-
-    fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> Res<Empty> {
-        self.do_checkpoint(&req)?;
-        Ok(Empty::new())
-    }
-
-    fn kill(&self, _: &TtrpcContext, req: KillRequest) -> Res<Empty> {
-        let sig = req.signal as i32;
-        if !req.exec_id.is_empty() {
-            let st = self.lock();
-            let t = st.life.get(&req.id)?;
-            let p = t.proc(&req.exec_id)?;
-            match p.status {
-                Status::Created => {
-                    return Err(status(Code::FAILED_PRECONDITION, "process not created"))
-                }
-                Status::Stopped => return Err(status(Code::NOT_FOUND, "process already finished")),
-                _ => {}
-            }
-            let fd =
-                st.h.handles
-                    .get(&req.id)
-                    .and_then(|h| h.execs.get(&req.exec_id))
-                    .and_then(|e| e.pidfd.as_ref());
-            return match fd {
-                Some(fd) => match pelagos::pidfd::send_signal(fd.as_fd(), sig) {
-                    Ok(()) => Ok(Empty::new()),
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                        Err(status(Code::NOT_FOUND, "process already finished"))
-                    }
-                    Err(e) => Err(status(Code::UNKNOWN, format!("kill exec: {e}"))),
-                },
-                None => Err(status(Code::FAILED_PRECONDITION, "process not created")),
-            };
-        }
-        let cell = {
-            let st = self.lock();
-            let t = st.life.get(&req.id)?;
-            // With `all`, what is left in the cgroup still gets the signal (runc's `kill --all`).
-            if (t.init_reaped() || t.init.status == Status::Stopped) && !req.all {
-                return Err(status(Code::NOT_FOUND, "process already finished"));
-            }
-            st.h.of(&req.id)?.container.clone()
-        };
-        let guard = cell.read().unwrap_or_else(|e| e.into_inner());
-        match guard.as_ref() {
-            Some(c) => c.kill(sig, req.all).map_err(kill_error)?,
-            None if req.all => {}
-            None => return Err(status(Code::NOT_FOUND, "process already finished")),
-        }
-        Ok(Empty::new())
-    }
-
-    fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> Res<Empty> {
-        if req.exec_id.is_empty() {
-            return Err(status(Code::INVALID_ARGUMENT, "exec: empty exec id"));
-        }
-        crate::failpoint::hit("Exec", &req.id, &req.exec_id);
-        let spec_any = req
-            .spec
-            .as_ref()
-            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "exec: no process spec"))?;
-        let mut spec: Process = serde_json::from_slice(&spec_any.value).map_err(|e| {
-            status(
-                Code::INVALID_ARGUMENT,
-                format!("exec: process spec ({}): {e}", spec_any.type_url),
-            )
-        })?;
-        spec.set_terminal(Some(req.terminal));
-        let stdio = StdioConfig {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let mut st = self.lock();
-        st.life.add_exec(&req.id, &req.exec_id, task_io(&stdio))?;
-        if let Some(h) = st.h.handles.get_mut(&req.id) {
-            h.execs.insert(
-                req.exec_id.clone(),
-                ExecHandles {
-                    spec,
-                    stdio,
-                    io: None,
-                    pidfd: None,
-                },
-            );
-        }
-        Ok(Empty::new())
-    }
-
-    fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> Res<Empty> {
-        let st = self.lock();
-        st.life.get(&req.id)?.proc(&req.exec_id)?;
-        let h = st.h.of(&req.id)?;
-        let io = if req.exec_id.is_empty() {
-            h.init_io.as_ref()
-        } else {
-            h.execs.get(&req.exec_id).and_then(|e| e.io.as_ref())
-        };
-        if let Some(io) = io {
-            io.resize(req.width as u16, req.height as u16)
-                .map_err(|e| status(Code::UNKNOWN, e))?;
-        }
-        Ok(Empty::new())
-    }
-
-    fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> Res<Empty> {
-        let st = self.lock();
-        st.life.get(&req.id)?.proc(&req.exec_id)?;
-        let h = st.h.of(&req.id)?;
-        let io = if req.exec_id.is_empty() {
-            h.init_io.as_ref()
-        } else {
-            h.execs.get(&req.exec_id).and_then(|e| e.io.as_ref())
-        };
-        if let Some(io) = io {
-            io.close_stdin();
-        }
-        Ok(Empty::new())
-    }
-
-    fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> Res<Empty> {
-        let resources: LinuxResources = match req.resources.as_ref() {
-            Some(any) => serde_json::from_slice(&any.value).map_err(|e| {
-                status(
-                    Code::INVALID_ARGUMENT,
-                    format!("update: resources ({}): {e}", any.type_url),
-                )
-            })?,
-            None => return Err(status(Code::INVALID_ARGUMENT, "update: no resources")),
-        };
-        let cell = {
-            let st = self.lock();
-            let t = st.life.get(&req.id)?;
-            if t.init.status == Status::Stopped || t.init_reaped() {
-                return Err(status(Code::UNKNOWN, "cannot update a stopped container"));
-            }
-            st.h.of(&req.id)?.container.clone()
-        };
-        let guard = cell.read().unwrap_or_else(|e| e.into_inner());
-        match guard.as_ref() {
-            Some(c) => c
-                .update(&resources)
-                .map_err(|e| status(Code::UNKNOWN, format!("update: {e}")))?,
-            None => return Err(status(Code::NOT_FOUND, "container is gone")),
-        }
-        Ok(Empty::new())
-    }
-
-    fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> Res<WaitResponse> {
-        let mut st = self.lock();
-        let mut checked = std::time::Instant::now();
-        loop {
-            let p = st.life.get(&req.id)?.proc(&req.exec_id)?;
-            if p.status == Status::Stopped {
-                let e = p.exit.unwrap_or(Exit {
-                    pid: p.pid,
-                    status: 0,
-                    at: SystemTime::now(),
-                });
-                return Ok(WaitResponse {
-                    exit_status: e.status as u32,
-                    exited_at: Some(timestamp(e.at)).into(),
-                    ..Default::default()
-                });
-            }
-            st = self
-                .changed
-                .wait_timeout(st, WAIT_PEER_CHECK)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            // A Wait outlives the containerd that asked when it is killed (CRI keeps one
-            // pending per task): the call holds the connection and its threads until it
-            // returns, so a shim would keep two dead connections per containerd restart.
-            if checked.elapsed() >= WAIT_PEER_CHECK {
-                if peer_gone(ctx.fd) {
-                    return Err(status(Code::CANCELLED, "wait: the client has gone"));
-                }
-                checked = std::time::Instant::now();
-            }
-        }
-    }
-
-    fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> Res<StatsResponse> {
-        let cell = self.container(&req.id)?;
-        let stats = {
-            let guard = cell.read().unwrap_or_else(|e| e.into_inner());
-            let cg = guard
-                .as_ref()
-                .and_then(|c| c.cgroup())
-                .ok_or_else(|| status(Code::NOT_FOUND, "cgroup does not exist"))?;
-            cg.stats()
-        };
-        let any = metrics::to_any(&stats).map_err(|e| status(Code::INTERNAL, e))?;
-        Ok(StatsResponse {
-            stats: Some(any).into(),
-            ..Default::default()
-        })
-    }
-
-    fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> Res<ConnectResponse> {
-        let st = self.lock();
-        let task_pid = st.life.get(&req.id).map(|t| t.init.pid).unwrap_or(0);
-        Ok(ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid: task_pid.max(0) as u32,
-            ..Default::default()
-        })
-    }
-
-    fn shutdown(&self, ctx: &TtrpcContext, req: ShutdownRequest) -> Res<Empty> {
-        let mut st = self.lock();
-        if st.h.awaiting_shutdown.remove(&req.id) {
-            self.changed.notify_all();
-        }
-        // A Create in flight decides: like the runc shim, whose Create holds its lock.
-        while st.life.creating() {
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        if !st.life.is_empty() {
-            return Ok(Empty::new());
-        }
-        drop(st);
-        log::info!("shutdown: no containers left");
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on the connection's fd, which ttrpc keeps open for
-        // the duration of this call; the duplicate is ours.
-        let conn = unsafe {
-            let fd = libc::fcntl(ctx.fd, libc::F_DUPFD_CLOEXEC, 3);
-            (fd >= 0).then(|| std::os::fd::FromRawFd::from_raw_fd(fd))
-        };
-        self.exit.trigger(conn);
-        Ok(Empty::new())
     }
 }
 

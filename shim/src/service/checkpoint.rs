@@ -18,11 +18,11 @@ use containerd_shim_protos::shim::shim::{CheckpointTaskRequest, CreateTaskReques
 use pelagos::checkpoint::{CheckpointOptions, RestoreOptions, DUMP_LOG};
 use ttrpc::Code;
 
-use super::{has_private_pid_ns, load_spec, status, task_io, ContainerCell, Handles, Res, Shim};
-use crate::io::{LoggerContext, ProcessIo, StdioConfig};
+use super::{
+    has_private_pid_ns, status, task_io, with_container, ContainerCell, Handles, Prepared, Res,
+    ServiceError, Shim,
+};
 use crate::lifecycle::{LifecycleError, Status};
-use crate::mount::{self, MountSpec};
-use crate::options;
 
 const OPTIONS_URL: &str = "containerd.runc.v1.CheckpointOptions";
 /// What ctr sends for a runtime that is not runc's: the v1 runtime's message, same fields.
@@ -120,12 +120,7 @@ impl Shim {
             cgroups_mode: (!api.cgroups_mode.is_empty()).then(|| api.cgroups_mode.clone()),
             criu: None,
         };
-        let result = cell
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|c| c.checkpoint(&opts).map_err(|e| e.to_string()))
-            .unwrap_or_else(|| Err("container is gone".into()));
+        let result = with_container(&cell, |c| c.checkpoint(&opts));
         let result = result.map_err(|e| {
             let kept = keep_log(&work, &bundle);
             log::error!("container {}: {e}", req.id);
@@ -159,41 +154,22 @@ impl Shim {
     /// Create with `checkpoint`: the rootfs is mounted and the stdio opened now; the task is
     /// created with pid 0 and the checkpoint named in TaskCreate, as runc's shim does.
     pub(super) fn do_create_restore(&self, req: &CreateTaskRequest) -> Res<i32> {
-        let id = req.id.clone();
-        let bundle = PathBuf::from(&req.bundle);
-        let opts =
-            options::decode(req.options.as_ref()).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
         if req.terminal {
             return Err(status(
                 Code::INVALID_ARGUMENT,
                 "create: restore from a checkpoint with a terminal is not supported",
             ));
         }
-        let spec = load_spec(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
-        let rootfs = bundle.join("rootfs");
-        let mounts = MountSpec::from_request(&req.rootfs);
-        mount::mount_all(&mounts, &rootfs).map_err(|e| status(Code::UNKNOWN, e))?;
-        let stdio_cfg = StdioConfig {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let ctx = LoggerContext {
-            namespace: self.namespace.clone(),
-            id: id.clone(),
-        };
-        let (pio, stdio) = match ProcessIo::open(&self.io, &stdio_cfg, &ctx) {
-            Ok(x) => x,
-            Err(e) => {
-                if !mounts.is_empty() {
-                    if let Err(u) = mount::unmount_recursive(&rootfs) {
-                        log::warn!("container {id}: {u}");
-                    }
-                }
-                return Err(status(Code::UNKNOWN, e));
-            }
-        };
+        let id = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
+        let Prepared {
+            opts,
+            spec,
+            stdio_cfg,
+            pio,
+            stdio,
+            mounts,
+        } = self.prepare_create(req)?;
         let pending = PendingRestore {
             config: pelagos::Config {
                 systemd_cgroup: opts.systemd_cgroup,
@@ -214,7 +190,7 @@ impl Shim {
                 container: Arc::new(RwLock::new(None)),
                 init_io: Some(pio),
                 execs: HashMap::new(),
-                rootfs: (!mounts.is_empty()).then_some(rootfs),
+                rootfs: mounts.keep(),
                 oom: None,
                 namespaces: Arc::new(Mutex::new(Vec::new())),
                 restore: Some(pending),
@@ -241,7 +217,7 @@ impl Shim {
         &self,
         id: &str,
         cell: &ContainerCell,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<Result<(), ServiceError>> {
         let pending = self.lock().h.handles.get_mut(id)?.restore.take()?;
         let restored = pelagos::Container::restore(
             &pending.config,
@@ -258,7 +234,7 @@ impl Shim {
             Ok(c) => c,
             Err(e) => {
                 log::error!("container {id}: {e}");
-                return Some(Err(e.to_string()));
+                return Some(Err(e.into()));
             }
         };
         let pid = c.pid();
