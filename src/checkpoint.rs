@@ -3,7 +3,8 @@
 //! and the namespaces it joined (external to the tree) described to CRIU. The images land in the
 //! caller's directory with `descriptors.json` (what the init's stdio were). `criu restore`
 //! brings the tree back into a new container (its own cgroup, the bundle's rootfs), the
-//! recorded stdio pipes replaced by the caller's.
+//! recorded stdio pipes replaced by the caller's, and a dumped terminal (a slave whose master
+//! was outside the tree) by CRIU's stdin as a shell job's.
 //!
 //! CRIU is driven through its command line, not its `swrk` RPC: every option needed here is a
 //! flag, the failure is in the log file quoted back, and the RPC would need CRIU's protobuf
@@ -200,6 +201,18 @@ pub(crate) struct RestoreTarget<'a> {
     /// The new cgroup's path below each hierarchy's root.
     pub cgroup_path: &'a str,
     pub pidfile: &'a Path,
+    pub tty: TtyStdin,
+}
+
+/// What CRIU's stdin is on a restore: a dumped terminal becomes it (`--shell-job`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtyStdin {
+    /// Not a terminal.
+    None,
+    /// The caller's own terminal (`pelagos restore` run on one).
+    Inherited,
+    /// A new pty made for a restore that asked for a terminal (a console socket).
+    Requested,
 }
 
 /// Runs `criu restore` detached, the root task restored as this process's child; returns its
@@ -245,6 +258,22 @@ pub(crate) fn restore(
                 opts.image_path.display()
             ))
         })?;
+    let dumped_tty = descriptors.iter().find(|d| d.starts_with("/dev/pts/"));
+    match (dumped_tty, t.tty) {
+        (Some(tty), TtyStdin::None) => {
+            return Err(CheckpointError::Restore(format!(
+                "the checkpoint's init has a terminal ({tty}): restore it with one \
+                 (a console socket)"
+            )))
+        }
+        (None, TtyStdin::Requested) => {
+            return Err(CheckpointError::Restore(format!(
+                "a terminal was asked for, but the checkpoint's init had none (its stdio: {})",
+                descriptors.join(", ")
+            )))
+        }
+        _ => {}
+    }
     let mut cmd = Command::new(&criu);
     cmd.arg("restore")
         .arg("--images-dir")
@@ -267,7 +296,7 @@ pub(crate) fn restore(
         ("--tcp-established", opts.tcp_established),
         ("--ext-unix-sk", opts.ext_unix_sk),
         ("--file-locks", opts.file_locks),
-        ("--shell-job", opts.shell_job),
+        ("--shell-job", opts.shell_job || dumped_tty.is_some()),
     ] {
         if on {
             cmd.arg(flag);

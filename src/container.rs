@@ -768,20 +768,41 @@ impl Container {
         let cgroup_path = cgroups::resolve_path(raw_cgroup_path, &opts.id)?;
         let resources = cgroups::spec_resources(&linux);
         let null = || std::process::Stdio::null();
-        let stdio = match opts.stdio {
-            Stdio::Null => [null(), null(), null()],
-            Stdio::Inherit => [
-                std::process::Stdio::inherit(),
-                std::process::Stdio::inherit(),
-                std::process::Stdio::inherit(),
-            ],
+        // CRIU hands a dumped terminal (a slave whose master was outside the tree) its own
+        // stdin: a new pty's slave when the caller asked for a terminal.
+        let mut console = None;
+        let (stdio, tty) = match opts.stdio {
+            Stdio::Null => ([null(), null(), null()], TtyStdin::None),
+            Stdio::Inherit => (
+                [
+                    std::process::Stdio::inherit(),
+                    std::process::Stdio::inherit(),
+                    std::process::Stdio::inherit(),
+                ],
+                match nix::unistd::isatty(std::io::stdin()) {
+                    Ok(true) => TtyStdin::Inherited,
+                    _ => TtyStdin::None,
+                },
+            ),
             Stdio::Fds {
                 stdin,
                 stdout,
                 stderr,
-            } => [stdin, stdout, stderr].map(|fd| fd.map(Into::into).unwrap_or_else(null)),
-            Stdio::Terminal(_) => {
-                return Err(Error::Other("restore: a terminal is not supported".into()))
+            } => (
+                [stdin, stdout, stderr].map(|fd| fd.map(Into::into).unwrap_or_else(null)),
+                TtyStdin::None,
+            ),
+            Stdio::Terminal(fd) => {
+                let slave = match split_console(Stdio::Terminal(fd))? {
+                    (_, Some(socket)) => {
+                        let (master, slave) = open_host_pty()?;
+                        console = Some((socket, master));
+                        slave
+                    }
+                    (Stdio::Terminal(slave), None) => slave,
+                    _ => unreachable!("split_console keeps a terminal"),
+                };
+                ([slave.into(), null(), null()], TtyStdin::Requested)
             }
         };
 
@@ -816,6 +837,7 @@ impl Container {
                 root: &root,
                 cgroup_path: &cgroup_path,
                 pidfile: &pidfile,
+                tty,
             },
             restore,
             stdio,
@@ -834,6 +856,9 @@ impl Container {
         let init_start_time = sys::proc_stat(pid)
             .map(|s| s.start_time)
             .ok_or_else(|| Error::Other(format!("restore: the restored init {pid} is gone")))?;
+        if let Some((socket, master)) = console {
+            Channel::new(socket).send_with_fd(&FromHelper::Console, Some(master.as_fd()))?;
+        }
         let record = Record {
             state: State {
                 oci_version: spec.version().clone(),
@@ -1116,6 +1141,43 @@ fn split_console(stdio: Stdio) -> Result<(Stdio, Option<OwnedFd>), Error> {
         }
         other => Ok((other, None)),
     }
+}
+
+use crate::checkpoint::TtyStdin;
+
+/// A new pty on the host's devpts: (master, slave), both close-on-exec.
+fn open_host_pty() -> Result<(OwnedFd, OwnedFd), Error> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let sys_err = |op: &str, source: std::io::Error| Error::Sys {
+        op: format!("restore: {op}"),
+        source,
+    };
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")
+        .map_err(|e| sys_err("open /dev/ptmx", e))?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from a live stack value.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(sys_err("unlock pty", std::io::Error::last_os_error()));
+    }
+    // SAFETY: TIOCGPTPEER returns a new fd or -1.
+    let raw = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(sys_err("open pty slave", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this fd, owned from here.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(raw) }))
 }
 
 /// The caller's end of a console socket: pass the other end as [`Stdio::Terminal`] to

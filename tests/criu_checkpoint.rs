@@ -374,16 +374,19 @@ fn cli_checkpoint_leaves_running_or_ends_like_runc() {
 }
 
 /// `ctr containers restore --live`: the checkpoint image becomes a new container whose task is
-/// restored at Start; the counter goes on from where the dump left it.
+/// restored at Start; the counter goes on from where the dump left it. The restored container
+/// keeps its memory limit and its OOM kills are reported like any container's (`/tasks/oom`).
 #[test]
 fn restore_into_a_new_container_goes_on_counting() {
     for rt in RUNTIMES {
         let cd = containerd(rt);
+        let mut events = cd.events();
         let id = "ckpt-src";
         // fd 3 stays open on /tmp/log across the dump: the restored shell writes on through it.
         let script =
             format!("exec 3>>/tmp/log; while true; do echo x >&3; sleep 0.05; done & {COUNTER}");
-        cd.run_detached(id, &[], &["sh", "-c", &script]);
+        let limit = (48u64 << 20).to_string();
+        cd.run_detached(id, &["--memory-limit", &limit], &["sh", "-c", &script]);
         // The dump holds a count of at least this; the source counts on until it is killed.
         let before = count_passes(&cd, id, 2);
         // ctr's pair: `containers checkpoint` records the image and the rw layer that
@@ -441,6 +444,22 @@ fn restore_into_a_new_container_goes_on_counting() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // dd's 256 MiB buffer is filled by read(2), far past the limit.
+        let out = cd.exec(
+            restored,
+            "hog",
+            &[],
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+        );
+        assert_eq!(out.status.code(), Some(137), "{rt}: {}", describe(&out));
+        let oom = events.wait_for(common::containerd::CTR_TIMEOUT, |e| {
+            e.topic == "/tasks/oom" && e.container_id() == Some(restored)
+        });
+        assert!(
+            oom.is_some(),
+            "{rt}: no /tasks/oom for the restored container: {:?}",
+            events.task_topics(restored)
+        );
         cd.ctr_ok(&["task", "kill", "-s", "KILL", "--all", restored]);
         wait_status(&cd, restored, "STOPPED");
         cd.task_rm(restored);
@@ -512,7 +531,7 @@ fn cli_checkpoint_without_criu_fails_clearly_and_runs_on() {
 }
 
 /// The console's slave is in the container, its master with the shim: dumped as CRIU's one
-/// external tty peer (runc's shim checkpoints it too; restore with a terminal is not done).
+/// external tty peer (runc's shim checkpoints it too).
 #[test]
 fn checkpoint_of_a_container_with_a_pty() {
     for rt in RUNTIMES {
@@ -530,6 +549,99 @@ fn checkpoint_of_a_container_with_a_pty() {
         let (status, out) = pty.wait(common::containerd::CTR_TIMEOUT);
         assert!(status.is_some(), "{rt}: ctr run did not end: {out}");
         remove_images(&cd);
+        cd.assert_no_leaks();
+    }
+}
+
+/// A container on a terminal checkpointed and restored into a new container on a new terminal
+/// (`ctr containers restore --live` on a pty): the restored shell goes on counting where the
+/// dump left it, its output reaches the new terminal and what is typed there reaches it.
+/// containerd 1.6's ctr asks for no terminal on restore, and both refuse.
+#[test]
+fn restore_with_a_terminal_goes_on_on_the_new_pty() {
+    for rt in RUNTIMES {
+        let cd = containerd(rt);
+        let id = "ckpt-tty-src";
+        let script = format!(
+            "({COUNTER}) & while read l; do echo got-$l; done",
+            COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; \
+                mv /tmp/count.new /tmp/count; echo tick-$i; sleep 0.05; done"
+        );
+        let args = cd.run_args(&["-t"], id, &[], &["sh", "-c", &script]);
+        let mut pty = cd.spawn_ctr_on_pty(&args, 24, 80);
+        let before = count_passes(&cd, id, 2);
+        pty.write(b"one\n");
+        assert!(
+            pty.expect(Duration::from_secs(30), |o| o.contains("got-one")),
+            "{rt}: the source's terminal: {}",
+            pty.output()
+        );
+        let image = "localhost/pelagos-test/ckpt-tty:1";
+        let out = cd.ctr(&[
+            "containers",
+            "checkpoint",
+            "--task",
+            "--rw",
+            "--image",
+            id,
+            image,
+        ]);
+        assert!(out.status.success(), "{rt}: {}", describe(&out));
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", "--all", id]);
+        let (status, out) = pty.wait(common::containerd::CTR_TIMEOUT);
+        assert!(status.is_some(), "{rt}: ctr run did not end: {out}");
+        cd.remove(id);
+
+        let restored = "ckpt-tty-restored";
+        let mut cmd = cd.ctr_command();
+        cmd.args(["containers", "restore", "--live", "--rw", restored, image]);
+        let mut pty = common::containerd::PtyChild::spawn(cmd, 24, 80);
+        if cd.major() < 2 {
+            // containerd 1.6's ctr restores with plain stdio (no terminal asked for): both
+            // refuse a dump whose init had one.
+            let want = match rt {
+                RUNC_RUNTIME => "cannot allocate tty if runc will detach",
+                _ => "the checkpoint's init has a terminal (/dev/pts/0): restore it with one",
+            };
+            let (status, out) = pty.wait(common::containerd::CTR_TIMEOUT);
+            assert!(
+                status.is_some_and(|s| !s.success()) && out.contains(want),
+                "{rt} on 1.6: {status:?} {out}"
+            );
+            let out = cd.ctr(&["task", "rm", restored]);
+            assert!(out.status.success(), "{rt}: {}", describe(&out));
+            cd.remove(restored);
+            cd.ctr_ok(&["image", "rm", image]);
+            cd.assert_no_leaks();
+            continue;
+        }
+        let ticks_from = |o: &str| -> Vec<u64> {
+            o.lines()
+                .filter_map(|l| l.trim().strip_prefix("tick-")?.parse().ok())
+                .collect()
+        };
+        assert!(
+            pty.expect(Duration::from_secs(30), |o| ticks_from(o).len() > 3),
+            "{rt}: no ticks on the restored terminal: {:?} (task {:?})",
+            pty.output(),
+            cd.task_status(restored)
+        );
+        let first = ticks_from(&pty.output())[0];
+        assert!(
+            first >= before,
+            "{rt}: the restored counter started over ({first} < {before})"
+        );
+        pty.write(b"two\n");
+        assert!(
+            pty.expect(Duration::from_secs(30), |o| o.contains("got-two")),
+            "{rt}: input on the restored terminal: {}",
+            pty.output()
+        );
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", "--all", restored]);
+        let (status, out) = pty.wait(common::containerd::CTR_TIMEOUT);
+        assert!(status.is_some(), "{rt}: ctr restore did not end: {out}");
+        cd.remove(restored);
+        cd.ctr_ok(&["image", "rm", image]);
         cd.assert_no_leaks();
     }
 }

@@ -557,6 +557,29 @@ impl Shim {
         }
     }
 
+    /// Puts `w` in the epoll set, its events naming `id`.
+    fn register_oom(
+        &self,
+        h: &mut Handled,
+        id: &str,
+        w: pelagos::cgroups::OomWatch,
+    ) -> Option<(u64, pelagos::cgroups::OomWatch)> {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        match self
+            .epoll
+            .add(w.fd(), EpollEvent::new(EpollFlags::EPOLLIN, key))
+        {
+            Ok(()) => {
+                h.oom_keys.insert(key, id.to_owned());
+                Some((key, w))
+            }
+            Err(e) => {
+                log::warn!("container {id}: watch OOM fd: {e}");
+                None
+            }
+        }
+    }
+
     fn stop_oom_watch(&self, h: &mut Handled, id: &str) {
         if let Some((key, w)) = h.handles.get_mut(id).and_then(|x| x.oom.take()) {
             let _ = self.epoll.delete(w.fd());
@@ -656,22 +679,7 @@ impl Shim {
         let kill_all = !has_private_pid_ns(&spec);
 
         let mut st = self.lock();
-        let oom = oom.and_then(|w| {
-            let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-            match self
-                .epoll
-                .add(w.fd(), EpollEvent::new(EpollFlags::EPOLLIN, key))
-            {
-                Ok(()) => {
-                    st.h.oom_keys.insert(key, id.clone());
-                    Some((key, w))
-                }
-                Err(e) => {
-                    log::warn!("container {id}: watch OOM fd: {e}");
-                    None
-                }
-            }
-        });
+        let oom = oom.and_then(|w| self.register_oom(&mut st.h, &id, w));
         st.h.handles.insert(
             id.clone(),
             Handles {

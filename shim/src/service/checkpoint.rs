@@ -6,7 +6,9 @@
 //!
 //! Create with a checkpoint (containerd's extracted images) mounts the rootfs and opens the
 //! stdio, and leaves the task created with pid 0; Start restores it with the core's
-//! `Container::restore` and publishes TaskStart with the restored pid, as runc's shim does.
+//! `Container::restore` (a terminal on a new pty whose master comes back over the console
+//! socket, as runc's orphan-pts-master does), watches its OOM kills and publishes TaskStart
+//! with the restored pid, as runc's shim does.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -147,6 +149,7 @@ pub(super) struct PendingRestore {
     config: pelagos::Config,
     bundle: PathBuf,
     stdio: pelagos::Stdio,
+    terminal: bool,
     opts: RestoreOptions,
 }
 
@@ -154,12 +157,6 @@ impl Shim {
     /// Create with `checkpoint`: the rootfs is mounted and the stdio opened now; the task is
     /// created with pid 0 and the checkpoint named in TaskCreate, as runc's shim does.
     pub(super) fn do_create_restore(&self, req: &CreateTaskRequest) -> Res<i32> {
-        if req.terminal {
-            return Err(status(
-                Code::INVALID_ARGUMENT,
-                "create: restore from a checkpoint with a terminal is not supported",
-            ));
-        }
         let id = req.id.clone();
         let bundle = PathBuf::from(&req.bundle);
         let Prepared {
@@ -177,6 +174,7 @@ impl Shim {
             },
             bundle: bundle.clone(),
             stdio,
+            terminal: req.terminal,
             opts: RestoreOptions {
                 image_path: PathBuf::from(&req.checkpoint),
                 ..Default::default()
@@ -230,17 +228,56 @@ impl Shim {
             },
             &pending.opts,
         );
+        // A terminal's new pty: its master came back over the console socket.
+        let restored = restored.map_err(ServiceError::from).and_then(|c| {
+            if !pending.terminal {
+                return Ok(c);
+            }
+            let received = match self
+                .lock()
+                .h
+                .handles
+                .get_mut(id)
+                .and_then(|h| h.init_io.as_mut())
+            {
+                Some(pio) => pio.receive_console().map_err(ServiceError::from),
+                None => Err(ServiceError::Gone),
+            };
+            match received {
+                Ok(()) => Ok(c),
+                Err(e) => {
+                    if let Err(d) = c.delete(true) {
+                        log::warn!("container {id}: delete after a console failure: {d}");
+                    }
+                    Err(e)
+                }
+            }
+        });
         let c = match restored {
             Ok(c) => c,
             Err(e) => {
                 log::error!("container {id}: {e}");
-                return Some(Err(e.into()));
+                return Some(Err(e));
             }
         };
         let pid = c.pid();
         let exited = c.pidfd().is_some_and(pelagos::pidfd::exited);
+        let oom = match c.cgroup().map(|c| c.oom_watch()) {
+            Some(Ok(w)) => Some(w),
+            Some(Err(e)) => {
+                log::warn!("container {id}: no OOM events: {e}");
+                None
+            }
+            None => None,
+        };
         *cell.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
         let mut st = self.lock();
+        if let Some(w) = oom {
+            let watch = self.register_oom(&mut st.h, id, w);
+            if let Some(h) = st.h.handles.get_mut(id) {
+                h.oom = watch;
+            }
+        }
         st.life.restored(id, pid);
         self.claim_early_exit(&mut st, pid, exited);
         log::info!("container {id} restored, pid {pid}");

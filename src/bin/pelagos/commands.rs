@@ -717,13 +717,16 @@ const RESTORE_FLAGS: &[Flag] = &[
     switch(&["file-locks"]),
     value(&["manage-cgroups-mode"]),
     value(&["criu"]),
+    value(&["console-socket"]),
 ];
 
 /// Restores a dump as a new container ID, with this process's stdio in place of the dumped
-/// stdio pipes. Only detached (the restored init is left to run on its own).
+/// stdio pipes. Only detached (the restored init is left to run on its own). A dumped
+/// terminal is restored on a new pty whose master goes to `--console-socket`, else on our own
+/// terminal.
 fn restore(config: &Config, rest: &[String]) -> Result<i32> {
     let p = args::parse(rest, RESTORE_FLAGS, false)?;
-    let id = p.id("pelagos restore --detach [--bundle DIR] [--image-path DIR] [--work-path DIR] [--pid-file FILE] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks] [--manage-cgroups-mode MODE] ID")?;
+    let id = p.id("pelagos restore --detach [--bundle DIR] [--image-path DIR] [--work-path DIR] [--pid-file FILE] [--console-socket SOCK] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks] [--manage-cgroups-mode MODE] ID")?;
     if !p.on("detach") {
         return Err(CliError::Invalid(
             "pelagos restore: only --detach is supported".into(),
@@ -739,12 +742,19 @@ fn restore(config: &Config, rest: &[String]) -> Result<i32> {
         cgroups_mode: p.get("manage-cgroups-mode").map(str::to_owned),
         criu: p.get("criu").map(PathBuf::from),
     };
+    let stdio = match p.get("console-socket") {
+        Some(path) => Stdio::Terminal(OwnedFd::from(
+            std::os::unix::net::UnixStream::connect(path)
+                .map_err(io_err("connect to console socket", path))?,
+        )),
+        None => Stdio::Inherit,
+    };
     let c = Container::restore(
         config,
         CreateOptions {
             id: id.to_string(),
             bundle: PathBuf::from(p.get("bundle").unwrap_or(".")),
-            stdio: Stdio::Inherit,
+            stdio,
             no_pivot: false,
             preserve_fds: Vec::new(),
         },
