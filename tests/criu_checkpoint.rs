@@ -658,7 +658,7 @@ fn cri_checkpoint_container(handler: &str) {
     let app = Cri::container_config("counter", &["sh", "-c", COUNTER]);
     let id = cri.run_container(&pod_id, &pod, &app);
     let count = || {
-        cri.exec_ok(&id, &["cat", "/tmp/count"])
+        cri.exec_ok(&id, &["sh", "-c", "cat /tmp/count 2>/dev/null || echo 0"])
             .trim()
             .parse::<u64>()
             .unwrap_or(0)
