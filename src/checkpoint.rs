@@ -228,21 +228,7 @@ pub(crate) fn restore(
             return Err(CheckpointError::CgroupsMode(mode.clone()));
         }
     }
-    if let Some(nss) = t.spec.linux().as_ref().and_then(|l| l.namespaces().clone()) {
-        if let Some(ns) = nss.iter().find(|n| {
-            n.path().is_some()
-                && matches!(
-                    n.typ(),
-                    LinuxNamespaceType::Network | LinuxNamespaceType::Pid
-                )
-        }) {
-            return Err(CheckpointError::Restore(format!(
-                "joining the {:?} namespace {} is not supported",
-                ns.typ(),
-                ns.path().as_ref().expect("checked").display()
-            )));
-        }
-    }
+    let joined = joined_namespaces(t.spec)?;
     let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
     std::fs::create_dir_all(work).map_err(|source| CheckpointError::Io {
         what: "create",
@@ -325,8 +311,25 @@ pub(crate) fn restore(
             cmd.arg("--inherit-fd").arg(format!("fd[{i}]:{d}"));
         }
     }
+    // The dump named a joined network or pid namespace by CRIU's key (see
+    // `external_namespaces`): CRIU takes an open fd of the one to join under that key. Other
+    // joined namespaces are joined by path.
+    let mut extra = Vec::new();
+    for ns in &joined {
+        match ns.key {
+            Some(key) => {
+                let fd = 3 + extra.len();
+                extra.push(ns.open()?);
+                cmd.arg("--inherit-fd").arg(format!("fd[{fd}]:{key}"));
+            }
+            None => {
+                cmd.arg("--join-ns")
+                    .arg(format!("{}:{}", ns.name, ns.path.display()));
+            }
+        }
+    }
     log::debug!("restore: {cmd:?}");
-    run(cmd, stdio, "restore", &work.join(RESTORE_LOG), None)?;
+    run_with_fds(cmd, stdio, extra, "restore", &work.join(RESTORE_LOG), None)?;
     let text = std::fs::read_to_string(t.pidfile).map_err(|source| CheckpointError::Io {
         what: "read",
         path: t.pidfile.to_path_buf(),
@@ -352,15 +355,97 @@ fn host_cgroup_mounts() -> Vec<PathBuf> {
         .collect()
 }
 
+/// A namespace the container joins by path.
+struct Joined {
+    /// CRIU's name of the type (`--join-ns`).
+    name: &'static str,
+    path: PathBuf,
+    /// CRIU's external key when the dump names it so (network, pid).
+    key: Option<&'static str>,
+}
+
+impl Joined {
+    /// The namespace file, as a close-on-exec fd numbered above the low ones [`run_with_fds`]
+    /// places its fds at.
+    fn open(&self) -> Result<std::os::fd::OwnedFd, CheckpointError> {
+        let io = |source| CheckpointError::Io {
+            what: "open namespace",
+            path: self.path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&self.path).map_err(io)?;
+        let fd = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))
+            .map_err(|e| io(e.into()))?;
+        // SAFETY: F_DUPFD_CLOEXEC just returned this fd, owned from here.
+        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    }
+}
+
+/// The spec's namespaces with a path, for a restore to join; a joined mount, user or cgroup
+/// namespace is refused (CRIU restores those of the dump).
+fn joined_namespaces(spec: &Spec) -> Result<Vec<Joined>, CheckpointError> {
+    let Some(nss) = spec.linux().as_ref().and_then(|l| l.namespaces().clone()) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for ns in nss {
+        let Some(path) = ns.path().clone() else {
+            continue;
+        };
+        let (name, key) = match ns.typ() {
+            LinuxNamespaceType::Network => ("net", Some("extRootNetNS")),
+            LinuxNamespaceType::Pid => ("pid", Some("extRootPidNS")),
+            LinuxNamespaceType::Ipc => ("ipc", None),
+            LinuxNamespaceType::Uts => ("uts", None),
+            other => {
+                return Err(CheckpointError::Restore(format!(
+                    "restoring into the joined {other:?} namespace {} is not supported",
+                    path.display()
+                )))
+            }
+        };
+        out.push(Joined { name, path, key });
+    }
+    Ok(out)
+}
+
 /// Runs CRIU to its end with `stdio`. Its exit is taken through [`crate::reaper`], which a
 /// shim's reaping loop shares.
 fn run(
-    mut cmd: Command,
+    cmd: Command,
     stdio: [std::process::Stdio; 3],
     op: &'static str,
     log: &Path,
     stderr: Option<&Path>,
 ) -> Result<(), CheckpointError> {
+    run_with_fds(cmd, stdio, Vec::new(), op, log, stderr)
+}
+
+/// [`run`] with `extra` as CRIU's fds 3, 4, ... (each must be numbered above them).
+fn run_with_fds(
+    mut cmd: Command,
+    stdio: [std::process::Stdio; 3],
+    extra: Vec<std::os::fd::OwnedFd>,
+    op: &'static str,
+    log: &Path,
+    stderr: Option<&Path>,
+) -> Result<(), CheckpointError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let raw: Vec<i32> = extra.iter().map(|f| f.as_raw_fd()).collect();
+    if !raw.is_empty() {
+        // SAFETY: only dup2, async-signal-safe, runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, &fd) in raw.iter().enumerate() {
+                    if libc::dup2(fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
     let program = PathBuf::from(cmd.get_program());
     let [stdin, stdout, err] = stdio;
     let child = cmd
@@ -373,6 +458,7 @@ fn run(
             path: program,
             source,
         })?;
+    drop(extra);
     let exit = crate::reaper::wait(child.id() as i32, None);
     if exit.is_some_and(|e| e.status == 0) {
         return Ok(());

@@ -469,6 +469,97 @@ fn restore_into_a_new_container_goes_on_counting() {
     }
 }
 
+/// A container that joins another's network, IPC, UTS and pid namespaces (as a pod's
+/// containers join its sandbox's) is restored into those same namespaces and counts on.
+#[test]
+fn restore_into_joined_namespaces() {
+    for rt in RUNTIMES {
+        let cd = containerd(rt);
+        let holder = "ckpt-ns-holder";
+        // The holder reaps what is orphaned into its pid namespace, as a pod's pause does: the
+        // restore takes back the dumped pids, which zombies would still hold.
+        cd.run_detached(
+            holder,
+            &[],
+            &["sh", "-c", "while :; do sleep 1 & wait; done"],
+        );
+        let hpid = cd.task_pid(holder);
+        let ns = |pid: u32, kind: &str| {
+            std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+                .unwrap_or_else(|e| panic!("{rt}: /proc/{pid}/ns/{kind}: {e}"))
+        };
+        let kinds = [
+            ("network", "net"),
+            ("ipc", "ipc"),
+            ("uts", "uts"),
+            ("pid", "pid"),
+        ];
+        let with_ns: Vec<String> = kinds
+            .iter()
+            .map(|(opt, kind)| format!("{opt}:/proc/{hpid}/ns/{kind}"))
+            .collect();
+        let mut opts: Vec<&str> = Vec::new();
+        for w in &with_ns {
+            opts.extend(["--with-ns", w]);
+        }
+        let id = "ckpt-ns-src";
+        cd.run_detached(id, &opts, &["sh", "-c", COUNTER]);
+        for (_, kind) in kinds {
+            assert_eq!(ns(cd.task_pid(id), kind), ns(hpid, kind), "{rt}: {kind}");
+        }
+        let before = count_passes(&cd, id, 2);
+        let image = "localhost/pelagos-test/ckpt-ns:1";
+        let out = cd.ctr(&[
+            "containers",
+            "checkpoint",
+            "--task",
+            "--rw",
+            "--image",
+            id,
+            image,
+        ]);
+        assert!(out.status.success(), "{rt}: {}", describe(&out));
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", id]);
+        wait_status(&cd, id, "STOPPED");
+        cd.task_rm(id);
+        cd.remove(id);
+        let children = || {
+            std::fs::read_to_string(format!("/proc/{hpid}/task/{hpid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while children() > 1 {
+            assert!(Instant::now() < deadline, "{rt}: the holder reaps nothing");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        let restored = "ckpt-ns-restored";
+        let out = cd.ctr(&["containers", "restore", "--live", "--rw", restored, image]);
+        assert!(out.status.success(), "{rt}: {}", describe(&out));
+        wait_status(&cd, restored, "RUNNING");
+        let rpid = cd.task_pid(restored);
+        for (_, kind) in kinds {
+            assert_eq!(ns(rpid, kind), ns(hpid, kind), "{rt}: restored {kind}");
+        }
+        let n = count_passes(&cd, restored, 0);
+        assert!(
+            n >= before,
+            "{rt}: the restored counter started over ({n} < {before})"
+        );
+        count_passes(&cd, restored, n + 3);
+        for c in [restored, holder] {
+            cd.ctr_ok(&["task", "kill", "-s", "KILL", "--all", c]);
+            wait_status(&cd, c, "STOPPED");
+            cd.task_rm(c);
+            cd.remove(c);
+        }
+        cd.ctr_ok(&["image", "rm", image]);
+        cd.assert_no_leaks();
+    }
+}
+
 /// Without CRIU a checkpoint fails naming it, and the container runs on (runc's `--criu` is
 /// a global flag, pelagos' a flag of the command).
 #[test]
