@@ -386,7 +386,24 @@ fn restore_into_a_new_container_goes_on_counting() {
         let script =
             format!("exec 3>>/tmp/log; while true; do echo x >&3; sleep 0.05; done & {COUNTER}");
         let limit = (48u64 << 20).to_string();
-        cd.run_detached(id, &["--memory-limit", &limit], &["sh", "-c", &script]);
+        let mut opts = vec!["--memory-limit", &limit];
+        // The runtime options (kept in the checkpoint, so the restore's too) name CRIU's work
+        // dir; ctr can only send them to a runtime not named runc.
+        let work = cd.root_dir().join("criu-work");
+        let config = cd.root_dir().join("criu-work.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "{}CriuWorkPath = {:?}\n",
+                common::containerd::systemd_options(),
+                work.display()
+            ),
+        )
+        .unwrap();
+        if rt == PELAGOS_RUNTIME {
+            opts.extend(["--runtime-config-path", config.to_str().unwrap()]);
+        }
+        cd.run_detached(id, &opts, &["sh", "-c", &script]);
         // The dump holds a count of at least this; the source counts on until it is killed.
         let before = count_passes(&cd, id, 2);
         // ctr's pair: `containers checkpoint` records the image and the rw layer that
@@ -411,6 +428,13 @@ fn restore_into_a_new_container_goes_on_counting() {
         let out = cd.ctr(&["containers", "restore", "--live", "--rw", restored, image]);
         assert!(out.status.success(), "{rt}: {}", describe(&out));
         wait_status(&cd, restored, "RUNNING");
+        if rt == PELAGOS_RUNTIME {
+            assert!(
+                work.join("restore.log").is_file(),
+                "{rt}: no restore.log in the options' CriuWorkPath {}",
+                work.display()
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(n) = read_count(&cd, restored) {
@@ -556,6 +580,44 @@ fn restore_into_joined_namespaces() {
             cd.remove(c);
         }
         cd.ctr_ok(&["image", "rm", image]);
+        cd.assert_no_leaks();
+    }
+}
+
+/// A shim that finds no CRIU fails Task.Checkpoint naming it; the container runs on and the
+/// dump leaves nothing (no image, no work dir in the bundle).
+#[test]
+fn shim_checkpoint_without_criu_fails_clearly_and_runs_on() {
+    for rt in RUNTIMES {
+        let cd = containerd(rt);
+        cd.restart_without_usr_local();
+        let id = "ckpt-nocriu";
+        cd.run_detached(id, &[], &["sh", "-c", COUNTER]);
+        let before = count_passes(&cd, id, 2);
+        let out = cd.ctr(&["task", "checkpoint", id]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{rt}: the checkpoint passed");
+        assert!(err.contains("criu"), "{rt}: {err}");
+        if rt == PELAGOS_RUNTIME {
+            assert!(
+                err.contains("criu not found") && err.contains("install-criu"),
+                "{err}"
+            );
+        }
+        assert!(checkpoint_images(&cd).is_empty(), "{rt}");
+        assert_eq!(cd.task_status(id).as_deref(), Some("RUNNING"), "{rt}");
+        count_passes(&cd, id, before + 3);
+        let bundle = cd.bundle_dir(id);
+        for left in ["criu-work", "work/criu-work", "criu-dump.log"] {
+            assert!(
+                !bundle.join(left).exists(),
+                "{rt}: {left} left in the bundle"
+            );
+        }
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", id]);
+        wait_status(&cd, id, "STOPPED");
+        cd.task_rm(id);
+        cd.remove(id);
         cd.assert_no_leaks();
     }
 }

@@ -98,6 +98,8 @@ pub struct Options {
     pub systemd_cgroup: bool,
     /// `LogLevel`: the shim's log level, if set.
     pub log_level: Option<log::LevelFilter>,
+    /// `CriuWorkPath`: CRIU's work dir (its logs) on a restore; empty: `<bundle>/work`.
+    pub criu_work_path: String,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -135,6 +137,7 @@ pub fn decode(any: Option<&Any>) -> Result<Options, OptionsError> {
                 io_gid: o.io_gid,
                 systemd_cgroup: o.systemd_cgroup,
                 log_level: None,
+                criu_work_path: o.criu_work_path,
             })
         }
         Kind::RuntimeOptions => {
@@ -209,6 +212,7 @@ fn parse_toml(text: &str, origin: &str) -> Result<Options, OptionsError> {
             "NoPivotRoot" => o.no_pivot_root = boolean()?,
             "IoUid" => o.io_uid = id()?,
             "IoGid" => o.io_gid = id()?,
+            "CriuWorkPath" => o.criu_work_path = string()?,
             "LogLevel" => {
                 let level = string()?;
                 o.log_level = Some(match level.to_ascii_lowercase().as_str() {

@@ -198,6 +198,9 @@ pub struct Containerd {
     detached_fifos: Mutex<Vec<PathBuf>>,
     /// The CRI plugin's config section when the plugin is on (see [`Containerd::start_cri`]).
     cri: Option<String>,
+    /// /usr/local/{sbin,bin} left out of the daemon's PATH (see
+    /// [`Containerd::restart_without_usr_local`]).
+    no_usr_local: std::sync::atomic::AtomicBool,
 }
 
 impl Containerd {
@@ -275,6 +278,7 @@ impl Containerd {
             ids: Mutex::new(BTreeSet::new()),
             detached_fifos: Mutex::new(Vec::new()),
             cri,
+            no_usr_local: Default::default(),
         };
         fs::write(cd.config_path(), cd.config_toml()).expect("write containerd config");
         fs::write(cd.base.join("systemd.toml"), systemd_options()).expect("write options");
@@ -298,6 +302,7 @@ impl Containerd {
             ids: Mutex::new(BTreeSet::new()),
             detached_fifos: Mutex::new(Vec::new()),
             cri: None,
+            no_usr_local: Default::default(),
         }
     }
 
@@ -452,8 +457,12 @@ state = "{state}"
 
     /// Starts the daemon and waits until it says it booted (its log line, not a poll).
     fn spawn_daemon(&self) {
+        let usr_local = match self.no_usr_local.load(Ordering::SeqCst) {
+            true => "",
+            false => "/usr/local/sbin:/usr/local/bin:",
+        };
         let path = format!(
-            "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "{}:{}:{usr_local}/usr/sbin:/usr/bin:/sbin:/bin",
             self.base.join("bin").display(),
             self.bin_dir.display()
         );
@@ -564,6 +573,14 @@ state = "{state}"
     /// Starts containerd again on the same root, state and sockets.
     pub fn restart(&self) {
         assert!(self.pid().is_none(), "restart: containerd is still running");
+        self.spawn_daemon();
+    }
+
+    /// Restarts containerd with /usr/local/{sbin,bin} out of its PATH (and so of the PATH
+    /// of shims it starts from now on): what /usr/local holds, CRIU, is then missing.
+    pub fn restart_without_usr_local(&self) {
+        self.no_usr_local.store(true, Ordering::SeqCst);
+        self.stop_daemon();
         self.spawn_daemon();
     }
 

@@ -175,8 +175,14 @@ impl Shim {
             bundle: bundle.clone(),
             stdio,
             terminal: req.terminal,
+            // runc's shim: the options' CriuWorkPath, else `<bundle>/work` (kept with the
+            // bundle, so a failed restore's log stays until Delete).
             opts: RestoreOptions {
                 image_path: PathBuf::from(&req.checkpoint),
+                work_path: Some(match opts.criu_work_path.is_empty() {
+                    true => bundle.join("work"),
+                    false => PathBuf::from(&opts.criu_work_path),
+                }),
                 ..Default::default()
             },
         };
