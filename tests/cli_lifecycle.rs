@@ -402,31 +402,6 @@ fn exec_into_a_stopped_container_fails() {
     cli.ok(&["delete", &id]);
 }
 
-/// Receives the one fd a runtime sends on an accepted console-socket connection.
-fn receive_master(listener: &std::os::unix::net::UnixListener) -> OwnedFd {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let (conn, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .unwrap();
-    for c in msg.cmsgs().unwrap() {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            assert_eq!(fds.len(), 1);
-            // SAFETY: the fd just arrived with the message; nothing else owns it.
-            return unsafe { OwnedFd::from_raw_fd(fds[0]) };
-        }
-    }
-    panic!("no fd on the console socket");
-}
-
 #[test]
 fn console_socket_receives_the_pty_master() {
     let cli = Cli::new();
@@ -447,7 +422,7 @@ fn console_socket_receives_the_pty_master() {
         ],
         &b.path().join("log"),
     );
-    let master = receive_master(&listener);
+    let master = common::bundle::receive_master(&listener);
     cli.ok(&["start", &id]);
     let mut out = String::new();
     let mut f = fs::File::from(master);
@@ -973,7 +948,7 @@ fn exec_with_tty_sends_its_pty_master_to_the_console_socket() {
         &b.path().join("exec.log"),
     );
     let exec = pidfd(fs::read_to_string(&pid_file).unwrap().parse().unwrap());
-    let mut master = fs::File::from(receive_master(&listener));
+    let mut master = fs::File::from(common::bundle::receive_master(&listener));
     let mut out = String::new();
     let mut buf = [0u8; 256];
     while !out.contains("done") {

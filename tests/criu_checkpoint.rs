@@ -622,6 +622,115 @@ fn shim_checkpoint_without_criu_fails_clearly_and_runs_on() {
     }
 }
 
+/// Reads `master` until `pred` holds for all read so far; panics naming `what` after 30 s.
+fn read_pty_until(master: &std::fs::File, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let fl = nix::fcntl::fcntl(master.as_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(master.as_fd(), nix::fcntl::FcntlArg::F_SETFL(fl)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = String::new();
+    let mut buf = [0u8; 4096];
+    while !pred(&out) {
+        match (&*master).read(&mut buf) {
+            Ok(n) if n > 0 => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("{what}: pty read {other:?} after {out:?}"),
+        }
+        assert!(Instant::now() < deadline, "{what}: {out:?}");
+    }
+    out
+}
+
+/// `pelagos restore --console-socket` of a container dumped with a terminal, beside runc's:
+/// the new pty's master comes to the socket, the counter goes on there and input reaches it.
+#[test]
+fn cli_restore_with_a_console_socket_like_runc() {
+    require_criu();
+    let script = "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick-$i; \
+                  sleep 0.05; done) & while read l; do echo got-$l; done";
+    for bin in [env!("CARGO_BIN_EXE_pelagos"), "runc"] {
+        let root = PathBuf::from(format!("/run/{}", unique_id("criu-tty")));
+        let b = Bundle::new()
+            .readonly_root(false)
+            .terminal(true)
+            .args(&["sh", "-c", script]);
+        let id = unique_id("ckpt-tty-cli");
+        let sock = b.path().join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let sock = sock.to_str().unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new(bin)
+                .arg("--root")
+                .arg(&root)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("spawn the runtime");
+            assert!(
+                out.status.success(),
+                "{bin} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let bundle = b.path().to_str().unwrap();
+        run(&["create", "--bundle", bundle, "--console-socket", sock, &id]);
+        let master = std::fs::File::from(common::bundle::receive_master(&listener));
+        run(&["start", &id]);
+        read_pty_until(&master, bin, |o| o.contains("tick-3"));
+        let before: u64 = std::fs::read_to_string(b.rootfs().join("tmp/count"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let images = b.path().join("images");
+        run(&[
+            "checkpoint",
+            "--shell-job",
+            "--image-path",
+            images.to_str().unwrap(),
+            &id,
+        ]);
+        drop(master);
+        run(&[
+            "restore",
+            "--detach",
+            "--bundle",
+            bundle,
+            "--console-socket",
+            sock,
+            "--image-path",
+            images.to_str().unwrap(),
+            &id,
+        ]);
+        let mut master = std::fs::File::from(common::bundle::receive_master(&listener));
+        let ticks = |o: &str| -> Vec<u64> {
+            o.lines()
+                .filter_map(|l| l.trim().strip_prefix("tick-")?.parse().ok())
+                .collect()
+        };
+        let out = read_pty_until(&master, bin, |o| ticks(o).len() > 3);
+        assert!(
+            ticks(&out)[0] >= before,
+            "{bin}: the restored counter started over: {out:?} (dumped at {before} or later)"
+        );
+        std::io::Write::write_all(&mut master, b"two\n").unwrap();
+        read_pty_until(&master, bin, |o| o.contains("got-two"));
+        run(&["delete", "--force", &id]);
+        let cgroup = b.cgroup_path().expect("the bundle names its cgroup");
+        let left: Vec<PathBuf> = common::containerd::cgroup_mounts()
+            .into_iter()
+            .map(|m| m.join(cgroup.trim_start_matches('/')))
+            .filter(|d| d.exists())
+            .collect();
+        assert!(left.is_empty(), "{bin}: cgroups left behind: {left:?}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
+
 /// Without CRIU a checkpoint fails naming it, and the container runs on (runc's `--criu` is
 /// a global flag, pelagos' a flag of the command).
 #[test]
