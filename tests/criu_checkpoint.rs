@@ -348,20 +348,38 @@ fn cli_checkpoint_leaves_running_or_ends_like_runc() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Dumped once more and restored in the foreground: the runtime waits for the
+        // container, deletes it and exits with its status.
+        let again = b.path().join("images-again");
+        let again_s = again.to_str().unwrap();
+        ok(&["checkpoint", "--image-path", again_s, &restored]);
+        let dumped = count().expect("the count file");
+        let mut child = Command::new(bin)
+            .arg("--root")
+            .arg(&root)
+            .args(["restore", "--bundle", b.path().to_str().unwrap()])
+            .args(["--image-path", again_s, &restored])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the runtime");
+        passes(dumped + 3);
         ok(&["kill", &restored, "KILL"]);
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (_, log) = run(&["state", &restored]);
-            if log.contains("\"stopped\"") {
-                break;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
             }
             assert!(
                 Instant::now() < deadline,
-                "{bin}: restored container: {log}"
+                "{bin}: the foreground restore did not end"
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
-        ok(&["delete", &restored]);
+        };
+        assert_eq!(status.code(), Some(137), "{bin}: foreground restore");
+        let (exists, log) = run(&["state", &restored]);
+        assert!(!exists, "{bin}: the container is still there: {log}");
         let cgroup = b.cgroup_path().expect("the bundle names its cgroup");
         let left: Vec<PathBuf> = common::containerd::cgroup_mounts()
             .into_iter()

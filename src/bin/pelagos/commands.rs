@@ -704,7 +704,7 @@ fn checkpoint(config: &Config, rest: &[String]) -> Result<i32> {
     Ok(0)
 }
 
-/// runc's `restore` flags; like `runc restore --detach`, it returns once the tree runs.
+/// runc's `restore` flags.
 const RESTORE_FLAGS: &[Flag] = &[
     value(&["bundle", "b"]),
     value(&["image-path"]),
@@ -721,17 +721,14 @@ const RESTORE_FLAGS: &[Flag] = &[
 ];
 
 /// Restores a dump as a new container ID, with this process's stdio in place of the dumped
-/// stdio pipes. Only detached (the restored init is left to run on its own). A dumped
+/// stdio pipes. With `--detach` the restored init is left to run on its own; else, as runc, we
+/// wait for it (signals passed on), delete the container and exit with its status. A dumped
 /// terminal is restored on a new pty whose master goes to `--console-socket`, else on our own
 /// terminal.
 fn restore(config: &Config, rest: &[String]) -> Result<i32> {
     let p = args::parse(rest, RESTORE_FLAGS, false)?;
-    let id = p.id("pelagos restore --detach [--bundle DIR] [--image-path DIR] [--work-path DIR] [--pid-file FILE] [--console-socket SOCK] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks] [--manage-cgroups-mode MODE] ID")?;
-    if !p.on("detach") {
-        return Err(CliError::Invalid(
-            "pelagos restore: only --detach is supported".into(),
-        ));
-    }
+    let id = p.id("pelagos restore [--detach] [--bundle DIR] [--image-path DIR] [--work-path DIR] [--pid-file FILE] [--console-socket SOCK] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks] [--manage-cgroups-mode MODE] ID")?;
+    let detach = p.on("detach");
     let opts = pelagos::checkpoint::RestoreOptions {
         image_path: PathBuf::from(p.get("image-path").unwrap_or("checkpoint")),
         work_path: p.get("work-path").map(PathBuf::from),
@@ -742,6 +739,7 @@ fn restore(config: &Config, rest: &[String]) -> Result<i32> {
         cgroups_mode: p.get("manage-cgroups-mode").map(str::to_owned),
         criu: p.get("criu").map(PathBuf::from),
     };
+    let forwarded = (!detach).then(block_forwarded_signals);
     let stdio = match p.get("console-socket") {
         Some(path) => Stdio::Terminal(OwnedFd::from(
             std::os::unix::net::UnixStream::connect(path)
@@ -763,7 +761,19 @@ fn restore(config: &Config, rest: &[String]) -> Result<i32> {
     if let Some(path) = p.get("pid-file") {
         std::fs::write(path, c.pid().to_string()).map_err(io_err("write", path))?;
     }
-    Ok(0)
+    if detach {
+        return Ok(0);
+    }
+    if let (Some(set), Some(pidfd)) = (forwarded, c.pidfd()) {
+        forward_signals(set, pidfd.try_clone_to_owned().ok(), None);
+    }
+    let exit = c.wait();
+    c.delete(true)?;
+    exit.map(|e| e.status).ok_or_else(|| {
+        CliError::Invalid(format!(
+            "restore: container {id}: its exit status is unknown (its init is not our child)"
+        ))
+    })
 }
 
 const UPDATE_FLAGS: &[Flag] = &[
