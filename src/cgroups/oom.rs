@@ -2,8 +2,9 @@
 //!
 //! - v1 memory controller (legacy and hybrid hosts): an eventfd registered through
 //!   `cgroup.event_control` on `memory.oom_control`. The kernel signals it on every OOM in the
-//!   cgroup, and also when the cgroup is removed, so a signal only counts while the cgroup
-//!   still exists (as containerd's v1 watcher does).
+//!   cgroup, and also once when the cgroup is removed: a count of one only counts while the
+//!   cgroup still exists, two or more include an OOM (as conmon reads it; systemd removes a
+//!   scope's cgroups as soon as its last process is gone, which may be before the read).
 //! - v2: inotify IN_MODIFY on `memory.events`; a change counts when `oom_kill` grew.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -106,7 +107,7 @@ impl OomWatch {
     pub fn check(&mut self) -> Result<bool, CgroupError> {
         match &mut self.kind {
             Kind::V1 { efd } => match efd.read() {
-                Ok(n) => Ok(n > 0 && self.dir.is_dir()),
+                Ok(n) => Ok(n >= 2 || (n == 1 && self.dir.is_dir())),
                 Err(Errno::EAGAIN) => Ok(false),
                 Err(e) => Err(CgroupError::Other(format!(
                     "read oom eventfd of {}: {e}",
@@ -189,5 +190,34 @@ mod tests {
         assert!(w.check().unwrap());
         assert!(!w.check().unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The v1 eventfd's count: one signal is an OOM only while the cgroup exists (its removal
+    /// signals once too); two or more include an OOM even when the cgroup is gone.
+    #[test]
+    fn v1_count_tells_an_oom_from_the_removal() {
+        let dir = std::env::temp_dir().join(format!("pelagos-oomv1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .unwrap();
+        let mut w = OomWatch {
+            kind: Kind::V1 { efd },
+            dir: dir.clone(),
+        };
+        let signal = |w: &OomWatch, n: u64| match &w.kind {
+            Kind::V1 { efd } => efd.write(n).map(drop).unwrap(),
+            Kind::V2 { .. } => unreachable!(),
+        };
+        assert!(!w.check().unwrap(), "nothing signalled");
+        signal(&w, 1);
+        assert!(w.check().unwrap(), "an OOM of a live cgroup");
+        std::fs::remove_dir_all(&dir).unwrap();
+        signal(&w, 1);
+        assert!(!w.check().unwrap(), "the removal alone");
+        signal(&w, 2);
+        assert!(
+            w.check().unwrap(),
+            "an OOM, then the removal, read together"
+        );
     }
 }
