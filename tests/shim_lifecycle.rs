@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::Child;
 
 use common::containerd::{
-    describe, ns_link, stdout, testing_pelagos, wait_child_timeout, Containerd, CTR_TIMEOUT,
+    describe, ns_link, stdout, systemd_driver, testing_pelagos, wait_child_timeout, Containerd,
+    CTR_TIMEOUT,
 };
 
 /// The namespaces of `pid` that are not this test's own, as `/proc/<pid>/ns/*` links read
@@ -202,14 +203,17 @@ fn oom_kill_is_137_with_an_oom_event_first() {
     let oom = topics.iter().position(|t| t == "/tasks/oom");
     let exit = topics.iter().position(|t| t == "/tasks/exit:oom");
     // runc's shim watches cgroup v1 OOM through an eventfd that races with the exit (it is a
-    // SHOULD in the shim protocol); pelagos must order them.
-    if testing_pelagos() {
+    // SHOULD in the shim protocol); pelagos must order them. Under the systemd driver the
+    // event itself may be lost, for either shim: systemd removes the scope's cgroup, and its
+    // OOM counter, as soon as the last process is gone, and the kernel may deliver the
+    // counter's change notification up to 10 ms after the kill (containerd skips the CRI
+    // OOMKilled test on the systemd driver for this reason). An event there still comes first.
+    assert!(exit.is_some(), "no exit event: {topics:?}");
+    if testing_pelagos() && (oom.is_some() || !systemd_driver()) {
         assert!(
             matches!((oom, exit), (Some(a), Some(b)) if a < b),
             "want /tasks/oom before the exit: {topics:?}"
         );
-    } else {
-        assert!(exit.is_some(), "no exit event: {topics:?}");
     }
     cd.assert_no_leaks();
 }
