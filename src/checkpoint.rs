@@ -35,6 +35,12 @@ pub struct CheckpointOptions {
     pub cgroups_mode: Option<String>,
     /// The CRIU binary; `None`: `criu` from PATH.
     pub criu: Option<PathBuf>,
+    /// Dump only the memory, tracking what changes after (`criu pre-dump`); the container
+    /// runs on.
+    pub pre_dump: bool,
+    /// A previous pre-dump's images, relative to `image_path` (CRIU's `--prev-images-dir`):
+    /// only the memory changed since goes into this dump.
+    pub parent_path: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +59,14 @@ pub enum CheckpointError {
     CgroupsMode(String),
     #[error("restore: {0}")]
     Restore(String),
+    #[error(
+        "checkpoint: {what} needs CRIU's {feature}, which CRIU or the kernel lacks here: {detail}"
+    )]
+    MissingFeature {
+        what: &'static str,
+        feature: &'static str,
+        detail: String,
+    },
     #[error("checkpoint: criu {op} failed ({status}); {log}: {tail}")]
     Criu {
         op: &'static str,
@@ -64,6 +78,8 @@ pub enum CheckpointError {
 
 /// The log file CRIU writes in the work dir.
 pub const DUMP_LOG: &str = "dump.log";
+/// The log file of a pre-dump, in the work dir.
+pub const PRE_DUMP_LOG: &str = "pre-dump.log";
 /// The init's fds 0, 1, 2 as `/proc/<pid>/fd` names them (runc's file of the same name).
 pub const DESCRIPTORS: &str = "descriptors.json";
 
@@ -112,20 +128,36 @@ pub(crate) fn dump(t: &Target<'_>, opts: &CheckpointOptions) -> Result<(), Check
             source,
         })?;
     }
+    // Both track memory changes: a pre-dump from here on, a dump since its parent.
+    let track_mem = opts.pre_dump || opts.parent_path.is_some();
+    if track_mem {
+        check_feature(
+            &criu,
+            "mem_dirty_track",
+            match opts.pre_dump {
+                true => "a pre-dump",
+                false => "a dump on a parent pre-dump",
+            },
+        )?;
+    }
     let descriptors = write_descriptors(t.pid, &opts.image_path)?;
     // A console's slave whose master the runtime's caller holds: CRIU dumps it only as a
     // shell job's (one external tty peer).
     let console = descriptors.iter().any(|d| d.starts_with("/dev/pts/"));
 
+    let (op, log) = match opts.pre_dump {
+        true => ("pre-dump", PRE_DUMP_LOG),
+        false => ("dump", DUMP_LOG),
+    };
     let mut cmd = Command::new(&criu);
-    cmd.arg("dump")
+    cmd.arg(op)
         .arg("--tree")
         .arg(t.pid.to_string())
         .arg("--images-dir")
         .arg(&opts.image_path)
         .arg("--work-dir")
         .arg(work)
-        .args(["--log-file", DUMP_LOG, "-v4"])
+        .args(["--log-file", log, "-v4"])
         .arg("--root")
         .arg(t.rootfs)
         .arg(match &opts.cgroups_mode {
@@ -135,8 +167,12 @@ pub(crate) fn dump(t: &Target<'_>, opts: &CheckpointOptions) -> Result<(), Check
     if let Some(dir) = t.freezer {
         cmd.arg("--freeze-cgroup").arg(dir);
     }
+    if let Some(parent) = &opts.parent_path {
+        cmd.arg("--prev-images-dir").arg(parent);
+    }
     for (flag, on) in [
-        ("--leave-running", opts.leave_running),
+        ("--leave-running", opts.leave_running && !opts.pre_dump),
+        ("--track-mem", track_mem),
         ("--tcp-established", opts.tcp_established),
         ("--ext-unix-sk", opts.ext_unix_sk),
         ("--file-locks", opts.file_locks),
@@ -170,9 +206,39 @@ pub(crate) fn dump(t: &Target<'_>, opts: &CheckpointOptions) -> Result<(), Check
         std::process::Stdio::null(),
         file.into(),
     ];
-    let result = run(cmd, stdio, "dump", &work.join(DUMP_LOG), Some(&stderr));
+    let result = run(cmd, stdio, op, &work.join(log), Some(&stderr));
     let _ = std::fs::remove_file(&stderr);
     result
+}
+
+/// `criu check --feature <feature>`: what `what` needs of CRIU and the kernel.
+fn check_feature(
+    criu: &Path,
+    feature: &'static str,
+    what: &'static str,
+) -> Result<(), CheckpointError> {
+    let out = Command::new(criu)
+        .args(["check", "--feature", feature])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| CheckpointError::Io {
+            what: "run",
+            path: criu.to_path_buf(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let text = match text.is_empty() {
+        true => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        false => text,
+    };
+    Err(CheckpointError::MissingFeature {
+        what,
+        feature,
+        detail: format!("criu check --feature {feature}: {text} ({})", out.status),
+    })
 }
 
 /// The log file of a restore, in the work dir.

@@ -391,6 +391,117 @@ fn cli_checkpoint_leaves_running_or_ends_like_runc() {
     }
 }
 
+/// `pelagos checkpoint --pre-dump` beside `runc checkpoint --pre-dump`: memory only, the
+/// container runs on; `--parent-path` bases the next dump on it. Both need CRIU's memory
+/// dirty tracking: where the kernel lacks it (this project's machines), both runtimes fail the
+/// pre-dump and leave the container running.
+#[test]
+fn cli_pre_dump_like_runc() {
+    require_criu();
+    let tracking = Command::new("criu")
+        .args(["check", "--feature", "mem_dirty_track"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    for bin in [env!("CARGO_BIN_EXE_pelagos"), "runc"] {
+        let root = PathBuf::from(format!("/run/{}", unique_id("criu-pre")));
+        let b = Bundle::new()
+            .readonly_root(false)
+            .args(&["sh", "-c", COUNTER]);
+        let id = unique_id("ckpt-pre");
+        let run = |args: &[&str]| {
+            let out = Command::new(bin)
+                .arg("--root")
+                .arg(&root)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("spawn the runtime");
+            let text = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            (out.status.success(), text)
+        };
+        let status = || {
+            let (_, text) = run(&["state", &id]);
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            v["status"].as_str().unwrap_or_default().to_owned()
+        };
+        let count = || {
+            std::fs::read_to_string(b.rootfs().join("tmp/count"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        let passes = |above: u64| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(n) = count().filter(|&n| n > above) {
+                    return n;
+                }
+                assert!(Instant::now() < deadline, "{bin}: counter at {:?}", count());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        // Pipes for stdio, as in cli_checkpoint_leaves_running_or_ends_like_runc.
+        let created = Command::new(bin)
+            .arg("--root")
+            .arg(&root)
+            .args(["create", "--bundle", b.path().to_str().unwrap(), &id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the runtime")
+            .wait()
+            .unwrap();
+        assert!(created.success(), "{bin} create: {created}");
+        let (ok, text) = run(&["start", &id]);
+        assert!(ok, "{bin} start: {text}");
+        let before = passes(2);
+
+        let pre = b.path().join("images-pre");
+        let final_dir = b.path().join("images-final");
+        let (ok, text) = run(&[
+            "checkpoint",
+            "--pre-dump",
+            "--image-path",
+            pre.to_str().unwrap(),
+            &id,
+        ]);
+        if tracking {
+            assert!(ok, "{bin} checkpoint --pre-dump: {text}");
+            let (ok, text) = run(&[
+                "checkpoint",
+                "--parent-path",
+                "../images-pre",
+                "--image-path",
+                final_dir.to_str().unwrap(),
+                &id,
+            ]);
+            assert!(ok, "{bin} checkpoint --parent-path: {text}");
+            let (found, _) = run(&["state", &id]);
+            assert!(!found, "{bin}: the container outlived its dump");
+        } else {
+            assert!(
+                !ok,
+                "{bin}: a pre-dump passed without memory dirty tracking"
+            );
+            if bin != "runc" {
+                assert!(
+                    text.contains("pre-dump") && text.contains("mem_dirty_track"),
+                    "{bin}: the error does not name what is missing: {text}"
+                );
+            }
+        }
+        if !tracking {
+            // The failed pre-dump left the container running, counting on.
+            assert_eq!(status(), "running", "{bin}: after the failed pre-dump");
+            passes(before + 3);
+            let (ok, text) = run(&["delete", "--force", &id]);
+            assert!(ok, "{bin} delete: {text}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
+
 /// `ctr containers restore --live`: the checkpoint image becomes a new container whose task is
 /// restored at Start; the counter goes on from where the dump left it. The restored container
 /// keeps its memory limit and its OOM kills are reported like any container's (`/tasks/oom`).

@@ -120,7 +120,8 @@ impl Shim {
             file_locks: api.file_locks,
             shell_job: api.terminal,
             cgroups_mode: (!api.cgroups_mode.is_empty()).then(|| api.cgroups_mode.clone()),
-            criu: None,
+            // containerd never asks for a pre-dump.
+            ..CheckpointOptions::default()
         };
         let result = with_container(&cell, |c| c.checkpoint(&opts));
         let result = result.map_err(|e| {

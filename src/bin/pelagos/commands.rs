@@ -677,14 +677,17 @@ const CHECKPOINT_FLAGS: &[Flag] = &[
     switch(&["file-locks"]),
     value(&["manage-cgroups-mode"]),
     value(&["criu"]),
+    switch(&["pre-dump"]),
+    value(&["parent-path"]),
 ];
 
 /// Dumps the container with CRIU (see `pelagos::checkpoint`); the images go to --image-path
-/// (runc's default: ./checkpoint). Unless --leave-running, the container ends after the dump
-/// and is deleted, as runc does.
+/// (runc's default: ./checkpoint). Unless --leave-running or --pre-dump (memory only, see
+/// --parent-path for the dump after it), the container ends after the dump and is deleted, as
+/// runc does.
 fn checkpoint(config: &Config, rest: &[String]) -> Result<i32> {
     let p = args::parse(rest, CHECKPOINT_FLAGS, false)?;
-    let id = p.id("pelagos checkpoint [--image-path DIR] [--work-path DIR] [--leave-running] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks] [--manage-cgroups-mode MODE] ID")?;
+    let id = p.id("pelagos checkpoint [--image-path DIR] [--work-path DIR] [--leave-running] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks] [--manage-cgroups-mode MODE] [--pre-dump] [--parent-path DIR] ID")?;
     let c = Container::load(config, id)?;
     let opts = pelagos::checkpoint::CheckpointOptions {
         image_path: PathBuf::from(p.get("image-path").unwrap_or("checkpoint")),
@@ -696,9 +699,11 @@ fn checkpoint(config: &Config, rest: &[String]) -> Result<i32> {
         shell_job: p.on("shell-job"),
         cgroups_mode: p.get("manage-cgroups-mode").map(str::to_owned),
         criu: p.get("criu").map(PathBuf::from),
+        pre_dump: p.on("pre-dump"),
+        parent_path: p.get("parent-path").map(PathBuf::from),
     };
     c.checkpoint(&opts)?;
-    if !opts.leave_running {
+    if !opts.leave_running && !opts.pre_dump {
         c.delete(true)?;
     }
     Ok(0)
