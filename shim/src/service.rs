@@ -412,8 +412,16 @@ impl Shim {
     /// or [`EXIT_DRAIN_TIMEOUT`] passed. Clients close their fifos when they learn of the exit
     /// (ctr 1.6 even before waiting for EOF), which would drop the output still in the pipes
     /// and fifos.
+    ///
+    /// The OOM counter of a container whose init is among `exits` is read here, before its
+    /// exit may wait for output: the init's death empties the cgroup, and under the systemd
+    /// driver systemd then removes the scope's cgroup, counter included, within milliseconds
+    /// (the kernel may deliver the counter's own change notification up to 10 ms late).
     pub fn handle_exits(&self, exits: &[Exit]) -> Vec<(Exit, DrainWaiter, Outputs)> {
         let mut st = self.lock();
+        for e in exits {
+            oom_at_init_exit(&mut st, e.pid);
+        }
         let mut now = Vec::with_capacity(exits.len());
         let mut later = Vec::new();
         for e in exits {
@@ -981,6 +989,20 @@ impl Shim {
             exited_at: Some(timestamp(d.at)).into(),
             ..Default::default()
         })
+    }
+}
+
+/// Queues TaskOOM now if `pid` is a container's init and its cgroup's OOM counter moved; the
+/// exit's own last check (`final_oom`) then finds nothing new.
+fn oom_at_init_exit(st: &mut State, pid: i32) {
+    let State { life, h } = st;
+    let Some((id, "")) = life.process_of(pid) else {
+        return;
+    };
+    let id = id.to_owned();
+    if final_oom(h, &id) {
+        log::info!("container {id}: OOM kill (seen at the init's exit)");
+        life.oom(&id);
     }
 }
 
