@@ -756,16 +756,21 @@ impl Container {
         restore: &crate::checkpoint::RestoreOptions,
     ) -> Result<Container, Error> {
         validate_id(&opts.id)?;
-        if config.systemd_cgroup {
-            return Err(Error::Other(
-                "restore: the systemd cgroup driver is not supported".into(),
-            ));
-        }
         let bundle = spec::load(&opts.bundle)?;
         let spec = &bundle.spec;
         let linux = spec.linux().clone().unwrap_or_default();
         let raw_cgroup_path = linux.cgroups_path().as_ref().and_then(|p| p.to_str());
-        let cgroup_path = cgroups::resolve_path(raw_cgroup_path, &opts.id)?;
+        let systemd_unit = config
+            .systemd_cgroup
+            .then(|| {
+                cgroups::SystemdUnit::of(raw_cgroup_path, &opts.id)?
+                    .with_annotations(spec.annotations().iter().flatten())
+            })
+            .transpose()?;
+        let cgroup_path = match &systemd_unit {
+            Some(unit) => unit.path.clone(),
+            None => cgroups::resolve_path(raw_cgroup_path, &opts.id)?,
+        };
         let resources = cgroups::spec_resources(&linux);
         let null = || std::process::Stdio::null();
         // CRIU hands a dumped terminal (a slave whose master was outside the tree) its own
@@ -808,7 +813,23 @@ impl Container {
 
         let dir = claim_state_dir(&config.root, &opts.id)?;
         let mut undo = Undo::new(dir.clone());
-        undo.cgroup = Some(Cgroup::create(&cgroup_path, Some(&resources))?);
+        // A scope is made with its first process in it, and CRIU must find its cgroup made: a
+        // placeholder child holds the scope until CRIU has put the restored tree in it (runc
+        // starts the scope with CRIU's own pid, which its swrk RPC knows before the restore).
+        let mut holder = None;
+        match &systemd_unit {
+            None => undo.cgroup = Some(Cgroup::create(&cgroup_path, Some(&resources))?),
+            Some(unit) => {
+                let h = ScopeHolder::spawn()?;
+                undo.cgroup = Some(Cgroup::create_systemd(
+                    &cgroup_path,
+                    unit,
+                    &resources,
+                    h.pid,
+                )?);
+                holder = Some(h);
+            }
+        }
         // CRIU's root must be a mount point whose parent is not over-mounted.
         let root = dir.join("criu-root");
         let sys_err = |op: &str| {
@@ -847,6 +868,8 @@ impl Container {
         }
         let _ = std::fs::remove_dir(&root);
         let _ = std::fs::remove_file(&pidfile);
+        // The restored tree (or nothing, on failure) holds the scope now.
+        drop(holder);
         let pid = restored?;
         let pidfd = sys::pidfd_open(pid).map_err(|source| Error::Sys {
             op: format!("restore: pidfd of the restored init {pid}"),
@@ -870,7 +893,7 @@ impl Container {
             },
             init_start_time,
             cgroup_path,
-            systemd_unit: None,
+            systemd_unit: systemd_unit.map(|u| u.name),
             cgroup_parents: undo
                 .cgroup
                 .as_ref()
@@ -1311,6 +1334,72 @@ fn claim_state_dir(root: &Path, id: &str) -> Result<PathBuf, Error> {
 
 /// Undoes a partial create or exec when dropped armed: kills and reaps the children, destroys
 /// the cgroup, removes the state dir.
+/// A child that does nothing but hold a systemd scope open until dropped (then it exits and is
+/// reaped); it also exits when this process dies.
+struct ScopeHolder {
+    pid: i32,
+    pidfd: OwnedFd,
+    /// Closing it ends the child's read.
+    _release: OwnedFd,
+}
+
+impl ScopeHolder {
+    fn spawn() -> Result<ScopeHolder, Error> {
+        use std::os::fd::AsRawFd;
+        let sys_err = |op: &str| {
+            let op = op.to_string();
+            move |e: nix::errno::Errno| Error::Sys {
+                op,
+                source: e.into(),
+            }
+        };
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(sys_err("restore: pipe for the scope's placeholder"))?;
+        // SAFETY: the child makes only async-signal-safe calls (close, read, _exit).
+        match unsafe { nix::unistd::fork() }.map_err(sys_err("restore: fork the placeholder"))? {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: plain syscalls on fds this process owns; read returns 0 once every
+                // write end is closed, -1 only when interrupted.
+                unsafe {
+                    libc::close(write.as_raw_fd());
+                    let mut byte = 0u8;
+                    while libc::read(read.as_raw_fd(), (&raw mut byte).cast(), 1) < 0 {}
+                    libc::_exit(0)
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(read);
+                let pid = child.as_raw();
+                let pidfd = match sys::pidfd_open(pid) {
+                    Ok(fd) => fd,
+                    Err(source) => {
+                        drop(write);
+                        reaper::wait(pid, None);
+                        return Err(Error::Sys {
+                            op: format!("restore: pidfd of the placeholder {pid}"),
+                            source,
+                        });
+                    }
+                };
+                Ok(ScopeHolder {
+                    pid,
+                    pidfd,
+                    _release: write,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for ScopeHolder {
+    fn drop(&mut self) {
+        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        if sys::pidfd_is_unreaped_child(self.pidfd.as_fd()) {
+            reaper::wait(self.pid, None);
+        }
+    }
+}
+
 struct Undo {
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,

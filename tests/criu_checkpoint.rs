@@ -1,7 +1,10 @@
 //! Checkpoint (and restore) with CRIU through containerd: `ctr task checkpoint` with and without
 //! `--exit`, the failures, with runc's shim as the control in every test. Not in the VM's suite
 //! globs: CRIU is installed on the host by scripts/install-criu.sh (make test's set-up); a host
-//! without it fails here with that named, rather than skipping.
+//! without it fails here with that named, rather than skipping. Each test runs both shims
+//! itself: leave PELAGOS_TEST_RUNTIME unset (set to runc's, the harness links no pelagos shim).
+//! In the systemd VM (`PELAGOS_TEST_SYSTEMD_CGROUP=1 PELAGOS_VM_INIT=systemd
+//! scripts/vm/run-tests.sh criu_checkpoint`) the host's /usr/local CRIU runs as well.
 
 mod common;
 
@@ -557,6 +560,28 @@ fn restore_into_a_new_container_goes_on_counting() {
         let out = cd.ctr(&["containers", "restore", "--live", "--rw", restored, image]);
         assert!(out.status.success(), "{rt}: {}", describe(&out));
         wait_status(&cd, restored, "RUNNING");
+        if common::containerd::systemd_driver() {
+            // Restored into an active scope in the test's slice, as created tasks are; delete
+            // stops it (the harness's leak check looks for units). The scope is named after the
+            // checkpoint's spec (its cgroupsPath names the source container), for both shims.
+            let (pid, _) = cd.task(restored).expect("the restored task");
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+            let path = cgroup
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap_or_default()
+                .to_owned();
+            let unit = path.rsplit('/').next().unwrap_or_default();
+            assert!(
+                path.starts_with(&format!("/{}/", cd.slice())) && unit.ends_with(".scope"),
+                "{rt}: the restored task is in {path}, not a scope of {}",
+                cd.slice()
+            );
+            let state =
+                common::containerd::systemctl(&["show", "-p", "ActiveState", "--value", unit])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+            assert_eq!(state.as_deref(), Some("active"), "{rt}: {unit}");
+        }
         if rt == PELAGOS_RUNTIME {
             assert!(
                 work.join("restore.log").is_file(),
@@ -1038,7 +1063,10 @@ fn restore_with_a_terminal_goes_on_on_the_new_pty() {
 }
 
 /// CRI's CheckpointContainer on containerd 2.1 (what kubelet's checkpoint API calls): the
-/// archive kubelet expects, the container running on.
+/// archive kubelet expects, the container running on. CRI's restore (CreateContainer from that
+/// archive) is not driven, for either shim: containerd pulls the checkpoint's base image from a
+/// registry, which these machines cannot reach; the restore itself is the one
+/// `restore_into_joined_namespaces` makes of a pod's container through ctr.
 fn cri_checkpoint_container(handler: &str) {
     use common::cri::Cri;
     use k8s_cri::v1::CheckpointContainerRequest;

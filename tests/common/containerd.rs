@@ -89,7 +89,7 @@ pub fn systemd_options() -> &'static str {
     }
 }
 
-fn systemctl(args: &[&str]) -> Option<Output> {
+pub fn systemctl(args: &[&str]) -> Option<Output> {
     let mut cmd = Command::new("systemctl");
     cmd.args(args);
     run_with_timeout(&mut cmd, None, CTR_TIMEOUT).ok()
