@@ -1,7 +1,7 @@
 //! The shim's ttrpc server: one thread per connection reads each request and answers it on
-//! that thread. Only a call that may wait for long runs on a thread of its own (see
-//! [`blocks`]), so the calls containerd multiplexes on its connection keep being answered
-//! meanwhile.
+//! that thread. Only a call that may wait for long, or needs a deep stack, runs on a thread
+//! of its own (see [`blocks`]), so the calls containerd multiplexes on its connection keep
+//! being answered meanwhile.
 //!
 //! ttrpc-rust's sync server hands every request from a reader thread to a worker pool and
 //! every answer to a writer thread: three or more threads per connection and two hand-offs per
@@ -48,10 +48,15 @@ pub enum ServerError {
 /// per process, and CRI calls Start of an exec after its Wait), Delete for the output to be
 /// read, Checkpoint for CRIU, and the Start of an init, which runs its poststart hooks or a
 /// CRIU restore (runc's shim answers other calls meanwhile). The others are short (an exec's
-/// Start), or hold the service's locks anyway (a Create, like runc's shim's).
+/// Start), except Create.
+///
+/// Create is the deepest call (the spec, the mounts, the setup helper's start): run on the
+/// connection's thread, it left ~90 KiB of that thread's stack touched for the connection's
+/// life, and containerd keeps one connection per container. A thread that ends gives its stack
+/// pages back (glibc drops them at thread exit).
 fn blocks(req: &Request) -> bool {
     match req.method.as_str() {
-        "Wait" | "Delete" | "Checkpoint" => true,
+        "Wait" | "Delete" | "Checkpoint" | "Create" => true,
         "Start" => StartRequest::parse_from_bytes(&req.payload).is_ok_and(|s| s.exec_id.is_empty()),
         _ => false,
     }
@@ -305,6 +310,10 @@ mod tests {
         );
         assert!(!blocks(&req("Start", "probe")), "an exec's Start is short");
         assert!(blocks(&req("Wait", "probe")));
+        assert!(
+            blocks(&req("Create", "")),
+            "Create is deep: its stack must not stay"
+        );
         assert!(!blocks(&req("State", "")));
     }
 
