@@ -139,7 +139,8 @@ pub fn run(flags: &Flags) -> Result<(), DaemonError> {
     listener
         .set_nonblocking(false)
         .map_err(DaemonError::Listener)?;
-    crate::server::start(listener, task_services(shim.clone()))?;
+    let park: Arc<dyn crate::server::Park> = shim.clone();
+    crate::server::start(listener, task_services(shim.clone()), Some(park))?;
     log::info!(
         "shim serving {} (namespace {}, first container {})",
         flags.socket,

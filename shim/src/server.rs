@@ -7,6 +7,9 @@
 //! every answer to a writer thread: three or more threads per connection and two hand-offs per
 //! call, most of an exec probe's CPU in the shim (BENCHMARKS.md, "What each change bought").
 //!
+//! A call that waits for an event (Wait) can be taken over by a [`Park`]: it keeps the
+//! request's [`Reply`] and answers when the event comes, and no thread waits meanwhile.
+//!
 //! The wire format is containerd/ttrpc's: a 10-byte header (payload length and stream id, u32
 //! big-endian; message type; flags), then the protobuf `Request` or `Response`. The handlers
 //! are the ones ttrpc-rust generates for the Task service; they answer through the context's
@@ -17,6 +20,7 @@ use std::io::{BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -38,14 +42,56 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// read, most of the time.
 const READ_BUF: usize = 8 << 10;
 
+/// Takes over the requests that wait for an event, so that no thread waits with them.
+pub trait Park: Send + Sync {
+    /// Keeps `req` to answer it through `reply` later (or at once), or gives `reply` back for
+    /// the request to be served as any other.
+    fn park(&self, req: &Request, reply: Reply) -> Result<(), Reply>;
+    /// Connection `conn` has closed: its parked requests will never be read; drop them.
+    fn hung_up(&self, conn: u64);
+}
+
+/// The answer owed to one request. Dropping it leaves the request unanswered.
+pub struct Reply {
+    conn: Arc<Conn>,
+    stream: u32,
+}
+
+impl Reply {
+    /// The connection the request came on (see [`Park::hung_up`]).
+    pub fn conn(&self) -> u64 {
+        self.conn.id
+    }
+
+    /// Answers with `res`, encoded as ttrpc-rust's generated handlers do.
+    pub fn send<M: Message>(self, res: ttrpc::Result<M>) {
+        let res = match res.and_then(|m| {
+            m.write_to_bytes()
+                .map_err(|e| ttrpc::Error::Others(format!("encode the answer: {e}")))
+        }) {
+            Ok(payload) => {
+                let mut r = Response::new();
+                r.set_status(ttrpc::get_status(Code::OK, ""));
+                r.payload = payload;
+                r
+            }
+            Err(ttrpc::Error::RpcStatus(s)) => ttrpc::Error::RpcStatus(s).into(),
+            Err(e) => {
+                ttrpc::Error::RpcStatus(ttrpc::get_status(Code::UNKNOWN, format!("{e:?}"))).into()
+            }
+        };
+        self.conn.answer(self.stream, res);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("ttrpc server: start the accept thread: {0}")]
     Thread(std::io::Error),
 }
 
-/// Calls that may wait for long: Wait until its process exits (containerd keeps one pending
-/// per process, and CRI calls Start of an exec after its Wait), Delete for the output to be
+/// Calls that may wait for long: Wait until its process exits, when no [`Park`] took it
+/// (containerd keeps one pending per process, and CRI calls Start of an exec after its Wait), Delete for the output to be
 /// read, Checkpoint for CRIU, and the Start of an init, which runs its poststart hooks or a
 /// CRIU restore (runc's shim answers other calls meanwhile). The others are short (an exec's
 /// Start), except Create.
@@ -63,18 +109,27 @@ fn blocks(req: &Request) -> bool {
 }
 
 /// Serves `methods` on every connection `listener` accepts, from a thread of its own, until
-/// the process exits.
-pub fn start(listener: UnixListener, methods: Methods) -> Result<(), ServerError> {
-    let methods = Arc::new(methods);
+/// the process exits; `park` takes over the requests it wants (see [`Park`]).
+pub fn start(
+    listener: UnixListener,
+    methods: Methods,
+    park: Option<Arc<dyn Park>>,
+) -> Result<(), ServerError> {
+    let served = Arc::new(Served { methods, park });
     std::thread::Builder::new()
         .name("ttrpc-accept".into())
         .stack_size(64 << 10)
-        .spawn(move || accept(&listener, &methods))
+        .spawn(move || accept(&listener, &served))
         .map_err(ServerError::Thread)?;
     Ok(())
 }
 
-fn accept(listener: &UnixListener, methods: &Arc<Methods>) {
+struct Served {
+    methods: Methods,
+    park: Option<Arc<dyn Park>>,
+}
+
+fn accept(listener: &UnixListener, served: &Arc<Served>) {
     loop {
         // std accepts with SOCK_CLOEXEC: no container's helper inherits a connection.
         let stream = match listener.accept() {
@@ -86,10 +141,17 @@ fn accept(listener: &UnixListener, methods: &Arc<Methods>) {
                 continue;
             }
         };
-        let methods = Arc::clone(methods);
+        let served = Arc::clone(served);
         let spawned = std::thread::Builder::new()
             .name("ttrpc-conn".into())
-            .spawn(move || Conn::new(stream).serve(&methods));
+            .spawn(move || {
+                let conn = Conn::new(stream);
+                let id = conn.id;
+                conn.serve(&served);
+                if let Some(park) = &served.park {
+                    park.hung_up(id);
+                }
+            });
         if let Err(e) = spawned {
             // The connection closes with the closure: the client sees it go.
             log::warn!("ttrpc: no thread for a new connection: {e}");
@@ -98,7 +160,11 @@ fn accept(listener: &UnixListener, methods: &Arc<Methods>) {
     }
 }
 
+/// Numbers the connections for [`Reply::conn`].
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
 struct Conn {
+    id: u64,
     stream: UnixStream,
     /// Held while one frame is written: answers from several threads never interleave.
     writing: Mutex<()>,
@@ -108,6 +174,7 @@ struct Conn {
 impl Conn {
     fn new(stream: UnixStream) -> Arc<Conn> {
         Arc::new(Conn {
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             stream,
             writing: Mutex::new(()),
             ctx: Arc::new(ConnectionContext::default()),
@@ -115,7 +182,7 @@ impl Conn {
     }
 
     /// Reads requests until the client hangs up or breaks the framing.
-    fn serve(self: Arc<Self>, methods: &Arc<Methods>) {
+    fn serve(self: Arc<Self>, served: &Arc<Served>) {
         let mut rd = BufReader::with_capacity(READ_BUF, &self.stream);
         loop {
             let mut h = [0u8; MESSAGE_HEADER_LENGTH];
@@ -144,27 +211,36 @@ impl Conn {
             }
             // Responses and data frames are not for a server; ttrpc ignores them too.
             if mh.type_ == MESSAGE_TYPE_REQUEST {
-                self.dispatch(methods, mh, &body);
+                self.dispatch(served, mh, &body);
             }
         }
     }
 
-    fn dispatch(self: &Arc<Self>, methods: &Arc<Methods>, mh: MessageHeader, body: &[u8]) {
+    fn dispatch(self: &Arc<Self>, served: &Arc<Served>, mh: MessageHeader, body: &[u8]) {
         let req = match <Request as Codec>::decode(body) {
             Ok(req) => req,
             Err(e) => return self.fail(mh.stream_id, format!("bad request: {e}")),
         };
         let path = format!("/{}/{}", req.service, req.method);
-        if !methods.contains_key(&path) {
+        if !served.methods.contains_key(&path) {
             return self.fail(mh.stream_id, format!("{path} does not exist"));
         }
-        if !blocks(&req) {
-            return self.call(methods, &path, mh, req);
+        if let Some(park) = &served.park {
+            let reply = Reply {
+                conn: Arc::clone(self),
+                stream: mh.stream_id,
+            };
+            if park.park(&req, reply).is_ok() {
+                return;
+            }
         }
-        let (conn, methods) = (Arc::clone(self), Arc::clone(methods));
+        if !blocks(&req) {
+            return self.call(&served.methods, &path, mh, req);
+        }
+        let (conn, served) = (Arc::clone(self), Arc::clone(served));
         let spawned = std::thread::Builder::new()
             .name("ttrpc-call".into())
-            .spawn(move || conn.call(&methods, &path, mh, req));
+            .spawn(move || conn.call(&served.methods, &path, mh, req));
         if let Err(e) = spawned {
             log::warn!("ttrpc: no thread for a call: {e}");
             let status = ttrpc::get_status(Code::RESOURCE_EXHAUSTED, format!("no thread: {e}"));
@@ -317,6 +393,67 @@ mod tests {
         assert!(!blocks(&req("State", "")));
     }
 
+    /// Parks every Wait; counts the connections that hung up.
+    #[derive(Default)]
+    struct Parker {
+        parked: Mutex<Vec<Reply>>,
+        hung_up: Mutex<Vec<u64>>,
+    }
+
+    impl Park for Parker {
+        fn park(&self, req: &Request, reply: Reply) -> Result<(), Reply> {
+            if req.method != "Wait" {
+                return Err(reply);
+            }
+            self.parked.lock().unwrap().push(reply);
+            Ok(())
+        }
+
+        fn hung_up(&self, conn: u64) {
+            self.hung_up.lock().unwrap().push(conn);
+        }
+    }
+
+    #[test]
+    fn a_parked_wait_is_answered_by_whoever_holds_its_reply() {
+        let dir = std::env::temp_dir().join(format!("pelagos-park-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let mut methods = Methods::new();
+        let fake = |name| Box::new(Fake { name, gate: None }) as Handler;
+        methods.insert("/t.T/Wait".into(), fake("Wait"));
+        methods.insert("/t.T/State".into(), fake("State"));
+        let parker = Arc::new(Parker::default());
+        let park: Arc<dyn Park> = parker.clone();
+        start(UnixListener::bind(&path).unwrap(), methods, Some(park)).unwrap();
+        let mut conn = UnixStream::connect(&path).unwrap();
+
+        conn.write_all(&request(1, "Wait")).unwrap();
+        conn.write_all(&request(3, "State")).unwrap();
+        assert_eq!(answer(&mut conn), (3, Code::OK, "State".into()));
+        let reply = parker
+            .parked
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the Wait was parked");
+        let id = reply.conn();
+        reply.send::<StartRequest>(Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            Code::NOT_FOUND,
+            "gone",
+        ))));
+        assert_eq!(answer(&mut conn), (1, Code::NOT_FOUND, "gone".into()));
+
+        drop(conn);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !parker.hung_up.lock().unwrap().contains(&id) {
+            assert!(std::time::Instant::now() < deadline, "no hung_up({id})");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_pending_wait_does_not_hold_up_the_connection() {
         let dir = std::env::temp_dir().join(format!("pelagos-server-test-{}", std::process::id()));
@@ -329,7 +466,7 @@ mod tests {
         methods.insert("/t.T/Wait".into(), fake("Wait", Some(Mutex::new(gate))));
         methods.insert("/t.T/State".into(), fake("State", None));
         methods.insert("/t.T/Boom".into(), fake("Boom", None));
-        start(UnixListener::bind(&path).unwrap(), methods).unwrap();
+        start(UnixListener::bind(&path).unwrap(), methods, None).unwrap();
         let mut conn = UnixStream::connect(&path).unwrap();
 
         conn.write_all(&request(1, "Wait")).unwrap();

@@ -33,6 +33,7 @@ use crate::events::{timestamp, Event, Publisher};
 use crate::io::{DrainWaiter, IoLoop, LoggerContext, Outputs, ProcessIo, StdioConfig};
 use crate::lifecycle::{Action, Lifecycle, LifecycleError, Sink, Status, Which};
 use crate::mount::{self, MountSpec};
+use crate::server::{self, Reply};
 use crate::{metrics, options};
 
 mod checkpoint;
@@ -331,6 +332,15 @@ struct Handled {
     /// Pids whose exit was reaped but is held back for unread output (see
     /// [`Shim::handle_exits`]); the exit itself waits in the reaper's table.
     held: std::collections::HashSet<i32>,
+    /// Wait calls not answered yet (see [`Shim::notify`]).
+    waits: Vec<ParkedWait>,
+}
+
+/// A Wait taken over from the server: answered by whoever changes the state it waits for.
+struct ParkedWait {
+    id: String,
+    exec_id: String,
+    reply: Reply,
 }
 
 impl Handled {
@@ -392,6 +402,31 @@ impl Shim {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// After a change of the state: wakes the calls that wait on it and answers the parked
+    /// Waits it settled, on the thread that made the change (an exit's is the daemon's loop).
+    fn notify(&self) {
+        self.changed.notify_all();
+        let settled: Vec<_> = {
+            let mut st = self.lock();
+            if st.h.waits.is_empty() {
+                return;
+            }
+            let mut settled = Vec::new();
+            let mut i = 0;
+            while i < st.h.waits.len() {
+                let w = &st.h.waits[i];
+                match wait_answer(&st.life, &w.id, &w.exec_id) {
+                    Some(res) => settled.push((st.h.waits.swap_remove(i).reply, res)),
+                    None => i += 1,
+                }
+            }
+            settled
+        };
+        for (reply, res) in settled {
+            reply.send(res);
+        }
+    }
+
     /// The state once a Create of `id` in flight has decided: a call about the container waits
     /// for it, as with runc's shim, whose Create holds its lock. A containerd reloading after a
     /// crash asks for the pids of a task whose Create it lost track of; answering NotFound
@@ -436,7 +471,7 @@ impl Shim {
         let any = self.route_reaped(&mut st, &now);
         drop(st);
         if any {
-            self.changed.notify_all();
+            self.notify();
         }
         later
     }
@@ -449,7 +484,7 @@ impl Shim {
         let any = self.route_reaped(&mut st, exits);
         drop(st);
         if any {
-            self.changed.notify_all();
+            self.notify();
         }
     }
 
@@ -719,7 +754,7 @@ impl Shim {
                 .is_some_and(pelagos::pidfd::exited);
         self.claim_early_exit(&mut st, pid, init_exited);
         drop(st);
-        self.changed.notify_all();
+        self.notify();
         log::info!("container {id} created, pid {pid}");
         Ok(pid)
     }
@@ -744,7 +779,7 @@ impl Shim {
         let ended = life.ended_before_start(id);
         self.run_actions(h, actions);
         drop(st);
-        self.changed.notify_all();
+        self.notify();
         let pid = checkpoint::cell_pid(&cell).unwrap_or(pid);
         match (result, ended) {
             (Ok(()), _) => Ok(StartResponse {
@@ -783,7 +818,7 @@ impl Shim {
         };
         let fail = |e: ttrpc::Error| {
             self.lock().life.exec_start_failed(id, exec_id);
-            self.changed.notify_all();
+            self.notify();
             e
         };
         let ctx = LoggerContext {
@@ -831,7 +866,7 @@ impl Shim {
         }
         self.claim_early_exit(&mut st, pid, exited);
         drop(st);
-        self.changed.notify_all();
+        self.notify();
         Ok(StartResponse {
             pid: pid as u32,
             ..Default::default()
@@ -955,7 +990,7 @@ impl Shim {
             }
             d
         };
-        self.changed.notify_all();
+        self.notify();
         self.exit.wake();
         let d = d.ok_or_else(|| ttrpc::Error::from(LifecycleError::NotFound(id.to_owned())))?;
         log::info!("container {id} deleted");
@@ -978,7 +1013,7 @@ impl Shim {
                     .and_then(|e| e.io);
             (d, io)
         };
-        self.changed.notify_all();
+        self.notify();
         if let Some(io) = io {
             drain_before_delete(&io, &format!("exec {exec_id} of {id}"));
             io.shutdown();
@@ -1012,6 +1047,28 @@ fn final_oom(h: &mut Handled, id: &str) -> bool {
         .and_then(|x| x.oom.as_mut())
         .map(|(_, w)| w.check().unwrap_or(false))
         .unwrap_or(false)
+}
+
+/// Wait's answer for `id`/`exec_id`: the exit once the process has one, an error once it is
+/// unknown (deleted, never created), nothing while it runs.
+fn wait_answer(life: &Lifecycle, id: &str, exec_id: &str) -> Option<Res<WaitResponse>> {
+    let p = match life.get(id).and_then(|t| t.proc(exec_id)) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e.into())),
+    };
+    if p.status != Status::Stopped {
+        return None;
+    }
+    let e = p.exit.unwrap_or(Exit {
+        pid: p.pid,
+        status: 0,
+        at: SystemTime::now(),
+    });
+    Some(Ok(WaitResponse {
+        exit_status: e.status as u32,
+        exited_at: Some(timestamp(e.at)).into(),
+        ..Default::default()
+    }))
 }
 
 fn task_io(c: &StdioConfig) -> TaskIO {
@@ -1058,6 +1115,46 @@ fn kill_error(e: pelagos::container::Error) -> ttrpc::Error {
             status(Code::NOT_FOUND, "process already finished")
         }
         e => status(Code::UNKNOWN, format!("unknown error after kill: {e}")),
+    }
+}
+
+impl server::Park for Shim {
+    /// Takes every Wait: containerd keeps one pending per process, and a thread each (one
+    /// per exec probe, one per container for its life) cost a spawn per exec and a wake-up of
+    /// every waiter at every change of the state.
+    fn park(&self, req: &ttrpc::Request, reply: Reply) -> Result<(), Reply> {
+        use containerd_shim_protos::protobuf::Message;
+        if req.method != "Wait" {
+            return Err(reply);
+        }
+        let Ok(w) = WaitRequest::parse_from_bytes(&req.payload) else {
+            return Err(reply);
+        };
+        let mut st = self.lock();
+        match wait_answer(&st.life, &w.id, &w.exec_id) {
+            Some(res) => {
+                drop(st);
+                reply.send(res);
+            }
+            None => st.h.waits.push(ParkedWait {
+                id: w.id,
+                exec_id: w.exec_id,
+                reply,
+            }),
+        }
+        Ok(())
+    }
+
+    fn hung_up(&self, conn: u64) {
+        let gone: Vec<_> = {
+            let mut st = self.lock();
+            let (gone, kept) = std::mem::take(&mut st.h.waits)
+                .into_iter()
+                .partition(|w| w.reply.conn() == conn);
+            st.h.waits = kept;
+            gone
+        };
+        drop(gone);
     }
 }
 

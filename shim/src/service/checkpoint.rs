@@ -211,7 +211,7 @@ impl Shim {
             &req.checkpoint,
         );
         drop(st);
-        self.changed.notify_all();
+        self.notify();
         log::info!("container {id} created from checkpoint {}", req.checkpoint);
         Ok(0)
     }

@@ -55,7 +55,7 @@ impl Task for Shim {
                         st.h.emptied_at = Some(std::time::Instant::now());
                     }
                 }
-                self.changed.notify_all();
+                self.notify();
                 self.exit.wake();
                 log::error!("container {}: create: {e:?}", req.id);
                 Err(e)
@@ -122,7 +122,7 @@ impl Task for Shim {
         };
         let result = with_container(&cell, pelagos::Container::pause);
         self.lock().life.paused(&req.id, result.is_ok());
-        self.changed.notify_all();
+        self.notify();
         result.map_err(|e| status(Code::UNKNOWN, e))?;
         Ok(Empty::new())
     }
@@ -135,7 +135,7 @@ impl Task for Shim {
         };
         with_container(&cell, pelagos::Container::resume).map_err(|e| status(Code::UNKNOWN, e))?;
         self.lock().life.resumed(&req.id);
-        self.changed.notify_all();
+        self.notify();
         Ok(Empty::new())
     }
 
@@ -278,22 +278,13 @@ impl Task for Shim {
         Ok(Empty::new())
     }
 
+    /// The server parks Waits (see [`server::Park`]); this serves one it did not take.
     fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> Res<WaitResponse> {
         let mut st = self.lock();
         let mut checked = std::time::Instant::now();
         loop {
-            let p = st.life.get(&req.id)?.proc(&req.exec_id)?;
-            if p.status == Status::Stopped {
-                let e = p.exit.unwrap_or(Exit {
-                    pid: p.pid,
-                    status: 0,
-                    at: SystemTime::now(),
-                });
-                return Ok(WaitResponse {
-                    exit_status: e.status as u32,
-                    exited_at: Some(timestamp(e.at)).into(),
-                    ..Default::default()
-                });
+            if let Some(res) = wait_answer(&st.life, &req.id, &req.exec_id) {
+                return res;
             }
             st = self
                 .changed
