@@ -1,5 +1,6 @@
-//! The shim's ttrpc server: one thread per connection reads each request and answers it on
-//! that thread. Only a call that may wait for long, or needs a deep stack, runs on a thread
+//! The shim's ttrpc server: a thread per busy connection reads each request and answers it on
+//! that thread; a connection quiet for [`IDLE`] gives its thread up until its next request.
+//! Only a call that may wait for long, or needs a deep stack, runs on a thread
 //! of its own (see [`blocks`]), so the calls containerd multiplexes on its connection keep
 //! being answered meanwhile.
 //!
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::StartRequest;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use ttrpc::proto::{
     Codec, MessageHeader, Request, Response, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX,
     MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE,
@@ -38,6 +40,13 @@ pub type Methods = HashMap<String, Handler>;
 
 /// How long accepting pauses after a failure that is not the client's (out of fds, threads).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a connection's thread waits for the next request before it leaves the connection
+/// to the accept thread's epoll and ends. containerd keeps a connection per container, idle
+/// most of the time, and each thread keeps ~20 KiB of stack; a call after a quiet spell pays
+/// for a thread start (tens of microseconds, against milliseconds for an exec).
+const IDLE: Duration = Duration::from_secs(1);
+/// The listener's key in the accept thread's epoll; connections' keys are their ids (from 1).
+const LISTENER_KEY: u64 = 0;
 /// What the reader asks of the socket at a time: a request and the next one's header in one
 /// read, most of the time.
 const READ_BUF: usize = 8 << 10;
@@ -88,6 +97,8 @@ impl Reply {
 pub enum ServerError {
     #[error("ttrpc server: start the accept thread: {0}")]
     Thread(std::io::Error),
+    #[error("ttrpc server: epoll for the listener: {0}")]
+    Epoll(nix::Error),
 }
 
 /// Calls that may wait for long: Wait until its process exits, when no [`Park`] took it
@@ -108,14 +119,27 @@ fn blocks(req: &Request) -> bool {
     }
 }
 
-/// Serves `methods` on every connection `listener` accepts, from a thread of its own, until
-/// the process exits; `park` takes over the requests it wants (see [`Park`]).
+/// Serves `methods` on every connection `listener` accepts until the process exits;
+/// `park` takes over the requests it wants (see [`Park`]). A connection has a thread while it
+/// is busy (see [`IDLE`]); the accept thread watches the listener and the idle connections.
 pub fn start(
     listener: UnixListener,
     methods: Methods,
     park: Option<Arc<dyn Park>>,
 ) -> Result<(), ServerError> {
-    let served = Arc::new(Served { methods, park });
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(ServerError::Epoll)?;
+    epoll
+        .add(
+            &listener,
+            EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_KEY),
+        )
+        .map_err(ServerError::Epoll)?;
+    let served = Arc::new(Served {
+        methods,
+        park,
+        epoll,
+        idle: Mutex::new(HashMap::new()),
+    });
     std::thread::Builder::new()
         .name("ttrpc-accept".into())
         .stack_size(64 << 10)
@@ -127,37 +151,100 @@ pub fn start(
 struct Served {
     methods: Methods,
     park: Option<Arc<dyn Park>>,
+    /// The listener ([`LISTENER_KEY`]) and the idle connections (by id).
+    epoll: Epoll,
+    idle: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Served {
+    /// Leaves `conn` to the accept thread until its next request (or hang-up). False when
+    /// epoll refused it: its thread serves on.
+    fn go_idle(&self, conn: &Arc<Conn>) -> bool {
+        self.idle_conns().insert(conn.id, Arc::clone(conn));
+        let ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, conn.id);
+        match self.epoll.add(&conn.stream, ev) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("ttrpc: watch an idle connection: {e}");
+                self.idle_conns().remove(&conn.id);
+                false
+            }
+        }
+    }
+
+    fn idle_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 fn accept(listener: &UnixListener, served: &Arc<Served>) {
+    let mut events = [EpollEvent::empty(); 8];
     loop {
-        // std accepts with SOCK_CLOEXEC: no container's helper inherits a connection.
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        let n = match served.epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
-                log::warn!("ttrpc: accept: {e}");
+                log::warn!("ttrpc: epoll_wait: {e}");
                 std::thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
         };
-        let served = Arc::clone(served);
-        let spawned = std::thread::Builder::new()
-            .name("ttrpc-conn".into())
-            .spawn(move || {
-                let conn = Conn::new(stream);
-                let id = conn.id;
-                conn.serve(&served);
-                if let Some(park) = &served.park {
-                    park.hung_up(id);
-                }
-            });
-        if let Err(e) = spawned {
-            // The connection closes with the closure: the client sees it go.
-            log::warn!("ttrpc: no thread for a new connection: {e}");
+        for ev in &events[..n] {
+            if ev.data() == LISTENER_KEY {
+                accept_one(listener, served);
+                continue;
+            }
+            let Some(conn) = served.idle_conns().remove(&ev.data()) else {
+                continue;
+            };
+            if let Err(e) = served.epoll.delete(&conn.stream) {
+                log::warn!("ttrpc: stop watching a connection: {e}");
+            }
+            run(served, conn);
+        }
+    }
+}
+
+fn accept_one(listener: &UnixListener, served: &Arc<Served>) {
+    // std accepts with SOCK_CLOEXEC: no container's helper inherits a connection.
+    match listener.accept() {
+        Ok((stream, _)) => run(served, Conn::new(stream)),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        Err(e) => {
+            log::warn!("ttrpc: accept: {e}");
             std::thread::sleep(ACCEPT_BACKOFF);
         }
     }
+}
+
+/// Serves `conn` on a thread of its own until it hangs up or goes idle.
+fn run(served: &Arc<Served>, conn: Arc<Conn>) {
+    let (s, c) = (Arc::clone(served), Arc::clone(&conn));
+    let spawned = std::thread::Builder::new()
+        .name("ttrpc-conn".into())
+        .spawn(move || {
+            if c.clone().serve(&s) == End::HungUp {
+                hung_up(&s, &c);
+            }
+        });
+    if let Err(e) = spawned {
+        // The connection closes once no parked call holds it: the client sees it go.
+        log::warn!("ttrpc: no thread for a connection: {e}");
+        hung_up(served, &conn);
+        std::thread::sleep(ACCEPT_BACKOFF);
+    }
+}
+
+fn hung_up(served: &Served, conn: &Conn) {
+    if let Some(park) = &served.park {
+        park.hung_up(conn.id);
+    }
+}
+
+#[derive(PartialEq)]
+enum End {
+    HungUp,
+    Idle,
 }
 
 /// Numbers the connections for [`Reply::conn`].
@@ -181,13 +268,17 @@ impl Conn {
         })
     }
 
-    /// Reads requests until the client hangs up or breaks the framing.
-    fn serve(self: Arc<Self>, served: &Arc<Served>) {
+    /// Reads requests until the client hangs up or breaks the framing, or sends nothing
+    /// for [`IDLE`].
+    fn serve(self: Arc<Self>, served: &Arc<Served>) -> End {
         let mut rd = BufReader::with_capacity(READ_BUF, &self.stream);
         loop {
+            if rd.buffer().is_empty() && !self.readable_within(IDLE) && served.go_idle(&self) {
+                return End::Idle;
+            }
             let mut h = [0u8; MESSAGE_HEADER_LENGTH];
             if rd.read_exact(&mut h).is_err() {
-                return; // hung up, or a header cut short
+                return End::HungUp; // hung up, or a header cut short
             }
             let mh = MessageHeader::from(&h);
             let len = mh.length as usize;
@@ -195,7 +286,7 @@ impl Conn {
                 // Read past it (never allocating what it claims), and answer like ttrpc.
                 let skipped = std::io::copy(&mut (&mut rd).take(len as u64), &mut std::io::sink());
                 if skipped.ok() != Some(len as u64) {
-                    return;
+                    return End::HungUp;
                 }
                 if mh.type_ == MESSAGE_TYPE_REQUEST {
                     self.fail(
@@ -207,13 +298,26 @@ impl Conn {
             }
             let mut body = vec![0u8; len];
             if rd.read_exact(&mut body).is_err() {
-                return;
+                return End::HungUp;
             }
             // Responses and data frames are not for a server; ttrpc ignores them too.
             if mh.type_ == MESSAGE_TYPE_REQUEST {
                 self.dispatch(served, mh, &body);
             }
         }
+    }
+
+    /// Whether the client sent something (or hung up) within `timeout`.
+    fn readable_within(&self, timeout: Duration) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the connection's fd, which `self` keeps open.
+        let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+        // An error (EINTR) says nothing: the blocking read that follows finds out.
+        n != 0
     }
 
     fn dispatch(self: &Arc<Self>, served: &Arc<Served>, mh: MessageHeader, body: &[u8]) {
@@ -449,6 +553,44 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !parker.hung_up.lock().unwrap().contains(&id) {
             assert!(std::time::Instant::now() < deadline, "no hung_up({id})");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_idle_connection_is_served_again_and_its_hang_up_seen() {
+        let dir = std::env::temp_dir().join(format!("pelagos-idle-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let mut methods = Methods::new();
+        methods.insert(
+            "/t.T/State".into(),
+            Box::new(Fake {
+                name: "State",
+                gate: None,
+            }) as Handler,
+        );
+        let parker = Arc::new(Parker::default());
+        let park: Arc<dyn Park> = parker.clone();
+        start(UnixListener::bind(&path).unwrap(), methods, Some(park)).unwrap();
+        let mut conn = UnixStream::connect(&path).unwrap();
+        for stream in [1, 3] {
+            conn.write_all(&request(stream, "State")).unwrap();
+            assert_eq!(answer(&mut conn), (stream, Code::OK, "State".into()));
+            // Past the idle limit: the connection's thread is gone, the accept thread wakes
+            // the connection at its next request.
+            std::thread::sleep(IDLE + Duration::from_millis(300));
+        }
+        assert!(parker.hung_up.lock().unwrap().is_empty());
+        drop(conn);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while parker.hung_up.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the idle connection's hang-up was not seen"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = std::fs::remove_dir_all(&dir);
