@@ -505,6 +505,147 @@ fn cli_pre_dump_like_runc() {
     }
 }
 
+/// `--systemd-cgroup restore` beside runc's: the dump is restored into a transient scope (the
+/// one the bundle's `slice:prefix:name` names), active while the container runs, stopped by
+/// delete. Only where systemd is PID 1 (the systemd VM).
+#[test]
+fn cli_restore_with_the_systemd_driver_like_runc() {
+    if !pelagos::cgroups::systemd_booted() {
+        return;
+    }
+    require_criu();
+    let top = unique_id("pc").replace('-', "_");
+    let show = |unit: &str| {
+        common::containerd::systemctl(&["show", "-p", "ActiveState", "--value", unit])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    for (i, bin) in [env!("CARGO_BIN_EXE_pelagos"), "runc"]
+        .into_iter()
+        .enumerate()
+    {
+        let root = PathBuf::from(format!("/run/{}", unique_id("criu-sd")));
+        let id = format!("{top}-{i}");
+        let unit = format!("sd-{id}.scope");
+        let path = format!("/{top}.slice/{unit}");
+        let b = Bundle::new()
+            .readonly_root(false)
+            .cgroups_path(&format!("{top}.slice:sd:{id}"))
+            .args(&["sh", "-c", COUNTER]);
+        let bundle = b.path().to_str().unwrap().to_owned();
+        // Pipes for stdio (see cli_checkpoint_leaves_running_or_ends_like_runc), never read:
+        // create's and restore's are the container's, held open past the runtime's exit.
+        let log = b.path().join("runtime.log");
+        let try_run = |args: &[&str]| {
+            Command::new(bin)
+                .arg("--root")
+                .arg(&root)
+                .arg("--log")
+                .arg(&log)
+                .arg("--systemd-cgroup")
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the runtime")
+                .wait()
+                .unwrap()
+                .success()
+        };
+        let run = |args: &[&str]| {
+            let status = Command::new(bin)
+                .arg("--root")
+                .arg(&root)
+                .arg("--log")
+                .arg(&log)
+                .arg("--systemd-cgroup")
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the runtime")
+                .wait()
+                .unwrap();
+            assert!(
+                status.success(),
+                "{bin} {args:?}: {status}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let count = || {
+            std::fs::read_to_string(b.rootfs().join("tmp/count"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        let passes = |above: u64| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(n) = count().filter(|&n| n > above) {
+                    return n;
+                }
+                assert!(Instant::now() < deadline, "{bin}: counter at {:?}", count());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        run(&["create", "--bundle", &bundle, &id]);
+        run(&["start", &id]);
+        passes(2);
+        let images = b.path().join("images");
+        run(&["checkpoint", "--image-path", images.to_str().unwrap(), &id]);
+        let dumped = count().expect("a count before the dump");
+        let restored = format!("{id}-r");
+        // A failed restore leaves no scope behind.
+        let empty = b.path().join("no-images");
+        std::fs::create_dir(&empty).unwrap();
+        let args = ["restore", "--detach", "--bundle", &bundle, "--image-path"];
+        assert!(
+            !try_run(&[&args[..], &[empty.to_str().unwrap(), &restored]].concat()),
+            "{bin}: restored from an empty dir"
+        );
+        assert_eq!(
+            show(&unit),
+            "inactive",
+            "{bin}: {unit} after a failed restore"
+        );
+        run(&[
+            "restore",
+            "--detach",
+            "--bundle",
+            &bundle,
+            "--image-path",
+            images.to_str().unwrap(),
+            &restored,
+        ]);
+        passes(dumped + 3);
+        assert_eq!(show(&unit), "active", "{bin}: {unit}");
+        let state = Command::new(bin)
+            .arg("--root")
+            .arg(&root)
+            .args(["state", &restored])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap_or_default();
+        let pid = v["pid"].as_i64().expect("the restored pid");
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            own.lines().any(|l| l.ends_with(&path)),
+            "{bin}: the restored init is not in {path}: {own}"
+        );
+        run(&["delete", "--force", &restored]);
+        assert_eq!(show(&unit), "inactive", "{bin}: {unit} after delete");
+        let left: Vec<PathBuf> = common::containerd::cgroup_mounts()
+            .into_iter()
+            .map(|m| m.join(path.trim_start_matches('/')))
+            .filter(|d| d.exists())
+            .collect();
+        assert!(left.is_empty(), "{bin}: left behind: {left:?}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let _ = common::containerd::systemctl(&["stop", &format!("{top}.slice")]);
+}
+
 /// `ctr containers restore --live`: the checkpoint image becomes a new container whose task is
 /// restored at Start; the counter goes on from where the dump left it. The restored container
 /// keeps its memory limit and its OOM kills are reported like any container's (`/tasks/oom`).
