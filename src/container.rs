@@ -169,18 +169,7 @@ impl Container {
             joined_userns,
         )?;
         let helper = selfexe::open(config.helper.as_deref())?;
-        let raw_cgroup_path = linux.cgroups_path().as_ref().and_then(|p| p.to_str());
-        let systemd_unit = config
-            .systemd_cgroup
-            .then(|| {
-                cgroups::SystemdUnit::of(raw_cgroup_path, &opts.id)?
-                    .with_annotations(spec.annotations().iter().flatten())
-            })
-            .transpose()?;
-        let cgroup_path = match &systemd_unit {
-            Some(unit) => unit.path.clone(),
-            None => cgroups::resolve_path(raw_cgroup_path, &opts.id)?,
-        };
+        let (systemd_unit, cgroup_path) = cgroup_target(config, spec, &opts.id)?;
         let resources = cgroups::spec_resources(&linux);
 
         let dir = claim_state_dir(&config.root, &opts.id)?;
@@ -759,18 +748,7 @@ impl Container {
         let bundle = spec::load(&opts.bundle)?;
         let spec = &bundle.spec;
         let linux = spec.linux().clone().unwrap_or_default();
-        let raw_cgroup_path = linux.cgroups_path().as_ref().and_then(|p| p.to_str());
-        let systemd_unit = config
-            .systemd_cgroup
-            .then(|| {
-                cgroups::SystemdUnit::of(raw_cgroup_path, &opts.id)?
-                    .with_annotations(spec.annotations().iter().flatten())
-            })
-            .transpose()?;
-        let cgroup_path = match &systemd_unit {
-            Some(unit) => unit.path.clone(),
-            None => cgroups::resolve_path(raw_cgroup_path, &opts.id)?,
-        };
+        let (systemd_unit, cgroup_path) = cgroup_target(config, spec, &opts.id)?;
         let resources = cgroups::spec_resources(&linux);
         let null = || std::process::Stdio::null();
         // CRIU hands a dumped terminal (a slave whose master was outside the tree) its own
@@ -1028,6 +1006,26 @@ fn adopt_sibling(chan: &mut Channel, undo: &mut Undo, pid: i32) -> Result<(), Er
     Ok(())
 }
 
+/// Where a container's cgroup goes: with the systemd driver its scope unit and the unit's path,
+/// else the cgroupfs path of `linux.cgroupsPath` (see `cgroups::resolve_path`).
+fn cgroup_target(
+    config: &Config,
+    spec: &Spec,
+    id: &str,
+) -> Result<(Option<cgroups::SystemdUnit>, String), Error> {
+    let linux = spec.linux().as_ref();
+    let raw = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .and_then(|p| p.to_str());
+    if !config.systemd_cgroup {
+        return Ok((None, cgroups::resolve_path(raw, id)?));
+    }
+    let unit =
+        cgroups::SystemdUnit::of(raw, id)?.with_annotations(spec.annotations().iter().flatten())?;
+    let path = unit.path.clone();
+    Ok((Some(unit), path))
+}
+
 /// How a helper's set-up ends: a created init reports Ready; an exec'd process closes the
 /// socket (it is close-on-exec).
 #[derive(Clone, Copy, PartialEq)]
@@ -1168,39 +1166,12 @@ fn split_console(stdio: Stdio) -> Result<(Stdio, Option<OwnedFd>), Error> {
 
 use crate::checkpoint::TtyStdin;
 
-/// A new pty on the host's devpts: (master, slave), both close-on-exec.
+/// A new pty on the host's devpts: (master, slave).
 fn open_host_pty() -> Result<(OwnedFd, OwnedFd), Error> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::fs::OpenOptionsExt;
-    let sys_err = |op: &str, source: std::io::Error| Error::Sys {
-        op: format!("restore: {op}"),
+    sys::open_pty().map_err(|source| Error::Sys {
+        op: "restore: a pty".into(),
         source,
-    };
-    let master: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open("/dev/ptmx")
-        .map_err(|e| sys_err("open /dev/ptmx", e))?
-        .into();
-    let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads one int from a live stack value.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
-        return Err(sys_err("unlock pty", std::io::Error::last_os_error()));
-    }
-    // SAFETY: TIOCGPTPEER returns a new fd or -1.
-    let raw = unsafe {
-        libc::ioctl(
-            master.as_raw_fd(),
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if raw < 0 {
-        return Err(sys_err("open pty slave", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the kernel just returned this fd, owned from here.
-    Ok((master, unsafe { OwnedFd::from_raw_fd(raw) }))
+    })
 }
 
 /// The caller's end of a console socket: pass the other end as [`Stdio::Terminal`] to

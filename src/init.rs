@@ -540,35 +540,7 @@ fn reopen_dev_null() -> std::io::Result<()> {
 /// Allocates a pty in the container's devpts, sends the master over the console socket at
 /// `sock`, and makes the slave fds 0-2 and our controlling terminal.
 fn make_console(sock: RawFd, process: &Process) -> Result<(), InitError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let master = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open("/dev/ptmx")
-        .step("console: open /dev/ptmx")?;
-    let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads one int from a live stack value.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
-        return Err(fail("console: unlock pty", std::io::Error::last_os_error()));
-    }
-    // TIOCGPTPEER opens the slave through the master, with no path lookup to race with.
-    // SAFETY: returns a new fd or -1.
-    let raw = unsafe {
-        libc::ioctl(
-            master.as_raw_fd(),
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if raw < 0 {
-        return Err(fail(
-            "console: open pty slave",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: the kernel just returned this fd.
-    let slave = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (master, slave) = sys::open_pty().step("console")?;
     if let Some(size) = process.console_size() {
         let ws = libc::winsize {
             ws_row: size.height().min(u16::MAX as u64) as u16,

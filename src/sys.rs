@@ -291,6 +291,38 @@ pub fn errno_text(errno: i32) -> String {
     format!("{name:?}: {}", name.desc())
 }
 
+/// A new pty pair on the devpts behind `/dev/ptmx`: (master, slave), both close-on-exec. The
+/// slave is opened through the master (TIOCGPTPEER), with no path lookup to race with.
+pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let step = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")
+        .map_err(|e| step("open /dev/ptmx", e))?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from a live stack value.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(step("unlock pty", io::Error::last_os_error()));
+    }
+    // SAFETY: TIOCGPTPEER returns a new fd or -1.
+    let raw = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(step("open pty slave", io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this fd, owned from here.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
