@@ -10,12 +10,21 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::bundle::{Bundle, Pipes, TestRoot};
 use common::containerd::{describe, stdout, testing_pelagos, Containerd};
 use pelagos::Stdio;
+
+/// The storms run one at a time: the core one reaps every child of this process it finds
+/// exited (it would take the exit of the other storm's `ctr`, which then never ends), and the
+/// other pauses every setup helper on the host, the core storm's too.
+static ONE_STORM: Mutex<()> = Mutex::new(());
+
+fn one_storm() -> MutexGuard<'static, ()> {
+    ONE_STORM.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn long() -> bool {
     std::env::var("PELAGOS_LONG").is_ok_and(|v| v == "1")
@@ -187,6 +196,7 @@ fn cycle(root: &TestRoot, bundle: &Bundle, expect: &str) -> Result<(), String> {
 
 #[test]
 fn start_storm_with_forked_inits() {
+    let _one = one_storm();
     let root = TestRoot::new();
     // The pid namespace the forked inits join, as pod containers join their sandbox's.
     let keeper_bundle = Bundle::new().args(&["sleep", "1000"]);
@@ -244,6 +254,7 @@ fn start_storm_with_forked_inits() {
 /// once. With runc's shim as the control (`PELAGOS_TEST_RUNTIME`) nothing is paused.
 #[test]
 fn start_storm_through_a_grouped_shim() {
+    let _one = one_storm();
     let cd = Containerd::start();
     let annotation = "io.containerd.runc.v2.group=storm";
     cd.run_detached(
