@@ -173,6 +173,7 @@ pub(super) fn describe_pid(pid: i32) -> String {
 pub(super) struct MountEntry {
     pub(super) mount_point: String,
     pub(super) fstype: String,
+    pub(super) super_options: String,
 }
 
 fn unescape_mount(s: &str) -> String {
@@ -202,6 +203,7 @@ pub(super) fn mountinfo() -> Vec<MountEntry> {
             Some(MountEntry {
                 mount_point: unescape_mount(f.get(4)?),
                 fstype: f.get(sep + 1)?.to_string(),
+                super_options: f.get(sep + 3).unwrap_or(&"").to_string(),
             })
         })
         .collect()
@@ -257,26 +259,6 @@ pub(super) fn remove_cgroup_tree(dir: &Path) {
         }
     }
     let _ = fs::remove_dir(dir);
-}
-
-/// (mount point, fstype, super options) of every cgroup hierarchy.
-pub(super) fn cgroup_mounts_typed() -> Vec<(PathBuf, String, String)> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|&x| x == "-")?;
-            let fstype = f.get(sep + 1)?.to_string();
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| {
-                (
-                    PathBuf::from(unescape_mount(f[4])),
-                    fstype,
-                    f.get(sep + 3).unwrap_or(&"").to_string(),
-                )
-            })
-        })
-        .collect()
 }
 
 /// Makes cgroup `path` in the hierarchies mounted at `mounts`, as an operator would.

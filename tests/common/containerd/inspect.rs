@@ -251,17 +251,19 @@ impl Containerd {
     pub fn host_memory_limit(&self, id: &str) -> Option<String> {
         let rel = self.container_cgroup(id);
         let rel = rel.trim_start_matches('/');
-        let mounts = cgroup_mounts_typed();
+        let mounts = mountinfo();
         let v1 = mounts
             .iter()
-            .filter(|(_, fstype, opts)| {
-                fstype == "cgroup" && opts.split(',').any(|o| o == "memory")
-            })
-            .map(|(mp, _, _)| mp.join(rel).join("memory.limit_in_bytes"));
+            .filter(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "memory"))
+            .map(|m| {
+                Path::new(&m.mount_point)
+                    .join(rel)
+                    .join("memory.limit_in_bytes")
+            });
         let v2 = mounts
             .iter()
-            .filter(|(_, fstype, _)| fstype == "cgroup2")
-            .map(|(mp, _, _)| mp.join(rel).join("memory.max"));
+            .filter(|m| m.fstype == "cgroup2")
+            .map(|m| Path::new(&m.mount_point).join(rel).join("memory.max"));
         v1.chain(v2)
             .find_map(|p| fs::read_to_string(p).ok())
             .map(|s| s.trim().to_owned())
