@@ -143,10 +143,12 @@ impl Drop for RootfsMounts {
 }
 
 /// What a Create sets up before the container, also for one restored from a checkpoint: its
-/// options and spec, the rootfs mounts and the stdio. Dropped, the stdio is closed, then the
-/// rootfs unmounted.
+/// options and spec, the core's config for it, the rootfs mounts and the stdio. Dropped, the
+/// stdio is closed, then the rootfs unmounted.
 struct Prepared {
     opts: options::Options,
+    /// The cgroup driver is the container's choice (its runtime options), as with runc.
+    config: pelagos::Config,
     spec: Spec,
     stdio_cfg: StdioConfig,
     pio: ProcessIo,
@@ -658,8 +660,13 @@ impl Shim {
         };
         let (pio, stdio) =
             ProcessIo::open(&self.io, &stdio_cfg, &ctx).map_err(|e| status(Code::UNKNOWN, e))?;
+        let config = pelagos::Config {
+            systemd_cgroup: opts.systemd_cgroup,
+            ..self.config.clone()
+        };
         Ok(Prepared {
             opts,
+            config,
             spec,
             stdio_cfg,
             pio,
@@ -673,17 +680,13 @@ impl Shim {
         let bundle = PathBuf::from(&req.bundle);
         let Prepared {
             opts,
+            config,
             spec,
             stdio_cfg,
             mut pio,
             stdio,
             mounts,
         } = self.prepare_create(req)?;
-        // The cgroup driver is the container's choice (its runtime options), as with runc.
-        let config = pelagos::Config {
-            systemd_cgroup: opts.systemd_cgroup,
-            ..self.config.clone()
-        };
         let create = || -> Result<pelagos::Container, ServiceError> {
             let c = pelagos::Container::create(
                 &config,

@@ -162,6 +162,7 @@ impl Shim {
         let bundle = PathBuf::from(&req.bundle);
         let Prepared {
             opts,
+            config,
             spec,
             stdio_cfg,
             pio,
@@ -169,10 +170,7 @@ impl Shim {
             mounts,
         } = self.prepare_create(req)?;
         let pending = PendingRestore {
-            config: pelagos::Config {
-                systemd_cgroup: opts.systemd_cgroup,
-                ..self.config.clone()
-            },
+            config,
             bundle: bundle.clone(),
             stdio,
             terminal: req.terminal,
