@@ -270,20 +270,7 @@ fn cli_checkpoint_leaves_running_or_ends_like_runc() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         };
-        // The container's stdio are pipes: a host file (/dev/null, a log) is on a mount outside
-        // the container, which CRIU refuses to dump (runc's too).
-        let created = Command::new(bin)
-            .arg("--root")
-            .arg(&root)
-            .args(["create", "--bundle", b.path().to_str().unwrap(), &id])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the runtime")
-            .wait()
-            .unwrap();
-        assert!(created.success(), "{bin} create: {created}");
+        cli_create_with_pipes(bin, &root, b.path(), &id);
         ok(&["start", &id]);
         let before = passes(2);
 
@@ -443,19 +430,7 @@ fn cli_pre_dump_like_runc() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         };
-        // Pipes for stdio, as in cli_checkpoint_leaves_running_or_ends_like_runc.
-        let created = Command::new(bin)
-            .arg("--root")
-            .arg(&root)
-            .args(["create", "--bundle", b.path().to_str().unwrap(), &id])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the runtime")
-            .wait()
-            .unwrap();
-        assert!(created.success(), "{bin} create: {created}");
+        cli_create_with_pipes(bin, &root, b.path(), &id);
         let (ok, text) = run(&["start", &id]);
         assert!(ok, "{bin} start: {text}");
         let before = passes(2);
@@ -1267,3 +1242,20 @@ fn cri_checkpoint_container(handler: &str) {
 }
 
 pelagos_and_runc!(cri_checkpoint_container);
+
+/// `<bin> create` of `bundle` as `id` with pipes for stdio: a host file (/dev/null, a log) is
+/// on a mount outside the container, which CRIU refuses to dump (runc's too).
+fn cli_create_with_pipes(bin: &str, root: &std::path::Path, bundle: &std::path::Path, id: &str) {
+    let created = Command::new(bin)
+        .arg("--root")
+        .arg(root)
+        .args(["create", "--bundle", bundle.to_str().unwrap(), id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the runtime")
+        .wait()
+        .unwrap();
+    assert!(created.success(), "{bin} create: {created}");
+}
