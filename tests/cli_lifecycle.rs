@@ -968,7 +968,8 @@ fn exec_with_tty_sends_its_pty_master_to_the_console_socket() {
 fn a_closed_stdout_ends_the_cli_quietly() {
     let cli = Cli::new();
     for args in [&["features"][..], &["list"], &["--version"]] {
-        let (read, write) = nix::unistd::pipe().unwrap();
+        // Close-on-exec: a read end inherited by another test's child would keep the pipe open.
+        let (read, write) = std::io::pipe().unwrap();
         drop(read);
         let out = cli
             .cmd(args)

@@ -480,16 +480,16 @@ fn time_namespace_offsets_apply() {
 fn terminal_becomes_the_controlling_tty() {
     let _g = shared();
     let root = TestRoot::new();
-    let pty = nix::pty::openpty(None, None).unwrap();
+    let (pty_master, pty_slave) = common::bundle::openpty(24, 80);
     let b = Bundle::new().terminal(true).args(&[
         "sh",
         "-c",
         "test -t 0 && test -t 1 && echo is-a-tty; cut -d' ' -f7 /proc/self/stat",
     ]);
-    let mut c = root.create(&b, Stdio::Terminal(pty.slave)).unwrap();
+    let mut c = root.create(&b, Stdio::Terminal(pty_slave)).unwrap();
     c.start().unwrap();
     let mut out = Vec::new();
-    let mut master = std::fs::File::from(pty.master);
+    let mut master = std::fs::File::from(pty_master);
     let mut buf = [0u8; 1024];
     loop {
         match master.read(&mut buf) {
@@ -788,11 +788,11 @@ fn exec_with_a_terminal() {
     let root = TestRoot::new();
     let b = Bundle::new().args(&["sleep", "100"]);
     let c = start_sleeper(&root, &b);
-    let pty = nix::pty::openpty(None, None).unwrap();
+    let (pty_master, pty_slave) = common::bundle::openpty(24, 80);
     let mut p = exec_process(&["sh", "-c", "test -t 0 && echo exec-tty"]);
     p.set_terminal(Some(true));
-    let e = c.exec(&p, Stdio::Terminal(pty.slave)).unwrap();
-    let mut master = std::fs::File::from(pty.master);
+    let e = c.exec(&p, Stdio::Terminal(pty_slave)).unwrap();
+    let mut master = std::fs::File::from(pty_master);
     let mut out = Vec::new();
     let mut buf = [0u8; 256];
     while let Ok(n @ 1..) = master.read(&mut buf) {

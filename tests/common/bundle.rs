@@ -543,3 +543,20 @@ pub fn receive_master(listener: &std::os::unix::net::UnixListener) -> std::os::f
     }
     panic!("no fd on the console socket");
 }
+
+/// A pty pair (master, slave) of `rows` x `cols`, both close-on-exec: a slave inherited by
+/// another test's child would keep the master from reading EIO when the container ends.
+pub fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let ws = nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("set FD_CLOEXEC on the pty");
+    }
+    (pty.master, pty.slave)
+}

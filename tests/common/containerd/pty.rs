@@ -22,23 +22,8 @@ fn winsize(rows: u16, cols: u16) -> libc::winsize {
 impl PtyChild {
     /// Runs `cmd` as a session leader on a new pty of `rows` x `cols`.
     pub fn spawn(mut cmd: Command, rows: u16, cols: u16) -> PtyChild {
-        let mut master: libc::c_int = -1;
-        let mut slave: libc::c_int = -1;
-        let ws = winsize(rows, cols);
-        // SAFETY: openpty writes two fds into the out-params; name and termios may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &ws,
-            )
-        };
-        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: both fds were just returned by openpty and are owned here.
-        let (master, slave) =
-            unsafe { (fs::File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let (master, slave) = crate::common::bundle::openpty(rows, cols);
+        let master = fs::File::from(master);
         let dup = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup pty slave"));
         cmd.stdin(dup(&slave))
             .stdout(dup(&slave))
