@@ -267,6 +267,28 @@ fn unrestricted_oom_score_adj(handler: &str) {
     cri.assert_no_leaks();
 }
 
+/// The harness checks itself: a running pod with its own network is reported, namespace
+/// included (as its CNI plugin recorded it), and a removed one is not.
+#[test]
+fn leak_checker_reports_a_pods_network_namespace() {
+    let cri = Cri::start(PELAGOS);
+    let mut pod = cri.pod_config("netns");
+    Cri::set_namespaces(
+        &mut pod,
+        NamespaceMode::Pod,
+        NamespaceMode::Container,
+        NamespaceMode::Pod,
+    );
+    let pod_id = cri.run_pod_ok(&pod);
+    let leaks = cri.leaks_within(Duration::ZERO).join("\n");
+    for want in ["pods not removed", "pod network namespace left: "] {
+        assert!(leaks.contains(want), "leak check missed {want:?}:\n{leaks}");
+    }
+    cri.stop_pod(&pod_id);
+    cri.remove_pod(&pod_id);
+    cri.assert_no_leaks();
+}
+
 pelagos_and_runc!(
     pod_lifecycle,
     pod_namespaces,

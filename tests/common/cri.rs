@@ -54,7 +54,8 @@ macro_rules! pelagos_and_runc {
 /// A CNI plugin for pods with their own network namespace, installed both as `loopback` (CRI
 /// always adds the loopback network: brings `lo` up) and as the pod network (adds
 /// `eth0` (one end of a veth pair kept inside the pod) with a loopback-range address: CRI wants an `eth0` with an IP in the CNI result). No
-/// traffic leaves the pod.
+/// traffic leaves the pod. Every namespace it is given is listed in [`NETNS_LIST`] of the
+/// test's work dir: the leak check looks at those, not at pods other tests or benches make.
 const CNI_PLUGIN: &str = r#"#!/bin/sh
 set -e
 case "$CNI_COMMAND" in
@@ -62,6 +63,7 @@ VERSION)
     echo '{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}' ;;
 ADD)
     cat >/dev/null
+    echo "$CNI_NETNS" >>"$(dirname "$0")/../netns.list"
     if [ "$CNI_IFNAME" = lo ]; then
         nsenter --net="$CNI_NETNS" ip link set lo up
         printf '{"cniVersion":"0.4.0","interfaces":[{"name":"lo","sandbox":"%s"}],"ips":[{"version":"4","address":"127.0.0.1/8","interface":0}],"dns":{}}\n' "$CNI_NETNS"
@@ -103,8 +105,6 @@ pub struct Cri {
     pub work: PathBuf,
     /// Every sandbox id RunPodSandbox returned: their shim sockets must go.
     pod_ids: Mutex<Vec<String>>,
-    /// Network namespaces CRI had pinned before this test (`/run/netns`).
-    netns_before: Vec<String>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -328,7 +328,6 @@ impl Cri {
             slice_stem: format!("pelagos_cri_{}", tag.replace('-', "_")),
             work,
             pod_ids: Mutex::new(Vec::new()),
-            netns_before: netns_pins(),
             _serial: serial,
         };
         cri.wait_image(PAUSE_REF);
@@ -803,6 +802,16 @@ impl Cri {
             .find(|p| p.exists())
     }
 
+    /// The network namespaces (paths) CRI gave this test's pods, as its CNI plugin saw them.
+    fn pod_netns(&self) -> Vec<String> {
+        fs::read_to_string(self.work.join(NETNS_LIST))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Container cgroups (dirs named by a 64-hex id) left under this test's cgroup parent.
     pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -839,8 +848,19 @@ impl Cri {
     }
 
     /// Panics listing what the removed pods left: pods, containers, shims, processes,
-    /// container cgroups, mounts, bundles, pelagos state, shim sockets.
+    /// container cgroups, network namespaces, mounts, bundles, pelagos state, shim sockets.
     pub fn assert_no_leaks(&self) {
+        let leaks = self.leaks_within(Duration::from_secs(10));
+        assert!(
+            leaks.is_empty(),
+            "leaks after the test:\n  {}\ncontainerd log:\n{}",
+            leaks.join("\n  "),
+            self.cd.log_tail(40)
+        );
+    }
+
+    /// What [`Cri::assert_no_leaks`] looks for, giving processes `grace` to go away.
+    pub fn leaks_within(&self, grace: Duration) -> Vec<String> {
         let mut leaks = Vec::new();
         let pods = self.list_pods();
         if !pods.is_empty() {
@@ -856,7 +876,7 @@ impl Cri {
                 containers.iter().map(|c| &c.id).collect::<Vec<_>>()
             ));
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + grace;
         for pid in self.pod_cgroup_pids() {
             if !containerd::wait_pid_gone(pid, deadline) {
                 leaks.push(format!("process {pid} left in the pod cgroups"));
@@ -865,9 +885,9 @@ impl Cri {
         for cg in self.leftover_cgroups() {
             leaks.push(format!("container cgroup left: {}", cg.display()));
         }
-        for ns in netns_pins() {
-            if !self.netns_before.contains(&ns) {
-                leaks.push(format!("pod network namespace left: {NETNS_DIR}/{ns}"));
+        for ns in self.pod_netns() {
+            if Path::new(&ns).exists() {
+                leaks.push(format!("pod network namespace left: {ns}"));
             }
         }
         for id in self.pod_ids.lock().unwrap().iter() {
@@ -876,13 +896,8 @@ impl Cri {
                 leaks.push(format!("shim socket of pod {id} left: {}", sock.display()));
             }
         }
-        leaks.extend(self.cd.leaks());
-        assert!(
-            leaks.is_empty(),
-            "leaks after the test:\n  {}\ncontainerd log:\n{}",
-            leaks.join("\n  "),
-            self.cd.log_tail(40)
-        );
+        leaks.extend(self.cd.leaks_within(grace));
+        leaks
     }
 
     /// Stops and removes every pod (best effort, for teardown).
@@ -998,17 +1013,8 @@ fn cgroup_tree_pids(dir: &Path) -> Vec<i32> {
     pids
 }
 
-/// Where CRI pins pod network namespaces.
-const NETNS_DIR: &str = "/run/netns";
-
-fn netns_pins() -> Vec<String> {
-    fs::read_dir(NETNS_DIR)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
+/// The file of a test's work dir where [`CNI_PLUGIN`] lists the network namespaces CRI gave it.
+const NETNS_LIST: &str = "netns.list";
 
 fn remove_tree(dir: &Path) {
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
