@@ -61,8 +61,24 @@ fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> DaemonError {
     move |errno| DaemonError::Sys { what, errno }
 }
 
+/// glibc's tunables; glibc reads them once, as a process starts (no call sets these later).
+pub const TUNABLES_ENV: &str = "GLIBC_TUNABLES";
+/// What the start action gives the daemon, unless the operator set tunables of their own: no
+/// per-thread cache of freed heap chunks (tcache: up to 7 chunks of each size per thread,
+/// which `malloc_trim` cannot give back) and no cache of ended threads' stacks (each kept its
+/// top pages). A pod's shim idled with ~50 and ~25 KiB of them; its threads allocate little.
+pub const TUNABLES: &str = "glibc.malloc.tcache_count=0:glibc.pthread.stack_cache_size=0";
+/// Set beside [`TUNABLES`]: the daemon drops both from its environment as it starts, so that
+/// what it runs (hooks without an `env`, CRIU) inherits containerd's environment, as before.
+pub const TUNABLES_OURS_ENV: &str = "PELAGOS_SHIM_TUNABLES";
+
 /// Serves until Shutdown with no containers left.
 pub fn run(flags: &Flags) -> Result<(), DaemonError> {
+    if std::env::var_os(TUNABLES_OURS_ENV).is_some() {
+        // Still single-threaded: no thread reads the environment meanwhile.
+        std::env::remove_var(TUNABLES_ENV);
+        std::env::remove_var(TUNABLES_OURS_ENV);
+    }
     // SAFETY: mallopt only tunes the allocator; one arena keeps the RSS of a mostly idle,
     // many-threaded process small.
     unsafe {

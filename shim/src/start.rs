@@ -304,6 +304,10 @@ fn spawn_daemon(
     if let Some(level) = opts.log_level {
         cmd.env(crate::logger::LEVEL_ENV, level.as_str());
     }
+    if std::env::var_os(crate::daemon::TUNABLES_ENV).is_none() {
+        cmd.env(crate::daemon::TUNABLES_ENV, crate::daemon::TUNABLES)
+            .env(crate::daemon::TUNABLES_OURS_ENV, "1");
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
