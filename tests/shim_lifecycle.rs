@@ -420,3 +420,49 @@ fn shim_cgroup_is_joined_where_it_exists_and_the_oom_score_follows_containerd() 
         );
     }
 }
+
+/// A poststart hook with no `env` inherits the runtime's environment (containerd's, through the
+/// shim), as under runc's shim: not the glibc tunables the start action gives pelagos' daemon.
+#[test]
+fn a_hook_without_env_gets_containerds_environment() {
+    if systemd_driver() {
+        // The spec below names a cgroupfs path; the driver's paths are covered elsewhere.
+        eprintln!("skipped under the systemd cgroup driver");
+        return;
+    }
+    let cd = Containerd::start();
+    let id = "hookenv";
+    let bundle = common::bundle::Bundle::new();
+    let out = bundle.path().join("hook.env");
+    let rootfs = bundle.rootfs();
+    let bundle = bundle.args(&["true"]).edit(|c| {
+        c["root"]["path"] = serde_json::json!(rootfs);
+        c["linux"]["cgroupsPath"] = serde_json::json!(cd.container_cgroup(id));
+        c["hooks"]["poststart"] = serde_json::json!([{
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("env > {}", out.display())],
+        }]);
+    });
+    let config = bundle.path().join("config.json");
+    let runtime = common::containerd::runtime();
+    let args = [
+        "run",
+        "--rm",
+        "--runtime",
+        &runtime,
+        "--config",
+        config.to_str().unwrap(),
+        id,
+    ];
+    let run = cd.ctr(&args);
+    cd.expect_ok(&args, &run);
+    cd.assert_no_leaks();
+    let env = std::fs::read_to_string(&out).expect("the hook wrote its environment");
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    for var in ["GLIBC_TUNABLES", "PELAGOS_SHIM_TUNABLES"] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(&format!("{var}="))),
+            "the hook inherited {var}:\n{env}"
+        );
+    }
+}
