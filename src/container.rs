@@ -206,6 +206,7 @@ impl Container {
             clone_flags: ns.clone_flags,
             cgroup: undo.cgroup.as_ref().and_then(Cgroup::unified_dir_fd),
             become_root: ns.userns == Userns::AtClone,
+            hold: false,
         })?;
         let helper_pid = spawned.pid;
         undo.children.push((spawned.pid, spawned.pidfd));
@@ -273,7 +274,9 @@ impl Container {
             log_level: log::max_level() as usize,
         };
         // A helper killed on the way (e.g. by the OOM killer) shows here as a broken socket.
-        chan.send_byte(0).map_err(|e| undo.explain(e.into()))?;
+        if spawned.held {
+            chan.send_byte(0).map_err(|e| undo.explain(e.into()))?;
+        }
         chan.send(&ToHelper::Plan(Box::new(plan)))
             .map_err(|e| undo.explain(e.into()))?;
         if !join.by_runtime.is_empty() {
@@ -612,6 +615,7 @@ impl Container {
             clone_flags: 0,
             cgroup: cgroup.unified_dir_fd(),
             become_root: false,
+            hold: false,
         })?;
         let helper_pid = spawned.pid;
         let mut undo = Undo::new_processes_only();
@@ -644,7 +648,9 @@ impl Container {
             init: None,
             log_level: log::max_level() as usize,
         };
-        chan.send_byte(0)?;
+        if spawned.held {
+            chan.send_byte(0)?;
+        }
         chan.send(&ToHelper::Plan(Box::new(plan)))?;
         if !join.by_runtime.is_empty() {
             cgroup.add_pid_in(helper_pid, &join.by_runtime)?;

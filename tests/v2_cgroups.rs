@@ -199,6 +199,7 @@ fn clone_into_cgroup_places_the_child_before_it_runs() {
         clone_flags: 0,
         cgroup: cg.unified_dir_fd(),
         become_root: false,
+        hold: true,
     })
     .expect("spawn");
     let pid = spawned.pid;

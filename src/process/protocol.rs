@@ -8,7 +8,7 @@
 //!
 //! | step | runtime sends | helper (or the process it forked) sends |
 //! |---|---|---|
-//! | spawn | go byte | `ChildFailure` (clone child, before the helper runs) |
+//! | spawn | go byte, to a held child only | `ChildFailure` (clone child, before the helper runs) |
 //! | plan | `Plan` | — |
 //! | cgroup | `CgroupJoined` once it moved the helper | — |
 //! | user namespace made by the helper | `MapsWritten` | `MapRequest` |
