@@ -91,10 +91,13 @@ fn number(cap: &Capability) -> Result<u32, CapsError> {
 
 /// The highest capability the running kernel knows.
 pub fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(NAMES.len() as u32 - 1)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(NAMES.len() as u32 - 1)
+    })
 }
 
 /// The numbers of `set`, without those the kernel does not know (logged).
@@ -162,11 +165,18 @@ pub fn apply_bounding(caps: &LinuxCapabilities) -> Result<(), CapsError> {
         if keep.contains(&cap) {
             continue;
         }
-        // Only drop what is there: dropping needs CAP_SETPCAP even when it changes nothing.
-        if prctl(libc::PR_CAPBSET_READ, cap.into(), 0).map_err(sys("read bounding set"))? == 1 {
-            let n = name(cap).unwrap_or("?");
-            prctl(libc::PR_CAPBSET_DROP, cap.into(), 0)
-                .map_err(sys(format!("drop {n} from the bounding set")))?;
+        // Dropping needs CAP_SETPCAP even when it changes nothing: without it, what is not
+        // there is no failure.
+        match prctl(libc::PR_CAPBSET_DROP, cap.into(), 0) {
+            Ok(_) => {}
+            Err(e) => {
+                if prctl(libc::PR_CAPBSET_READ, cap.into(), 0).map_err(sys("read bounding set"))?
+                    == 1
+                {
+                    let n = name(cap).unwrap_or("?");
+                    return Err(sys(format!("drop {n} from the bounding set"))(e));
+                }
+            }
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use oci_spec::runtime::{Process, Spec};
 
@@ -76,6 +76,9 @@ fn helper_main() -> ! {
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         libc::prctl(libc::PR_SET_NAME, c"pelagos-init".as_ptr(), 0, 0, 0);
+    }
+    if let Some(mask) = ignored_signals() {
+        IGNORED.store(mask, Ordering::Relaxed);
     }
     unblock_signals();
     std::panic::set_hook(Box::new(|info| {
@@ -693,11 +696,24 @@ impl Exec {
     }
 }
 
-/// Default dispositions for every signal: ignored ones (SIGPIPE, by the Rust runtime) would
-/// otherwise stay ignored in the container process.
+/// The signals ignored as the helper starts (bit `n - 1` for signal `n`): those its runtime
+/// left ignored, and SIGPIPE (Rust's runtime). The helper ignores none itself. All bits set
+/// when they could not be read: every signal is then reset.
+static IGNORED: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// `SigIgn` of this thread's /proc status (the host's /proc: read before any namespace).
+fn ignored_signals() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Default dispositions for the ignored signals (SIGPIPE, by the Rust runtime), which would
+/// otherwise stay ignored in the container process; execve resets handled ones itself.
 fn reset_signals() {
+    let ignored = IGNORED.load(Ordering::Relaxed);
     for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || ignored & (1u64 << (sig - 1)) == 0 {
             continue;
         }
         // SAFETY: setting SIG_DFL is always valid; errors for reserved signals are ignored.

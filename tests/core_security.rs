@@ -96,6 +96,21 @@ fn capability_sets_of_root() {
 }
 
 #[test]
+fn no_signal_is_left_ignored_in_the_container() {
+    // The runtime (this test process) ignores SIGPIPE (Rust's runtime) and here SIGHUP too, as
+    // under nohup; execve keeps ignored dispositions, so the setup must reset them.
+    // SAFETY: plain signal(2); SIGHUP is not otherwise used by these tests.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    // cat itself, not through a shell (which may ignore signals of its own).
+    let b = Bundle::new();
+    let out = TestRoot::new().run(&b.args(&["cat", "/proc/self/status"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let ignored = u64::from_str_radix(status_field(&out.stdout, "SigIgn"), 16).unwrap();
+    // The standard signals 1-31; glibc's wrappers refuse its reserved real-time ones.
+    assert_eq!(ignored & 0x7fff_ffff, 0, "SigIgn {ignored:016x}");
+}
+
+#[test]
 fn user_groups_and_umask() {
     let b = Bundle::new().readonly_root(false).edit(|c| {
         c["process"]["user"] =
