@@ -28,6 +28,7 @@ use std::time::Duration;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::StartRequest;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use ttrpc::proto::{
     Codec, MessageHeader, Request, Response, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX,
     MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE,
@@ -50,6 +51,8 @@ const IDLE: Duration = Duration::from_secs(1);
 const TRIM_AFTER: Duration = Duration::from_millis(100);
 /// The listener's key in the accept thread's epoll; connections' keys are their ids (from 1).
 const LISTENER_KEY: u64 = 0;
+/// The key of [`Served::wake`] in the accept thread's epoll.
+const WAKE_KEY: u64 = u64::MAX;
 /// What the reader asks of the socket at a time: a request and the next one's header in one
 /// read, most of the time.
 const READ_BUF: usize = 8 << 10;
@@ -102,6 +105,8 @@ pub enum ServerError {
     Thread(std::io::Error),
     #[error("ttrpc server: epoll for the listener: {0}")]
     Epoll(nix::Error),
+    #[error("ttrpc server: the accept thread's wake-up eventfd: {0}")]
+    Wake(nix::Error),
 }
 
 /// Calls that may wait for long: Wait until its process exits, when no [`Park`] took it
@@ -137,6 +142,11 @@ pub fn start(
             EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_KEY),
         )
         .map_err(ServerError::Epoll)?;
+    let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(ServerError::Wake)?;
+    epoll
+        .add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_KEY))
+        .map_err(ServerError::Wake)?;
     let served = Arc::new(Served {
         methods,
         park,
@@ -144,6 +154,7 @@ pub fn start(
         idle: Mutex::new(HashMap::new()),
         threads: AtomicUsize::new(0),
         trim_due: AtomicBool::new(false),
+        wake,
     });
     std::thread::Builder::new()
         .name("ttrpc-accept".into())
@@ -167,6 +178,9 @@ struct Served {
     /// touched heap. Once no thread has served for [`TRIM_AFTER`], the accept thread gives
     /// those pages back with `malloc_trim`.
     trim_due: AtomicBool,
+    /// Written by the last thread to end, so that an accept thread waiting without a timeout
+    /// starts counting [`TRIM_AFTER`].
+    wake: EventFd,
 }
 
 impl Served {
@@ -183,7 +197,10 @@ impl Served {
             .spawn(move || {
                 f();
                 served.trim_due.store(true, Ordering::SeqCst);
-                served.threads.fetch_sub(1, Ordering::SeqCst);
+                if served.threads.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    // Full or failed only if a wake-up is pending already.
+                    let _ = served.wake.write(1);
+                }
                 drop(served);
                 release_stack();
             });
@@ -247,6 +264,10 @@ fn accept(listener: &UnixListener, served: &Arc<Served>) {
         for ev in &events[..n] {
             if ev.data() == LISTENER_KEY {
                 accept_one(listener, served);
+                continue;
+            }
+            if ev.data() == WAKE_KEY {
+                let _ = served.wake.read();
                 continue;
             }
             let Some(conn) = served.idle_conns().remove(&ev.data()) else {
