@@ -21,7 +21,7 @@ use std::io::{BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// for a thread start (tens of microseconds, against milliseconds for an exec).
 const IDLE: Duration = Duration::from_secs(1);
 /// How long the server stays quiet (no thread serving) before it hands the heap's free pages
-/// back to the kernel (see [`Served::trim_due`]).
+/// back to the kernel (see [`Served::wake`]).
 const TRIM_AFTER: Duration = Duration::from_millis(100);
 /// The listener's key in the accept thread's epoll; connections' keys are their ids (from 1).
 const LISTENER_KEY: u64 = 0;
@@ -153,7 +153,6 @@ pub fn start(
         epoll,
         idle: Mutex::new(HashMap::new()),
         threads: AtomicUsize::new(0),
-        trim_due: AtomicBool::new(false),
         wake,
     });
     std::thread::Builder::new()
@@ -172,14 +171,11 @@ struct Served {
     idle: Mutex<HashMap<u64, Arc<Conn>>>,
     /// Connection and call threads running.
     threads: AtomicUsize,
-    /// A thread has ended since the last trim. Its calls' freed heap stays resident (glibc
-    /// trims only the top of the heap, and only past 128 KiB; the thread's cache of freed
-    /// chunks goes back to the heap as it ends): a pod's shim idled with ~90 KiB of free but
-    /// touched heap. Once no thread has served for [`TRIM_AFTER`], the accept thread gives
-    /// those pages back with `malloc_trim`.
-    trim_due: AtomicBool,
-    /// Written by the last thread to end, so that an accept thread waiting without a timeout
-    /// starts counting [`TRIM_AFTER`].
+    /// Written by the last thread to end. Its calls' freed heap stays resident (glibc trims
+    /// only the top of the heap, and only past 128 KiB; a thread's cache of freed chunks goes
+    /// back to the heap as it ends): a pod's shim idled with ~90 KiB of free but touched heap.
+    /// Once no thread has served for [`TRIM_AFTER`] after that, the accept thread gives those
+    /// pages back with `malloc_trim`.
     wake: EventFd,
 }
 
@@ -196,7 +192,6 @@ impl Served {
             .name(name.into())
             .spawn(move || {
                 f();
-                served.trim_due.store(true, Ordering::SeqCst);
                 if served.threads.fetch_sub(1, Ordering::SeqCst) == 1 {
                     // Full or failed only if a wake-up is pending already.
                     let _ = served.wake.write(1);
@@ -208,21 +203,6 @@ impl Served {
             self.threads.fetch_sub(1, Ordering::SeqCst);
         }
         spawned.map(drop)
-    }
-
-    /// Gives the heap's free pages back once no thread has served for [`TRIM_AFTER`]; the
-    /// accept thread's timeout while one is due.
-    fn trim_when_quiet(&self, timed_out: bool) -> EpollTimeout {
-        if !self.trim_due.load(Ordering::SeqCst) {
-            return EpollTimeout::NONE;
-        }
-        if timed_out && self.threads.load(Ordering::SeqCst) == 0 {
-            self.trim_due.store(false, Ordering::SeqCst);
-            // SAFETY: malloc_trim only returns free heap pages to the kernel.
-            unsafe { libc::malloc_trim(0) };
-            return EpollTimeout::NONE;
-        }
-        EpollTimeout::try_from(TRIM_AFTER).unwrap_or(EpollTimeout::NONE)
     }
 
     /// Leaves `conn` to the accept thread until its next request (or hang-up). False when
@@ -250,10 +230,17 @@ fn accept(listener: &UnixListener, served: &Arc<Served>) {
     let mut timeout = EpollTimeout::NONE;
     loop {
         let n = match served.epoll.wait(&mut events, timeout) {
-            Ok(n) => {
-                timeout = served.trim_when_quiet(n == 0);
-                n
+            // Quiet for TRIM_AFTER since the last thread ended. A thread started since then
+            // wakes us again as it ends.
+            Ok(0) => {
+                timeout = EpollTimeout::NONE;
+                if served.threads.load(Ordering::SeqCst) == 0 {
+                    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+                    unsafe { libc::malloc_trim(0) };
+                }
+                continue;
             }
+            Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
                 log::warn!("ttrpc: epoll_wait: {e}");
@@ -268,6 +255,7 @@ fn accept(listener: &UnixListener, served: &Arc<Served>) {
             }
             if ev.data() == WAKE_KEY {
                 let _ = served.wake.read();
+                timeout = EpollTimeout::try_from(TRIM_AFTER).unwrap_or(EpollTimeout::NONE);
                 continue;
             }
             let Some(conn) = served.idle_conns().remove(&ev.data()) else {
