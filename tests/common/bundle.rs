@@ -544,17 +544,21 @@ pub fn receive_master(listener: &std::os::unix::net::UnixListener) -> std::os::f
     panic!("no fd on the console socket");
 }
 
-/// A pty pair (master, slave) of `rows` x `cols`, both close-on-exec: a slave inherited by
-/// another test's child would keep the master from reading EIO when the container ends.
-pub fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let ws = nix::pty::Winsize {
+/// A terminal size of `rows` x `cols`.
+pub fn winsize(rows: u16, cols: u16) -> libc::winsize {
+    libc::winsize {
         ws_row: rows,
         ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+    }
+}
+
+/// A pty pair (master, slave) of `rows` x `cols`, both close-on-exec: a slave inherited by
+/// another test's child would keep the master from reading EIO when the container ends.
+pub fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let pty = nix::pty::openpty(Some(&winsize(rows, cols)), None).expect("openpty");
     for fd in [&pty.master, &pty.slave] {
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("set FD_CLOEXEC on the pty");
     }

@@ -10,15 +10,6 @@ pub struct PtyChild {
     output: Vec<u8>,
 }
 
-fn winsize(rows: u16, cols: u16) -> libc::winsize {
-    libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    }
-}
-
 impl PtyChild {
     /// Runs `cmd` as a session leader on a new pty of `rows` x `cols`.
     pub fn spawn(mut cmd: Command, rows: u16, cols: u16) -> PtyChild {
@@ -91,7 +82,7 @@ impl PtyChild {
 
     /// Sets the terminal size; the kernel sends SIGWINCH to the foreground process group.
     pub fn resize(&self, rows: u16, cols: u16) {
-        let ws = winsize(rows, cols);
+        let ws = crate::common::bundle::winsize(rows, cols);
         // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
         let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
