@@ -932,11 +932,16 @@ impl Shim {
             .filter(|&pid| pid > 0)
             .collect();
         for pid in pids {
-            // Only a held exit: the table may also keep an old exit of a reused pid.
-            if st.h.held.remove(&pid) {
-                if let Some(exit) = reaper::try_take(pid) {
-                    self.route_exit(st, exit);
-                }
+            self.route_held_exit(st, pid);
+        }
+    }
+
+    /// Routes `pid`'s exit if it is held back for output (see [`Shim::route_held_exits`]).
+    fn route_held_exit(&self, st: &mut State, pid: i32) {
+        // Only a held exit: the table may also keep an old exit of a reused pid.
+        if st.h.held.remove(&pid) {
+            if let Some(exit) = reaper::try_take(pid) {
+                self.route_exit(st, exit);
             }
         }
     }
@@ -1008,6 +1013,16 @@ impl Shim {
     fn delete_exec(&self, id: &str, exec_id: &str) -> Res<DeleteResponse> {
         let (d, io) = {
             let mut st = self.lock();
+            // A client deleting an exec is done reading its output, as for the init.
+            let pid = st
+                .life
+                .get(id)
+                .ok()
+                .and_then(|t| t.execs.get(exec_id))
+                .map(|p| p.pid);
+            if let Some(pid) = pid.filter(|&p| p > 0) {
+                self.route_held_exit(&mut st, pid);
+            }
             let d = st.life.delete_exec(id, exec_id)?;
             let io =
                 st.h.handles
