@@ -4,6 +4,7 @@
 //! alternating round by round so that the machine's noise falls on both. Prints the table with
 //! the targets of issue 16 and writes every sample as JSON. `--help` lists the options.
 
+mod cni;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod procs;
@@ -147,6 +148,8 @@ struct Bench<'a> {
     cri: &'a Cri,
     res: Results,
     seq: usize,
+    /// Replays the CNI plugin's DELs of each lifecycle's teardown.
+    cni: Option<cni::Replay>,
 }
 
 impl Bench<'_> {
@@ -334,6 +337,7 @@ impl Bench<'_> {
             let id = c.container_id;
             let (t_start, _) = self.call(h, START, rs.clone().start_container(start(&id)))?;
             Self::wait_ready(h, &pod, "app")?;
+            let mark = self.cni.as_ref().map(cni::Replay::mark);
             let stop = StopContainerRequest {
                 container_id: id.clone(),
                 timeout: STOP_TIMEOUT_S,
@@ -348,11 +352,22 @@ impl Bench<'_> {
                 REMOVE_POD,
                 rs.clone().remove_pod_sandbox(remove_pod(&pod_id)),
             )?;
-            Ok::<_, String>([t_create, t_start, t_stop, t_rm, t_sp, t_rp])
+            let dels = self
+                .cni
+                .as_ref()
+                .zip(mark)
+                .map(|(c, m)| c.dels(m, c.mark()));
+            Ok::<_, String>(([t_create, t_start, t_stop, t_rm, t_sp, t_rp], dels))
         })();
-        let [t_create, t_start, t_stop, t_rm, t_sp, t_rp] = steps.inspect_err(|_| {
+        let ([t_create, t_start, t_stop, t_rm, t_sp, t_rp], dels) = steps.inspect_err(|_| {
             self.discard_pod(&pod_id);
         })?;
+        let teardown = t_stop + t_rm + t_sp + t_rp;
+        if let Some((c, dels)) = self.cni.as_ref().zip(dels) {
+            let t_dels = c.time_dels(&dels)?;
+            self.res.add(CNI_DELS, h, t_dels);
+            self.res.add(TEARDOWN_LESS_CNI, h, teardown - t_dels);
+        }
         for (m, t) in [
             (RUN_POD, t_run),
             (CREATE, t_create),
@@ -362,7 +377,7 @@ impl Bench<'_> {
             (STOP_POD, t_sp),
             (REMOVE_POD, t_rp),
             (START_PATH, t_run + t_create + t_start),
-            (TEARDOWN, t_stop + t_rm + t_sp + t_rp),
+            (TEARDOWN, teardown),
         ] {
             self.res.add(m, h, t);
         }
@@ -645,6 +660,7 @@ fn run_version(opts: &Opts, version: &str) -> Results {
         cri: &cri,
         res: Results::default(),
         seq: 0,
+        cni: None,
     };
     let on = |p: &str| opts.only.iter().any(|o| o == p);
     let phase = |name: &str| eprintln!("cri bench: containerd {version}: {name}");
@@ -659,12 +675,17 @@ fn run_version(opts: &Opts, version: &str) -> Results {
     }
     if on("lifecycle") {
         phase("sequential lifecycles");
+        match cni::Replay::new(&cri.work) {
+            Ok(c) => b.cni = Some(c),
+            Err(e) => b.res.failures.push(e),
+        }
         for round in 0..opts.rounds {
             for h in order(round) {
                 let r = b.lifecycle(h);
                 b.note(r);
             }
         }
+        b.cni = None;
     }
     if on("parallel") {
         phase("pods in parallel");

@@ -35,6 +35,17 @@ const fn op(name: &'static str, target: Option<f64>) -> Metric {
     }
 }
 
+/// Per-call samples without a target.
+const fn info(name: &'static str) -> Metric {
+    Metric {
+        name,
+        unit: "ms",
+        kind: Kind::Latency,
+        target: None,
+        not_slower: false,
+    }
+}
+
 const fn mean(name: &'static str, unit: &'static str, target: Option<f64>) -> Metric {
     Metric {
         name,
@@ -54,6 +65,8 @@ pub const STOP_POD: &str = "StopPodSandbox";
 pub const REMOVE_POD: &str = "RemovePodSandbox";
 pub const START_PATH: &str = "start path (RunPodSandbox + CreateContainer + StartContainer)";
 pub const TEARDOWN: &str = "teardown (Stop/Remove container, Stop/Remove pod)";
+pub const CNI_DELS: &str = "the CNI plugin's DELs of that teardown, replayed alone (information)";
+pub const TEARDOWN_LESS_CNI: &str = "teardown less those DELs (information)";
 pub const RUN_POD_4: &str = "RunPodSandbox, 4 in parallel";
 pub const STOP_POD_4: &str = "StopPodSandbox, 4 in parallel";
 pub const REMOVE_POD_4: &str = "RemovePodSandbox, 4 in parallel";
@@ -78,6 +91,8 @@ pub const METRICS: &[Metric] = &[
     op(REMOVE_POD, None),
     op(START_PATH, Some(0.4)),
     op(TEARDOWN, Some(0.4)),
+    info(CNI_DELS),
+    info(TEARDOWN_LESS_CNI),
     op(RUN_POD_4, Some(0.5)),
     op(STOP_POD_4, None),
     op(REMOVE_POD_4, None),

@@ -56,14 +56,19 @@ macro_rules! pelagos_and_runc {
 /// `eth0` (one end of a veth pair kept inside the pod) with a loopback-range address: CRI wants an `eth0` with an IP in the CNI result). No
 /// traffic leaves the pod. Every namespace it is given is listed in [`NETNS_LIST`] of the
 /// test's work dir: the leak check looks at those, not at pods other tests or benches make.
+/// Every call is logged in `cni-calls.log` there (command, interface, whether the namespace
+/// exists, its path): the CRI bench replays a pod's DELs from it.
 const CNI_PLUGIN: &str = r#"#!/bin/sh
 set -e
+netns=absent
+[ -n "$CNI_NETNS" ] && [ -e "$CNI_NETNS" ] && netns=present
+echo "$CNI_COMMAND $CNI_IFNAME $netns $CNI_NETNS" >>"${0%/*}/../cni-calls.log"
 case "$CNI_COMMAND" in
 VERSION)
     echo '{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}' ;;
 ADD)
     cat >/dev/null
-    echo "$CNI_NETNS" >>"$(dirname "$0")/../netns.list"
+    echo "$CNI_NETNS" >>"${0%/*}/../netns.list"
     if [ "$CNI_IFNAME" = lo ]; then
         nsenter --net="$CNI_NETNS" ip link set lo up
         printf '{"cniVersion":"0.4.0","interfaces":[{"name":"lo","sandbox":"%s"}],"ips":[{"version":"4","address":"127.0.0.1/8","interface":0}],"dns":{}}\n' "$CNI_NETNS"
