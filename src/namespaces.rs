@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
@@ -367,29 +367,42 @@ pub fn format_id_map(mappings: &[LinuxIdMapping]) -> String {
 }
 
 /// CLONE_NEW* flags of the namespaces where `pid` differs from the calling process: what an
-/// exec into it must join (joining one's own user namespace is an error).
+/// exec into it must join (joining one's own user namespace is an error). Each `ns` link reads
+/// as its type and the namespace's nsfs inode (`mnt:[4026531841]`), which is what a stat of it
+/// would compare: the reads skip the stat's walk into nsfs, and go through one directory fd
+/// per process rather than a path walk from `/proc` per link (an exec probe pays this each
+/// time).
 pub fn differing_from_self(pid: i32) -> Result<libc::c_int, NsError> {
-    let mut flags = 0;
-    for kind in Kind::ALL {
-        let theirs = Path::new("/proc")
-            .join(pid.to_string())
-            .join("ns")
-            .join(kind.proc_name());
-        let mine = Path::new("/proc/self/ns").join(kind.proc_name());
-        let meta = |p: &Path| {
-            std::fs::metadata(p).map_err(|source| NsError::Open {
-                kind,
-                path: p.to_path_buf(),
+    let open_dir = |path: String| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&path)
+            .map_err(|source| NsError::Syscall {
+                op: "open",
+                kind: path,
                 source,
             })
+    };
+    let (theirs_path, mine_path) = (format!("/proc/{pid}/ns"), "/proc/self/ns");
+    let theirs = open_dir(theirs_path.clone())?;
+    let mine = open_dir(mine_path.to_owned())?;
+    let mut flags = 0;
+    for kind in Kind::ALL {
+        let link = |dir: &std::fs::File, path: &str| {
+            nix::fcntl::readlinkat(dir, kind.proc_name()).map_err(|e| NsError::Open {
+                kind,
+                path: Path::new(path).join(kind.proc_name()),
+                source: e.into(),
+            })
         };
-        let (a, b) = match (meta(&theirs), meta(&mine)) {
+        let (a, b) = match (link(&theirs, &theirs_path), link(&mine, mine_path)) {
             (Ok(a), Ok(b)) => (a, b),
             // Kernels without time namespaces have no ns/time.
             (Err(_), Err(_)) if kind == Kind::Time => continue,
             (Err(e), _) | (_, Err(e)) => return Err(e),
         };
-        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        if a != b {
             flags |= kind.flag();
         }
     }
@@ -557,5 +570,29 @@ mod tests {
     #[test]
     fn own_process_differs_in_nothing() {
         assert_eq!(differing_from_self(std::process::id() as i32).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_process_in_its_own_uts_namespace_differs_in_that_one() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let mut child = std::process::Command::new("unshare")
+            .args(["--uts", "sh", "-c", "echo in; exec sleep 30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let flags = differing_from_self(child.id() as i32);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(line, "in\n");
+        assert_eq!(flags.unwrap(), libc::CLONE_NEWUTS);
+        let gone = differing_from_self(child.id() as i32)
+            .unwrap_err()
+            .to_string();
+        assert!(gone.contains(&format!("/proc/{}/ns", child.id())), "{gone}");
     }
 }
