@@ -242,7 +242,8 @@ impl Container {
             .cgroup
             .as_ref()
             .expect("created")
-            .join_plan(spawned.in_cgroup, ns.userns != Userns::AtClone);
+            .join_plan(spawned.in_cgroup, ns.userns != Userns::AtClone)?;
+        let (join_fds, join_paths): (Vec<_>, Vec<_>) = join.by_process.into_iter().unzip();
         let plan = Plan {
             process: spec.process().clone().expect("validated"),
             preserve_fds: preserve_count,
@@ -260,7 +261,7 @@ impl Container {
             userns: ns.userns,
             fork: ns.fork,
             await_cgroup: !join.by_runtime.is_empty(),
-            join_cgroup: join.by_process,
+            join_cgroup: join_paths,
             init: Some(InitPlan {
                 spec: spec.clone(),
                 rootfs: bundle.rootfs.clone(),
@@ -277,7 +278,7 @@ impl Container {
         if spawned.held {
             chan.send_byte(0).map_err(|e| undo.explain(e.into()))?;
         }
-        chan.send(&ToHelper::Plan(Box::new(plan)))
+        chan.send_with_fds(&ToHelper::Plan(Box::new(plan)), &join_fds)
             .map_err(|e| undo.explain(e.into()))?;
         if !join.by_runtime.is_empty() {
             // Overlaps the helper's exec and start-up (see Plan::await_cgroup).
@@ -630,7 +631,8 @@ impl Container {
         // without it means the helper died, and its own pid is no process of ours to return.
         let fork = join_flags & (libc::CLONE_NEWPID | libc::CLONE_NEWTIME) != 0;
         // The helper enters the container's user namespace only after moving itself.
-        let join = cgroup.join_plan(spawned.in_cgroup, true);
+        let join = cgroup.join_plan(spawned.in_cgroup, true)?;
+        let (join_fds, join_paths): (Vec<_>, Vec<_>) = join.by_process.into_iter().unzip();
         let plan = Plan {
             process: process.clone(),
             preserve_fds: 0,
@@ -644,14 +646,14 @@ impl Container {
             userns: Userns::Host,
             fork,
             await_cgroup: !join.by_runtime.is_empty(),
-            join_cgroup: join.by_process,
+            join_cgroup: join_paths,
             init: None,
             log_level: log::max_level() as usize,
         };
         if spawned.held {
             chan.send_byte(0)?;
         }
-        chan.send(&ToHelper::Plan(Box::new(plan)))?;
+        chan.send_with_fds(&ToHelper::Plan(Box::new(plan)), &join_fds)?;
         if !join.by_runtime.is_empty() {
             cgroup.add_pid_in(helper_pid, &join.by_runtime)?;
             chan.send(&ToHelper::CgroupJoined)?;

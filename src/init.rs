@@ -162,11 +162,9 @@ fn run(chan: &mut Channel) -> Result<(), InitError> {
     );
     relocate_socket(chan, &plan)?;
     for tasks in &plan.join_cgroup {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(tasks)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, b"0"))
-            .step(&format!("join cgroup {}", tasks.display()))?;
+        let step = format!("join cgroup {}", tasks.display());
+        let fd = chan.take_fd().step(&step)?;
+        std::io::Write::write_all(&mut std::fs::File::from(fd), b"0").step(&step)?;
     }
     if plan.await_cgroup {
         match chan.recv::<ToHelper>().step("wait for the cgroup")? {

@@ -46,6 +46,7 @@ mod v2;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{open, OFlag};
@@ -176,13 +177,17 @@ pub struct Cgroup {
     parents: Vec<PathBuf>,
     /// The systemd unit that owns the cgroup (systemd driver).
     unit: Option<String>,
+    /// The v1 `tasks` files opened for writing, one per hierarchy, on first use (see
+    /// [`Cgroup::join_plan`]).
+    v1_tasks: OnceLock<Vec<OwnedFd>>,
 }
 
 /// See [`Cgroup::join_plan`].
 #[derive(Debug, Default)]
 pub struct JoinPlan<'a> {
-    /// `tasks` files the process writes `0` into itself.
-    pub by_process: Vec<PathBuf>,
+    /// `tasks` files, open for writing, that the process writes `0` into itself (with their
+    /// paths, for messages).
+    pub by_process: Vec<(BorrowedFd<'a>, PathBuf)>,
     /// Directories whose `cgroup.procs` the runtime writes the pid into.
     pub by_runtime: Vec<&'a Path>,
 }
@@ -226,6 +231,7 @@ impl Cgroup {
             device_rules: None,
             parents: Vec::new(),
             unit: None,
+            v1_tasks: OnceLock::new(),
         }
     }
 
@@ -457,19 +463,44 @@ impl Cgroup {
     /// (recent kernels; older ones take it either way), nor does a clone3 into the v2 cgroup.
     ///
     /// `in_v2`: the process was cloned into the v2 directory. `self_join`: it may move itself
-    /// in the v1 hierarchies (it is still root of the host's user namespace).
-    pub fn join_plan(&self, in_v2: bool, self_join: bool) -> JoinPlan<'_> {
+    /// in the v1 hierarchies (it is still root of the host's user namespace). The `tasks`
+    /// files it writes are opened here once for the cgroup's life, not by every process
+    /// joining: an open of a cgroupfs file walks its path and sets up the open file, which on
+    /// a host with many v1 hierarchies cost as much as the writes. The kernel checks such a
+    /// write against the opener's credentials, the runtime's.
+    pub fn join_plan(&self, in_v2: bool, self_join: bool) -> Result<JoinPlan<'_>, CgroupError> {
         let mut plan = JoinPlan::default();
-        for v in &self.v1 {
-            match self_join {
-                true => plan.by_process.push(v.dir.join("tasks")),
-                false => plan.by_runtime.push(v.dir.as_path()),
-            }
+        if self_join {
+            let fds = self.v1_tasks()?;
+            plan.by_process = fds
+                .iter()
+                .zip(&self.v1)
+                .map(|(fd, v)| (fd.as_fd(), v.dir.join("tasks")))
+                .collect();
+        } else {
+            plan.by_runtime = self.v1.iter().map(|v| v.dir.as_path()).collect();
         }
         if let (Some(u), false) = (&self.unified, in_v2) {
             plan.by_runtime.push(u.as_path());
         }
-        plan
+        Ok(plan)
+    }
+
+    fn v1_tasks(&self) -> Result<&[OwnedFd], CgroupError> {
+        if let Some(fds) = self.v1_tasks.get() {
+            return Ok(fds);
+        }
+        let fds = self
+            .v1
+            .iter()
+            .map(|v| {
+                let path = v.dir.join("tasks");
+                open(&path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, FileMode::empty())
+                    .map_err(|source| CgroupError::Open { path, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // A caller racing this one may have set it first; either set is the same files.
+        Ok(self.v1_tasks.get_or_init(|| fds))
     }
 
     /// Applies new resource values (as `runc update`). Device rules stay as created: on cgroup
@@ -847,6 +878,7 @@ pub fn fuzz_translate(
         device_rules: None,
         parents: Vec::new(),
         unit: None,
+        v1_tasks: OnceLock::new(),
     };
     let all_v1 = [
         "memory", "cpu", "cpuset", "pids", "blkio", "hugetlb", "devices", "net_cls", "net_prio",

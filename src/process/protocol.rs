@@ -1,15 +1,15 @@
 //! The runtime ↔ setup-helper protocol over the socketpair at the helper's fd 3: each message
-//! is a little-endian u32 length followed by that many bytes of JSON. A pidfd rides along as
-//! SCM_RIGHTS with the message that announces it. Before the helper exists, the clone child
-//! reports a failure with a length of `u32::MAX` followed by a raw (step u32, errno i32) pair,
-//! since it cannot allocate or serialize.
+//! is a little-endian u32 length followed by that many bytes of JSON. Fds (a pidfd, a pty
+//! master, cgroup files) ride along as SCM_RIGHTS with the message that announces them. Before
+//! the helper exists, the clone child reports a failure with a length of `u32::MAX` followed by
+//! a raw (step u32, errno i32) pair, since it cannot allocate or serialize.
 //!
 //! The conversation, in order (each step only when the plan asks for it):
 //!
 //! | step | runtime sends | helper (or the process it forked) sends |
 //! |---|---|---|
 //! | spawn | go byte, to a held child only | `ChildFailure` (clone child, before the helper runs) |
-//! | plan | `Plan` | — |
+//! | plan | `Plan`, with the v1 `tasks` files of `join_cgroup` as SCM_RIGHTS | — |
 //! | cgroup | `CgroupJoined` once it moved the helper | — |
 //! | user namespace made by the helper | `MapsWritten` | `MapRequest` |
 //! | fork (pid or time namespace) | — | helper: `Forked { pid }` + pidfd, then it exits |
@@ -48,10 +48,16 @@ pub enum ProtocolError {
     TooLarge(u64),
     #[error("a message promised an fd that did not arrive")]
     MissingFd,
+    #[error("{0} fds in one message: over the limit of {MAX_FDS}")]
+    TooManyFds(usize),
+    #[error("the fds sent with a message did not all fit in the receive buffer")]
+    FdsTruncated,
 }
 
 /// Largest frame accepted (a config.json with a big seccomp profile stays far below).
 const MAX_FRAME: u32 = 64 << 20;
+/// Most fds one message carries (the v1 `tasks` files of a plan: one per hierarchy).
+const MAX_FDS: usize = 32;
 /// Length marker of the clone child's raw failure report.
 pub const CHILD_FAILURE: u32 = u32::MAX;
 
@@ -83,7 +89,8 @@ pub struct Plan {
     /// the cgroup while it starts up (a cgroup v1 migration can take milliseconds).
     pub await_cgroup: bool,
     /// cgroup v1 `tasks` files the helper moves itself into (writing `0`) before anything
-    /// else (see `Cgroup::join_plan`).
+    /// else (see `Cgroup::join_plan`). They come opened, as fds attached to this message in
+    /// the same order; the paths are for messages.
     #[serde(default)]
     pub join_cgroup: Vec<PathBuf>,
     /// Container setup; `None` for exec.
@@ -226,7 +233,7 @@ impl Channel {
 
     /// Writes one raw byte (the go signal the clone child waits for).
     pub fn send_byte(&self, b: u8) -> Result<(), ProtocolError> {
-        self.send_raw(&[b], None)
+        self.send_raw(&[b], &[])
     }
 
     pub fn send<T: Serialize>(&self, msg: &T) -> Result<(), ProtocolError> {
@@ -239,21 +246,31 @@ impl Channel {
         msg: &T,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ProtocolError> {
-        self.send_raw(&encode_frame(msg)?, fd)
+        self.send_with_fds(msg, fd.as_slice())
     }
 
-    fn send_raw(&self, mut bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(), ProtocolError> {
-        let mut fd = fd.map(|f| [f.as_raw_fd()]);
+    /// Sends `msg` with `fds` attached; the peer takes them in this order.
+    pub fn send_with_fds<T: Serialize>(
+        &self,
+        msg: &T,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ProtocolError> {
+        self.send_raw(&encode_frame(msg)?, fds)
+    }
+
+    fn send_raw(&self, mut bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ProtocolError> {
+        if fds.len() > MAX_FDS {
+            return Err(ProtocolError::TooManyFds(fds.len()));
+        }
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let rights = [ControlMessage::ScmRights(&raw)];
+        // The fds go with the first piece only.
+        let mut cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
         while !bytes.is_empty() {
-            let cmsgs: Vec<ControlMessage<'_>> = fd
-                .as_ref()
-                .map(|f| ControlMessage::ScmRights(f))
-                .into_iter()
-                .collect();
             let n = match sendmsg::<()>(
                 self.fd.as_raw_fd(),
                 &[IoSlice::new(bytes)],
-                &cmsgs,
+                cmsgs,
                 MsgFlags::MSG_NOSIGNAL,
                 None,
             ) {
@@ -261,7 +278,7 @@ impl Channel {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(std::io::Error::from(e).into()),
             };
-            fd = None;
+            cmsgs = &[];
             bytes = &bytes[n..];
         }
         Ok(())
@@ -302,8 +319,8 @@ impl Channel {
     fn fill(&mut self, want: usize) -> Result<bool, ProtocolError> {
         while self.buf.len() < want {
             let mut chunk = [0u8; 4096];
-            let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-            let (n, fds) = {
+            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let (n, fds, truncated) = {
                 let mut iov = [IoSliceMut::new(&mut chunk)];
                 let msg = match recvmsg::<()>(
                     self.fd.as_raw_fd(),
@@ -323,11 +340,14 @@ impl Channel {
                         }
                     }
                 }
-                (msg.bytes, fds)
+                (msg.bytes, fds, msg.flags.contains(MsgFlags::MSG_CTRUNC))
             };
             for raw in fds {
                 // SAFETY: SCM_RIGHTS installed these fds in our table; nobody else owns them.
                 self.fds.push_back(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+            if truncated {
+                return Err(ProtocolError::FdsTruncated);
             }
             if n == 0 {
                 if self.buf.is_empty() {
@@ -423,6 +443,37 @@ mod tests {
     }
 
     #[test]
+    fn fds_sent_together_arrive_in_order() {
+        let (a, mut b) = pair();
+        let files: Vec<std::fs::File> = ["/dev/null", "/proc/self/status", "/"]
+            .iter()
+            .map(|p| std::fs::File::open(p).unwrap())
+            .collect();
+        use std::os::fd::AsFd;
+        let fds: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
+        a.send_with_fds(&ToHelper::CgroupJoined, &fds).unwrap();
+        assert!(matches!(
+            b.recv::<ToHelper>().unwrap(),
+            Some(Frame::Msg(ToHelper::CgroupJoined))
+        ));
+        for file in &files {
+            let got = b.take_fd().unwrap();
+            let (sent, got) = (
+                file.metadata().unwrap(),
+                std::fs::File::from(got).metadata().unwrap(),
+            );
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!((got.dev(), got.ino()), (sent.dev(), sent.ino()));
+        }
+        assert!(matches!(b.take_fd(), Err(ProtocolError::MissingFd)));
+        let many: Vec<BorrowedFd<'_>> = (0..=MAX_FDS).map(|_| files[0].as_fd()).collect();
+        assert!(matches!(
+            a.send_with_fds(&ToHelper::CgroupJoined, &many),
+            Err(ProtocolError::TooManyFds(n)) if n == MAX_FDS + 1
+        ));
+    }
+
+    #[test]
     fn replacing_the_fd_keeps_buffered_messages() {
         let (a, mut b) = pair();
         a.send(&ToHelper::CgroupJoined).unwrap();
@@ -446,7 +497,7 @@ mod tests {
         raw.extend_from_slice(&CHILD_FAILURE.to_le_bytes());
         raw.extend_from_slice(&5u32.to_le_bytes());
         raw.extend_from_slice(&libc::ENOENT.to_le_bytes());
-        a.send_raw(&raw, None).unwrap();
+        a.send_raw(&raw, &[]).unwrap();
         match b.recv::<FromHelper>().unwrap() {
             Some(Frame::ChildFailure { step, errno }) => {
                 assert_eq!((step, errno), (5, libc::ENOENT))
@@ -458,7 +509,7 @@ mod tests {
     #[test]
     fn truncated_frame_is_an_error() {
         let (a, mut b) = pair();
-        a.send_raw(&10u32.to_le_bytes(), None).unwrap();
+        a.send_raw(&10u32.to_le_bytes(), &[]).unwrap();
         drop(a);
         assert!(b.recv::<FromHelper>().is_err());
     }
