@@ -4,20 +4,15 @@
 //! handlers pay it alike; the runtime does not control it.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// The fixture's plugin appends `<command> <ifname> present|absent <netns>` per call here (in
-/// its work dir).
-const CALLS_LOG: &str = "cni-calls.log";
-const CONFIG: &str = r#"{"cniVersion":"0.4.0","name":"pelagos-test","type":"pelagos-test-net"}"#;
+use crate::common::cri::{CNI_BIN, CNI_CALLS};
 
-/// One logged plugin call.
-#[derive(Debug, Clone)]
-pub struct Call {
-    command: String,
+/// One logged DEL call (the plugin logs `<command> <ifname> present|absent <netns>`).
+pub struct Del {
     ifname: String,
     /// Whether the namespace CRI passed existed.
     with_netns: bool,
@@ -36,8 +31,8 @@ impl Replay {
         let name = format!("pelagos-cri-bench-{}", std::process::id());
         ip(&["netns", "add", &name])?;
         Ok(Replay {
-            log: work.join(CALLS_LOG),
-            plugin: work.join("cni-bin/pelagos-test-net"),
+            log: work.join(CNI_CALLS),
+            plugin: work.join(CNI_BIN).join("pelagos-test-net"),
             netns: Path::new("/run/netns").join(&name),
             name,
         })
@@ -49,20 +44,19 @@ impl Replay {
     }
 
     /// The DEL calls logged between two marks.
-    pub fn dels(&self, from: u64, to: u64) -> Vec<Call> {
-        let text = fs::read(&self.log).unwrap_or_default();
-        let end = (to as usize).min(text.len());
-        let start = (from as usize).min(end);
-        String::from_utf8_lossy(&text[start..end])
-            .lines()
+    pub fn dels(&self, from: u64, to: u64) -> Vec<Del> {
+        let mut text = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.seek(SeekFrom::Start(from));
+            let _ = f.take(to.saturating_sub(from)).read_to_string(&mut text);
+        }
+        text.lines()
             .filter_map(|l| {
                 let mut f = l.split(' ');
                 let (command, ifname) = (f.next()?, f.next()?);
-                let with_netns = f.next() == Some("present");
-                (command == "DEL").then(|| Call {
-                    command: command.to_owned(),
+                (command == "DEL").then(|| Del {
                     ifname: ifname.to_owned(),
-                    with_netns,
+                    with_netns: f.next() == Some("present"),
                 })
             })
             .collect()
@@ -71,15 +65,15 @@ impl Replay {
     /// The wall time of `dels` run one after the other (as CRI runs them) against a pod
     /// network the plugin's ADDs just set up (not timed), in ms. A call CRI made without a
     /// namespace, or after it was removed, gets a path that does not exist.
-    pub fn time_dels(&self, dels: &[Call]) -> Result<f64, String> {
+    pub fn time_dels(&self, dels: &[Del]) -> Result<f64, String> {
         for ifname in ["lo", "eth0"] {
             self.run("ADD", ifname, &self.netns)?;
         }
         let gone = self.netns.with_extension("removed");
         let t0 = Instant::now();
-        for c in dels {
-            let netns = if c.with_netns { &self.netns } else { &gone };
-            self.run(&c.command, &c.ifname, netns)?;
+        for d in dels {
+            let netns = if d.with_netns { &self.netns } else { &gone };
+            self.run("DEL", &d.ifname, netns)?;
         }
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         // What CRI's DELs left (none when they had the namespace) must not meet the next ADD.
@@ -92,20 +86,17 @@ impl Replay {
     }
 
     fn run(&self, command: &str, ifname: &str, netns: &Path) -> Result<(), String> {
-        let mut child = Command::new(&self.plugin)
+        // The plugin reads and discards its config.
+        let st = Command::new(&self.plugin)
             .env("CNI_COMMAND", command)
             .env("CNI_IFNAME", ifname)
             .env("CNI_NETNS", netns)
             .env("CNI_CONTAINERID", &self.name)
             .env("CNI_PATH", self.plugin.parent().unwrap_or(Path::new("/")))
-            .stdin(Stdio::piped())
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .spawn()
+            .status()
             .map_err(|e| format!("cni replay: {}: {e}", self.plugin.display()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(CONFIG.as_bytes());
-        }
-        let st = child.wait().map_err(|e| format!("cni replay: wait: {e}"))?;
         if !st.success() {
             return Err(format!("cni replay: {command} {ifname}: {st}"));
         }

@@ -38,11 +38,8 @@ const fn op(name: &'static str, target: Option<f64>) -> Metric {
 /// Per-call samples without a target.
 const fn info(name: &'static str) -> Metric {
     Metric {
-        name,
-        unit: "ms",
-        kind: Kind::Latency,
-        target: None,
         not_slower: false,
+        ..op(name, None)
     }
 }
 

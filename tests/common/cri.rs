@@ -56,7 +56,7 @@ macro_rules! pelagos_and_runc {
 /// `eth0` (one end of a veth pair kept inside the pod) with a loopback-range address: CRI wants an `eth0` with an IP in the CNI result). No
 /// traffic leaves the pod. Every namespace it is given is listed in [`NETNS_LIST`] of the
 /// test's work dir: the leak check looks at those, not at pods other tests or benches make.
-/// Every call is logged in `cni-calls.log` there (command, interface, whether the namespace
+/// Every call is logged in [`CNI_CALLS`] there (command, interface, whether the namespace
 /// exists, its path): the CRI bench replays a pod's DELs from it.
 const CNI_PLUGIN: &str = r#"#!/bin/sh
 set -e
@@ -80,7 +80,7 @@ ADD)
     printf '{"cniVersion":"0.4.0","interfaces":[{"name":"%s","sandbox":"%s"}],"ips":[{"version":"4","address":"127.0.100.2/32","interface":0}],"dns":{}}\n' "$CNI_IFNAME" "$CNI_NETNS" ;;
 DEL)
     cat >/dev/null
-    if [ "$CNI_IFNAME" != lo ] && [ -n "$CNI_NETNS" ] && [ -e "$CNI_NETNS" ]; then
+    if [ "$CNI_IFNAME" != lo ] && [ "$netns" = present ]; then
         nsenter --net="$CNI_NETNS" ip link del "$CNI_IFNAME" 2>/dev/null || true
     fi ;;
 *)
@@ -267,7 +267,7 @@ impl Cri {
         let work = Path::new(WORK_PARENT).join(&tag);
         let _ = fs::remove_dir_all(&work);
         let net_d = work.join("net.d");
-        let cni_bin = work.join("cni-bin");
+        let cni_bin = work.join(CNI_BIN);
         for d in [&net_d, &cni_bin] {
             fs::create_dir_all(d).expect("mkdir cri work dir");
         }
@@ -1020,6 +1020,10 @@ fn cgroup_tree_pids(dir: &Path) -> Vec<i32> {
 
 /// The file of a test's work dir where [`CNI_PLUGIN`] lists the network namespaces CRI gave it.
 const NETNS_LIST: &str = "netns.list";
+/// The file of a test's work dir where [`CNI_PLUGIN`] logs every call.
+pub const CNI_CALLS: &str = "cni-calls.log";
+/// The dir of a test's work dir holding [`CNI_PLUGIN`], as `loopback` and `pelagos-test-net`.
+pub const CNI_BIN: &str = "cni-bin";
 
 fn remove_tree(dir: &Path) {
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
